@@ -1,0 +1,21 @@
+"""sheets-writer: Firestore trigger on item writes (jobs/{job}/items/{item})."""
+
+import logging
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from sluice.events import BadEvent, document_change
+from sluice.handlers.exports import on_item_written
+
+log = logging.getLogger("sheets-writer")
+
+
+@functions_framework.cloud_event
+def sheets_writer(cloud_event: CloudEvent) -> None:
+    try:
+        change = document_change(cloud_event)
+    except BadEvent as exc:
+        log.error("acknowledging an undecodable event %s: %s", cloud_event["id"], exc)
+        return
+    log.info("%s", on_item_written(change))

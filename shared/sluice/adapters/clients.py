@@ -1,0 +1,32 @@
+"""The process's clients: one of each kind, built on first use and reused by every invocation.
+
+Built lazily rather than at import so that a module can be imported (by tests, by the packaging
+check, by a gunicorn master before it forks) without opening connections.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import httpx
+from google.cloud import firestore, pubsub_v1
+from google.cloud.pubsub_v1.types import BatchSettings
+
+
+@cache
+def firestore_client(project: str) -> firestore.Client:
+    return firestore.Client(project=project)
+
+
+@cache
+def publisher_client() -> pubsub_v1.PublisherClient:
+    # Large batches make a 10,000-item submission a handful of publish calls.
+    batching = BatchSettings(max_messages=1000, max_bytes=4 * 1024 * 1024, max_latency=0.01)
+    return pubsub_v1.PublisherClient(batch_settings=batching)
+
+
+@cache
+def http_client() -> httpx.Client:
+    # One pool for every outside HTTP service; per-call timeouts are set by each adapter.
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    return httpx.Client(limits=limits, timeout=httpx.Timeout(30.0, connect=5.0))

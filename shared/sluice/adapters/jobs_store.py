@@ -1,0 +1,258 @@
+"""Jobs, their items and their counter shards in Firestore.
+
+Every state change of an item is one transaction that writes the item and increments one counter
+shard, so counts never drift from states. The decisions themselves come from `sluice.domain.items`;
+this module only reads, applies and commits them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from sluice.domain import counters
+from sluice.domain.counters import Counts
+from sluice.domain.items import (
+    AlreadyFinished,
+    Claim,
+    Claimed,
+    ItemRecord,
+    LeaseHeld,
+    Transition,
+    holds_lease,
+)
+from sluice.domain.items import claim as decide_claim
+
+# Firestore takes at most 500 writes in one commit.
+WRITE_BATCH = 500
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before with another body."""
+
+
+@dataclass(frozen=True)
+class NewItem:
+    id: str
+    index: int
+    input: Any
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    decision: Claim
+    input: Any = None
+
+
+class JobStore:
+    def __init__(self, db: firestore.Client, *, shards: int) -> None:
+        self._db = db
+        self._shards = shards
+
+    # -- references -----------------------------------------------------------------------------
+
+    def job_ref(self, job_id: str) -> firestore.DocumentReference:
+        return self._db.collection("jobs").document(job_id)
+
+    def item_ref(self, job_id: str, item_id: str) -> firestore.DocumentReference:
+        return self.job_ref(job_id).collection("items").document(item_id)
+
+    def shard_refs(self, job_id: str) -> list[firestore.DocumentReference]:
+        shards = self.job_ref(job_id).collection("shards")
+        return [shards.document(str(n)) for n in range(self._shards)]
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    def create_job(self, job_id: str, job: dict[str, Any]) -> dict[str, Any]:
+        """Create the job and its shards unless it exists; return what is stored.
+
+        An existing job with another fingerprint raises IdempotencyConflict.
+        """
+        ref = self.job_ref(job_id)
+        shard_refs = self.shard_refs(job_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> dict[str, Any]:
+            snap = ref.get(transaction=tx)
+            if snap.exists:
+                stored = snap.to_dict() or {}
+                if stored.get("fingerprint") != job["fingerprint"]:
+                    raise IdempotencyConflict(job_id)
+                return stored
+            tx.create(ref, job)
+            for shard_ref, shard in zip(
+                shard_refs, counters.initial_shards(job["total"], self._shards), strict=True
+            ):
+                tx.set(shard_ref, shard)
+            return job
+
+        return run(self._db.transaction())
+
+    def write_items(self, job_id: str, items: Sequence[NewItem], *, at: datetime) -> None:
+        """Store every item as queued. Only called before any of them was published, so
+        overwriting what an interrupted earlier attempt wrote is safe."""
+        for start in range(0, len(items), WRITE_BATCH):
+            batch = self._db.batch()
+            for item in items[start : start + WRITE_BATCH]:
+                batch.set(
+                    self.item_ref(job_id, item.id),
+                    {
+                        "index": item.index,
+                        "input": item.input,
+                        "state": "queued",
+                        "attempts": 0,
+                        "lease": None,
+                        "error": None,
+                        "result": None,
+                        "finished_at": None,
+                        "created_at": at,
+                        "updated_at": at,
+                    },
+                )
+            batch.commit()
+
+    def item_ids(self, job_id: str) -> list[str]:
+        items = self.job_ref(job_id).collection("items")
+        return [ref.id for ref in items.list_documents(page_size=1000)]
+
+    def set_intake(self, job_id: str, intake: str) -> None:
+        self.job_ref(job_id).update({"intake": intake, "updated_at": now()})
+
+    # -- tenants --------------------------------------------------------------------------------
+
+    def tenant_by_key_hash(self, key_hash: str) -> tuple[str, dict[str, Any]] | None:
+        query = (
+            self._db.collection("tenants")
+            .where(filter=FieldFilter("api_key_hashes", "array_contains", key_hash))
+            .limit(1)
+        )
+        for snap in query.stream():
+            return snap.id, snap.to_dict() or {}
+        return None
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        snap = self.job_ref(job_id).get()
+        return snap.to_dict() if snap.exists else None
+
+    def job_with_counts(self, job_id: str) -> tuple[dict[str, Any], Counts] | None:
+        """The job and its counts in one round trip: 1 + shards documents, whatever the size."""
+        refs = [self.job_ref(job_id), *self.shard_refs(job_id)]
+        snaps = {snap.reference.path: snap for snap in self._db.get_all(refs)}
+        job_snap = snaps[refs[0].path]
+        if not job_snap.exists:
+            return None
+        job = job_snap.to_dict() or {}
+        shards = [snaps[ref.path].to_dict() for ref in refs[1:] if snaps[ref.path].exists]
+        return job, counters.sum_shards(int(job["total"]), shards)
+
+    def list_items(
+        self, job_id: str, *, state: str | None, limit: int, after: str | None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        query: Any = self.job_ref(job_id).collection("items")
+        if state is not None:
+            query = query.where(filter=FieldFilter("state", "==", state))
+        query = query.order_by("__name__").limit(limit)
+        if after is not None:
+            query = query.start_after({"__name__": self.item_ref(job_id, after)})
+        return [(snap.id, snap.to_dict() or {}) for snap in query.stream()]
+
+    # -- item state changes ---------------------------------------------------------------------
+
+    def _apply(
+        self, tx: firestore.Transaction, job_id: str, item_id: str, change: Transition
+    ) -> None:
+        tx.update(self.item_ref(job_id, item_id), change.fields)
+        moves = counters.delta(change.before, change.after)
+        if moves:
+            shard = self.shard_refs(job_id)[counters.pick_shard(self._shards)]
+            tx.set(shard, {k: firestore.Increment(v) for k, v in moves.items()}, merge=True)
+
+    def claim_item(
+        self, job_id: str, item_id: str, *, token: str, lease_seconds: int, max_attempts: int
+    ) -> ClaimResult | None:
+        """Claim an item for one delivery, or say why not. None: the item does not exist."""
+        ref = self.item_ref(job_id, item_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> ClaimResult | None:
+            snap = ref.get(transaction=tx)
+            if not snap.exists:
+                return None
+            doc = snap.to_dict() or {}
+            decision = decide_claim(
+                ItemRecord.from_doc(doc),
+                now=now(),
+                token=token,
+                lease_seconds=lease_seconds,
+                max_attempts=max_attempts,
+            )
+            if isinstance(decision, Claimed):
+                self._apply(tx, job_id, item_id, decision.transition)
+            elif isinstance(decision, Transition):
+                self._apply(tx, job_id, item_id, decision)
+            return ClaimResult(decision, doc.get("input"))
+
+        return run(self._db.transaction())
+
+    def finish_item(
+        self,
+        job_id: str,
+        item_id: str,
+        *,
+        token: str,
+        decide: Callable[[ItemRecord], Transition],
+    ) -> Transition | None:
+        """Record the outcome of a claim, only if the claim is still ours.
+
+        None: another delivery took the item over after our lease expired, and its outcome is
+        the one that counts; ours is dropped so the item never has two results.
+        """
+        ref = self.item_ref(job_id, item_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> Transition | None:
+            snap = ref.get(transaction=tx)
+            record = ItemRecord.from_doc(snap.to_dict() or {"state": "cancelled"})
+            if not snap.exists or not holds_lease(record, token):
+                return None
+            change = decide(record)
+            self._apply(tx, job_id, item_id, change)
+            return change
+
+        return run(self._db.transaction())
+
+    def complete_if_done(self, job_id: str) -> bool:
+        """Mark the job completed when every item has finished; True only for the one call that
+        made the change. The last item to commit always sees every other item's count."""
+        found = self.job_with_counts(job_id)
+        if found is None:
+            return False
+        job, counts = found
+        if job.get("state") != "open" or not counts.complete:
+            return False
+        ref = self.job_ref(job_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> bool:
+            snap = ref.get(transaction=tx)
+            if (snap.to_dict() or {}).get("state") != "open":
+                return False
+            at = now()
+            tx.update(ref, {"state": "completed", "completed_at": at, "updated_at": at})
+            return True
+
+        return run(self._db.transaction())
+
+
+__all__ = ["AlreadyFinished", "ClaimResult", "JobStore", "LeaseHeld", "NewItem"]

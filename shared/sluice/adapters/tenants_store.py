@@ -1,0 +1,65 @@
+"""Tenants in Firestore: created and managed by the operator's `sluice` command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.api_core.exceptions import AlreadyExists
+from google.cloud import firestore
+
+from sluice.domain.tenants import hash_api_key, new_api_key, new_signing_secret, tenant_id
+
+
+class TenantExists(Exception):
+    pass
+
+
+class TenantNotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class NewTenant:
+    id: str
+    api_key: str
+    signing_secret: str
+
+
+class TenantStore:
+    def __init__(self, db: firestore.Client) -> None:
+        self._tenants = db.collection("tenants")
+
+    def create(
+        self, name: str, *, sheets: bool = False, callback_url: str | None = None
+    ) -> NewTenant:
+        tid = tenant_id(name)
+        key, secret = new_api_key(), new_signing_secret()
+        try:
+            self._tenants.document(tid).create(
+                {
+                    "name": name,
+                    "api_key_hashes": [hash_api_key(key)],
+                    "sheets_enabled": sheets,
+                    "callback_url": callback_url,
+                    "signing_secret": secret,
+                    "phone_number_ids": [],
+                    "created_at": datetime.now(UTC),
+                }
+            )
+        except AlreadyExists:
+            raise TenantExists(f"tenant {tid!r} already exists") from None
+        return NewTenant(tid, key, secret)
+
+    def list(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(s.id, s.to_dict() or {}) for s in self._tenants.order_by("__name__").stream()]
+
+    def rotate_key(self, name: str) -> str:
+        """Replace every key of the tenant with a new one; the old keys stop working at once."""
+        ref = self._tenants.document(tenant_id(name))
+        if not ref.get().exists:
+            raise TenantNotFound(f"tenant {tenant_id(name)!r} does not exist")
+        key = new_api_key()
+        ref.update({"api_key_hashes": [hash_api_key(key)], "key_rotated_at": datetime.now(UTC)})
+        return key

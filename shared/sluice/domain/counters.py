@@ -1,0 +1,60 @@
+"""A job's counts, spread over a few shard documents.
+
+Every item state change adds -1 to the old state and +1 to the new one in a shard picked at random,
+in the same transaction as the item. Status sums the shards: a constant number of reads whatever
+the batch size, and no single document takes every write of a busy batch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sluice.domain.items import FINISHED, ItemState
+
+STATES = tuple(ItemState)
+
+
+def delta(before: ItemState, after: ItemState) -> dict[str, int]:
+    if before is after:
+        return {}
+    return {before.value: -1, after.value: +1}
+
+
+def pick_shard(shards: int, rng: random.Random | None = None) -> int:
+    return (rng or random).randrange(shards)
+
+
+def initial_shards(total: int, shards: int) -> list[dict[str, int]]:
+    """All items start queued; the first shard holds that, the rest start at zero."""
+    docs = [dict.fromkeys((s.value for s in STATES), 0) for _ in range(shards)]
+    docs[0][ItemState.QUEUED.value] = total
+    return docs
+
+
+@dataclass(frozen=True)
+class Counts:
+    total: int
+    by_state: dict[str, int]
+
+    @property
+    def finished(self) -> int:
+        return sum(self.by_state[s.value] for s in FINISHED)
+
+    @property
+    def complete(self) -> bool:
+        return self.finished >= self.total
+
+    @property
+    def progress(self) -> float:
+        return 1.0 if self.total == 0 else round(self.finished / self.total, 4)
+
+
+def sum_shards(total: int, shards: Iterable[Mapping[str, Any] | None]) -> Counts:
+    by_state = dict.fromkeys((s.value for s in STATES), 0)
+    for shard in shards:
+        for state in by_state:
+            by_state[state] += int((shard or {}).get(state, 0))
+    return Counts(total, by_state)

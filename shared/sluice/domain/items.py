@@ -1,0 +1,151 @@
+"""An item's life: queued -> running -> succeeded | failed, or cancelled; as plain decisions.
+
+Each function here takes what is stored and the time, and says what to store next. The adapters
+apply the decision inside one Firestore transaction together with the job's counter shards, so a
+state and its count never disagree, and a second delivery of the same message finds the first
+one's decision already there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+
+class ItemState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({ItemState.SUCCEEDED, ItemState.FAILED, ItemState.CANCELLED})
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """The parts of a stored item that decide what a delivery may do with it."""
+
+    state: ItemState
+    attempts: int = 0
+    lease_token: str | None = None
+    lease_until: datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ItemRecord:
+        lease = doc.get("lease") or {}
+        return cls(
+            state=ItemState(doc["state"]),
+            attempts=int(doc.get("attempts", 0)),
+            lease_token=lease.get("token"),
+            lease_until=lease.get("until"),
+        )
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What to write: the item's new fields and the state it moves from and to."""
+
+    before: ItemState
+    after: ItemState
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    transition: Transition
+    token: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class AlreadyFinished:
+    state: ItemState
+
+
+@dataclass(frozen=True)
+class LeaseHeld:
+    """Another worker holds a live lease: deliver again later, do not work twice."""
+
+    until: datetime
+
+
+Claim = Claimed | AlreadyFinished | LeaseHeld | Transition
+
+
+def claim(
+    item: ItemRecord, *, now: datetime, token: str, lease_seconds: int, max_attempts: int
+) -> Claim:
+    """Decide what a delivery of this item does.
+
+    Returns `Claimed` (work on it), `AlreadyFinished` (acknowledge, nothing to do), `LeaseHeld`
+    (someone else is working on it), or a bare `Transition` to `failed` when the item's lease
+    expired on its last allowed attempt: a worker died holding it too many times.
+    """
+    if item.state.finished:
+        return AlreadyFinished(item.state)
+    if item.state is ItemState.RUNNING:
+        if item.lease_until is not None and item.lease_until > now:
+            return LeaseHeld(item.lease_until)
+        if item.attempts >= max_attempts:
+            return fail(item, f"worker lost on all {item.attempts} attempts", now=now)
+    attempt = item.attempts + 1
+    fields = {
+        "state": ItemState.RUNNING.value,
+        "attempts": attempt,
+        "lease": {"token": token, "until": now + timedelta(seconds=lease_seconds)},
+        "updated_at": now,
+    }
+    return Claimed(Transition(item.state, ItemState.RUNNING, fields), token, attempt)
+
+
+def holds_lease(item: ItemRecord, token: str) -> bool:
+    """A result counts only from the worker that holds the item's current claim."""
+    return item.state is ItemState.RUNNING and item.lease_token == token
+
+
+def succeed(item: ItemRecord, result: dict[str, Any], *, now: datetime) -> Transition:
+    fields = {
+        "state": ItemState.SUCCEEDED.value,
+        "result": result,
+        "error": None,
+        "lease": None,
+        "finished_at": now,
+        "updated_at": now,
+    }
+    return Transition(item.state, ItemState.SUCCEEDED, fields)
+
+
+def fail(item: ItemRecord, reason: str, *, now: datetime) -> Transition:
+    fields = {
+        "state": ItemState.FAILED.value,
+        "error": reason,
+        "lease": None,
+        "finished_at": now,
+        "updated_at": now,
+    }
+    return Transition(item.state, ItemState.FAILED, fields)
+
+
+def release_for_retry(item: ItemRecord, reason: str, *, now: datetime) -> Transition:
+    """A transient failure with attempts left: back to the queue, keeping the last error."""
+    fields = {"state": ItemState.QUEUED.value, "error": reason, "lease": None, "updated_at": now}
+    return Transition(item.state, ItemState.QUEUED, fields)
+
+
+def after_error(
+    item: ItemRecord, reason: str, *, permanent: bool, max_attempts: int, now: datetime
+) -> Transition:
+    """A provider error: fail now if it cannot get better or attempts are spent, else requeue."""
+    if permanent:
+        return fail(item, reason, now=now)
+    if item.attempts >= max_attempts:
+        return fail(item, f"{reason} (after {item.attempts} attempts)", now=now)
+    return release_for_retry(item, reason, now=now)

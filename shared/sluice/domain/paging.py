@@ -1,0 +1,36 @@
+"""Page tokens for item listings: opaque to the caller, the last document id to us."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from sluice.problems import FieldError, Problem
+
+
+def encode_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str | None) -> str | None:
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        return base64.urlsafe_b64decode(padded.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise Problem(
+            400, "Invalid page token", errors=[FieldError("page_token", "not a token we issued")]
+        ) from None
+
+
+def page_size(raw: str | None, *, default: int, maximum: int) -> int:
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise Problem(
+            400,
+            "Invalid page size",
+            errors=[FieldError("page_size", f"must be a whole number from 1 to {maximum}")],
+        )
+    return int(raw)

@@ -1,0 +1,30 @@
+"""Who is calling: an API key, found by its digest, names the tenant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sluice.adapters.jobs_store import JobStore
+from sluice.domain.tenants import bearer_key, hash_api_key
+from sluice.problems import not_found, unauthorized
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    doc: dict[str, Any]
+
+
+def authenticate(store: JobStore, authorization: str | None) -> Tenant:
+    found = store.tenant_by_key_hash(hash_api_key(bearer_key(authorization)))
+    if found is None:
+        raise unauthorized("unknown API key")
+    return Tenant(*found)
+
+
+def own_job(job: dict[str, Any] | None, tenant: Tenant, job_id: str) -> dict[str, Any]:
+    """Another tenant's job is indistinguishable from a missing one."""
+    if job is None or job.get("tenant") != tenant.id:
+        raise not_found(f"batch {job_id}")
+    return job

@@ -1,0 +1,230 @@
+"""The local cloud: Google's emulators and every function, wired as `topology.yaml` declares.
+
+`LocalCloud` owns what serves many projects at once (the two emulators and the trigger router);
+`Deployment` is one project on it: the topics, the push subscriptions with their retry and
+dead-letter policies, the Firestore triggers, the local provider server and one functions-framework
+process per function. Tests deploy a fresh project per test; `make run` deploys one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from google.api_core.exceptions import AlreadyExists
+from google.cloud import pubsub_v1
+from google.protobuf.duration_pb2 import Duration
+from google.pubsub_v1.types import DeadLetterPolicy, PushConfig, RetryPolicy
+
+from sluice.localcloud.emulators import Emulators
+from sluice.localcloud.functions import FunctionProcess
+from sluice.localcloud.processes import free_port, http_ok, spawn, stop, wait_until
+from sluice.localcloud.triggers import TriggerRouter
+from sluice.topology import REPO_TOPOLOGY, Topology, parse_topology
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = REPO_TOPOLOGY.parent
+SERVICES = REPO_ROOT / "services"
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `overrides` into a copy of `base` (tests shrink limits this way)."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class LocalCloud:
+    def __init__(self, log_dir: Path, *, pubsub_port: int = 0, firestore_port: int = 0,
+                 router_port: int = 0) -> None:
+        self.log_dir = log_dir
+        self.router = TriggerRouter(port=router_port)
+        self.emulators = Emulators(
+            log_dir, functions_host=self.router.host, pubsub_port=pubsub_port,
+            firestore_port=firestore_port,
+        )
+
+    def start(self) -> None:
+        self.router.start()
+        try:
+            self.emulators.start()
+        except BaseException:
+            self.stop()
+            raise
+        # This process (tests, the CLI, `make run`) talks to the emulators through Google's own
+        # clients, which read these variables.
+        os.environ.update(self.emulators.env())
+
+    def stop(self) -> None:
+        self.emulators.stop()
+        self.router.stop()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[LocalCloud]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    def deploy(self, project: str, **kwargs: Any) -> Deployment:
+        deployment = Deployment(self, project, **kwargs)
+        try:
+            deployment.start()
+        except BaseException:
+            deployment.stop()
+            raise
+        return deployment
+
+
+@dataclass
+class Deployment:
+    cloud: LocalCloud
+    project: str
+    topology_overrides: dict[str, Any] = field(default_factory=dict)
+    provider_args: list[str] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+    functions: dict[str, FunctionProcess] = field(default_factory=dict)
+    provider_port: int = 0
+    _provider: Any = None
+
+    def __post_init__(self) -> None:
+        raw = yaml.safe_load(REPO_TOPOLOGY.read_text())
+        self.topology: Topology = parse_topology(yaml.safe_dump(merge(raw, self.topology_overrides)))
+        self.dir = self.cloud.log_dir / self.project
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.topology_path = self.dir / "topology.yaml"
+        self.topology_path.write_text(yaml.safe_dump(self.topology.model_dump(mode="json")))
+        self.provider_port = self.ports.get("provider") or free_port()
+
+    @property
+    def provider_url(self) -> str:
+        return f"http://127.0.0.1:{self.provider_port}"
+
+    def url(self, function: str) -> str:
+        return self.functions[function].url
+
+    def function_env(self) -> dict[str, str]:
+        return {
+            **self.cloud.emulators.env(),
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "SLUICE_TOPOLOGY": str(self.topology_path),
+            "SLUICE_STATUS_API_URL": self.url("status-api"),
+            "SLUICE_AI_PROVIDER_URL": self.provider_url,
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._provider = spawn(
+            [sys.executable, "-m", "sluice.localcloud.provider_server",
+             "--port", str(self.provider_port), *self.provider_args],
+            log_path=self.dir / "provider.log",
+        )  # fmt: skip
+        for name, function in self.topology.functions.items():
+            self.functions[name] = FunctionProcess(
+                name, function, source=SERVICES / name / "main.py", env={},
+                log_dir=self.dir, port=self.ports.get(name, 0),
+            )
+        env = self.function_env()
+        for fn in self.functions.values():
+            fn.env.update(env)
+            fn.start()
+        self.create_topics()
+        wait_until(http_ok(self.provider_url + "/healthz"), timeout=30, what="provider server",
+                   proc=self._provider)
+        for fn in self.functions.values():
+            fn.wait_ready()
+        self.create_subscriptions()
+        self.register_triggers()
+
+    def stop(self) -> None:
+        self.cloud.router.unroute(self.project)
+        for fn in self.functions.values():
+            fn.stop()
+        if self._provider is not None:
+            stop(self._provider)
+
+    # -- wiring ---------------------------------------------------------------------------------
+
+    def create_topics(self) -> None:
+        publisher = pubsub_v1.PublisherClient()
+        for topic in [*self.topology.topics, *self.topology.dead_letter_topics]:
+            with contextlib.suppress(AlreadyExists):
+                publisher.create_topic(name=publisher.topic_path(self.project, topic))
+
+    def push_endpoint(self, function: str, topic: str) -> str:
+        # The topic in the path becomes the CloudEvent's source, as with Eventarc.
+        return f"{self.url(function)}/projects/{self.project}/topics/{topic}"
+
+    def create_subscriptions(self) -> None:
+        subscriber = pubsub_v1.SubscriberClient()
+        publisher = pubsub_v1.PublisherClient()
+        for name, sub in self.topology.subscriptions.items():
+            dead_letter = self.topology.topics[sub.topic].dead_letter
+            request = {
+                "name": subscriber.subscription_path(self.project, name),
+                "topic": publisher.topic_path(self.project, sub.topic),
+                "push_config": PushConfig(push_endpoint=self.push_endpoint(sub.push_to, sub.topic)),
+                "ack_deadline_seconds": sub.ack_deadline_seconds,
+                "retry_policy": RetryPolicy(
+                    minimum_backoff=Duration(seconds=sub.retry.minimum_backoff_seconds),
+                    maximum_backoff=Duration(seconds=sub.retry.maximum_backoff_seconds),
+                ),
+                "dead_letter_policy": DeadLetterPolicy(
+                    dead_letter_topic=publisher.topic_path(self.project, dead_letter),
+                    max_delivery_attempts=sub.max_delivery_attempts,
+                ),
+                "enable_message_ordering": sub.ordering,
+            }
+            with contextlib.suppress(AlreadyExists):
+                subscriber.create_subscription(request=request)
+        subscriber.close()
+
+    def register_triggers(self) -> None:
+        firestore = f"http://{self.cloud.emulators.firestore_host}"
+        for trigger_id, trigger in self.topology.firestore_triggers.items():
+            self.cloud.router.route(self.project, trigger_id, self.url(trigger.function))
+            response = httpx.post(
+                f"{firestore}/emulator/v1/projects/{self.project}/eventarcTrigger",
+                params={"eventarcTriggerId": trigger_id},
+                json={
+                    "eventType": trigger.event_type,
+                    "database": "(default)",
+                    "namespace": "(default)",
+                    "document": {"value": trigger.document, "matchType": "PATH_PATTERN"},
+                },
+                timeout=10,
+            )
+            response.raise_for_status()
+
+    def describe(self) -> dict[str, Any]:
+        """What is running, for `.sluice/local.json`, scripts and tools."""
+        return {
+            "project": self.project,
+            "functions": {name: fn.url for name, fn in self.functions.items()},
+            "emulators": self.cloud.emulators.env(),
+            "trigger_router": f"http://{self.cloud.router.host}",
+            "servers": {"ai_provider": self.provider_url},
+            "logs": str(self.dir),
+        }
+
+
+def write_local_json(path: Path, info: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=2) + "\n")

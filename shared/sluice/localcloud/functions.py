@@ -1,0 +1,110 @@
+"""Each function as its own functions-framework process, restarted when it dies.
+
+`local_instances` from the topology becomes gunicorn workers behind one port (functions-framework's
+WORKERS), as Cloud Run puts instances behind one URL; `concurrency` becomes THREADS. When the
+process dies the supervisor starts it again on the same port, as Cloud Run starts a new instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from sluice.localcloud.processes import free_port, http_ok, spawn, stop, wait_until
+from sluice.topology import Function
+
+log = logging.getLogger(__name__)
+
+# Locally, more threads than this only make two cores thrash.
+MAX_LOCAL_THREADS = 16
+
+
+class FunctionProcess:
+    def __init__(
+        self,
+        name: str,
+        function: Function,
+        *,
+        source: Path,
+        env: dict[str, str],
+        log_dir: Path,
+        port: int = 0,
+    ) -> None:
+        self.name = name
+        self.function = function
+        self.source = source
+        self.port = port or free_port()
+        self.env = {
+            **env,
+            "WORKERS": str(function.local_instances),
+            "THREADS": str(min(function.limits.concurrency, MAX_LOCAL_THREADS)),
+            "K_SERVICE": name,
+            "FUNCTION_TARGET": function.entry_point,
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.log_path = log_dir / f"{name}.log"
+        self.restarts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name=f"watch-{name}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def _argv(self) -> list[str]:
+        return [
+            sys.executable, "-m", "functions_framework",
+            "--target", self.function.entry_point,
+            "--source", str(self.source),
+            "--signature-type", self.function.signature_type,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        with self._lock:
+            self._proc = spawn(self._argv(), log_path=self.log_path, env=self.env)
+        self._watcher.start()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        assert self._proc is not None
+        # Any HTTP answer (even 4xx for a GET on an event function) means it is serving.
+        wait_until(http_ok(self.url + "/"), timeout=timeout, what=self.name, proc=self._proc)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.2):
+            with self._lock:
+                proc = self._proc
+                if proc is None or proc.poll() is None or self._stopping.is_set():
+                    continue
+                log.warning("%s exited with %s; starting it again", self.name, proc.returncode)
+                stop(proc, grace=0)  # reap whatever is left of its group
+                self.restarts += 1
+                self._proc = spawn(self._argv(), log_path=self.log_path, env=self.env)
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers (the instances) under this process."""
+        if self._proc is None:
+            return []
+        children = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children")
+        try:
+            return [int(p) for p in children.read_text().split()]
+        except OSError:
+            return []
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            if self._proc is not None:
+                stop(self._proc)
+        if self._watcher.is_alive():
+            self._watcher.join(timeout=5)

@@ -1,0 +1,69 @@
+"""The two HTTP functions' routes: decode the request, call one handler, shape the answer."""
+
+from __future__ import annotations
+
+import flask
+
+from sluice import wiring
+from sluice.domain.batches import parse_batch, validate_idempotency_key
+from sluice.domain.paging import page_size
+from sluice.handlers.auth import authenticate
+from sluice.handlers.ingest import submit_batch
+from sluice.handlers.status import batch_items, batch_status, parse_state
+from sluice.http import Router, json_response, read_body, read_json
+
+
+def create_batch(request: flask.Request) -> flask.Response:
+    settings = wiring.settings()
+    api = settings.topology.api
+    store = wiring.job_store()
+    body = read_body(request, api.max_body_bytes)
+    tenant = authenticate(store, request.headers.get("Authorization"))
+    key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
+    batch = parse_batch(
+        read_json(body),
+        max_batch_items=api.max_batch_items,
+        max_item_input_bytes=api.max_item_input_bytes,
+    )
+    accepted = submit_batch(
+        store,
+        wiring.publisher(),
+        tenant=tenant.id,
+        batch=batch,
+        idempotency_key=key,
+        status_api_url=settings.status_api_url,
+    )
+    return json_response(accepted.body(), 202, {"Location": accepted.status_url})
+
+
+def get_batch(request: flask.Request, batch_id: str) -> flask.Response:
+    store = wiring.job_store()
+    tenant = authenticate(store, request.headers.get("Authorization"))
+    return json_response(batch_status(store, tenant, batch_id))
+
+
+def get_batch_items(request: flask.Request, batch_id: str) -> flask.Response:
+    api = wiring.settings().topology.api
+    store = wiring.job_store()
+    tenant = authenticate(store, request.headers.get("Authorization"))
+    page = batch_items(
+        store,
+        tenant,
+        batch_id,
+        state=parse_state(request.args.get("state")),
+        page_size=page_size(
+            request.args.get("page_size"), default=api.default_page_size, maximum=api.max_page_size
+        ),
+        page_token=request.args.get("page_token"),
+    )
+    return json_response(page)
+
+
+ingest = Router({("POST", "/v1/batches"): create_batch})
+
+status = Router(
+    {
+        ("GET", "/v1/batches/<batch_id>"): get_batch,
+        ("GET", "/v1/batches/<batch_id>/items"): get_batch_items,
+    }
+)

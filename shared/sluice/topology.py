@@ -1,0 +1,138 @@
+"""The typed view of `topology.yaml`: topics, subscriptions, triggers, limits.
+
+Functions, the local cloud and the tests read the topology only through `load_topology`; Terraform
+reads the same file with `yamldecode`. A mistake in the file fails here, loudly, at start-up.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+REPO_TOPOLOGY = Path(__file__).resolve().parents[2] / "topology.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FunctionLimits(_Strict):
+    max_instances: int = Field(ge=1)
+    concurrency: int = Field(ge=1, le=1000)
+    timeout_seconds: int = Field(ge=1, le=3600)
+    memory: str
+
+
+class Function(_Strict):
+    entry_point: str
+    trigger: Literal["http", "pubsub", "firestore"]
+    public: bool = False
+    limits: FunctionLimits
+    local_instances: int = Field(default=1, ge=1, le=8)
+
+    @property
+    def signature_type(self) -> str:
+        return "http" if self.trigger == "http" else "cloudevent"
+
+
+class Topic(_Strict):
+    dead_letter: str
+
+
+class RetryPolicy(_Strict):
+    minimum_backoff_seconds: int = Field(ge=0, le=600)
+    maximum_backoff_seconds: int = Field(ge=0, le=600)
+
+
+class Subscription(_Strict):
+    topic: str
+    push_to: str
+    ack_deadline_seconds: int = Field(ge=10, le=600)
+    retry: RetryPolicy
+    max_delivery_attempts: int = Field(ge=5, le=100)
+    ordering: bool = False
+
+
+class FirestoreTrigger(_Strict):
+    function: str
+    event_type: str
+    document: str
+
+
+class Provider(_Strict):
+    requests_per_minute: int = Field(ge=1)
+    max_concurrent: int = Field(ge=1)
+    timeout_seconds: float = Field(gt=0)
+
+
+class Work(_Strict):
+    max_attempts: int = Field(ge=1)
+    lease_seconds: int = Field(ge=1)
+    counter_shards: int = Field(ge=1, le=100)
+
+
+class Api(_Strict):
+    max_batch_items: int = Field(ge=1)
+    max_body_bytes: int = Field(ge=1024)
+    max_item_input_bytes: int = Field(ge=1)
+    default_page_size: int = Field(ge=1)
+    max_page_size: int = Field(ge=1)
+
+
+class Topology(_Strict):
+    functions: dict[str, Function]
+    topics: dict[str, Topic]
+    subscriptions: dict[str, Subscription]
+    firestore_triggers: dict[str, FirestoreTrigger]
+    providers: dict[str, Provider]
+    work: Work
+    api: Api
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Topology:
+        problems = []
+        for name, sub in self.subscriptions.items():
+            if sub.topic not in self.topics:
+                problems.append(f"subscription {name}: unknown topic {sub.topic!r}")
+            if self.functions.get(sub.push_to, None) is None:
+                problems.append(f"subscription {name}: unknown function {sub.push_to!r}")
+            elif self.functions[sub.push_to].trigger != "pubsub":
+                problems.append(f"subscription {name}: {sub.push_to} is not a pubsub function")
+            if sub.retry.minimum_backoff_seconds > sub.retry.maximum_backoff_seconds:
+                problems.append(f"subscription {name}: minimum backoff exceeds maximum")
+        for name, trig in self.firestore_triggers.items():
+            fn = self.functions.get(trig.function)
+            if fn is None or fn.trigger != "firestore":
+                problems.append(f"trigger {name}: {trig.function!r} is not a firestore function")
+        dead_letters = {t.dead_letter for t in self.topics.values()}
+        if dead_letters & set(self.topics):
+            problems.append("a dead-letter topic is also declared as a work topic")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def dead_letter_topics(self) -> list[str]:
+        return sorted({t.dead_letter for t in self.topics.values()})
+
+    def subscriptions_of(self, function: str) -> dict[str, Subscription]:
+        return {n: s for n, s in self.subscriptions.items() if s.push_to == function}
+
+    def triggers_of(self, function: str) -> dict[str, FirestoreTrigger]:
+        return {n: t for n, t in self.firestore_triggers.items() if t.function == function}
+
+
+def parse_topology(text: str) -> Topology:
+    return Topology.model_validate(yaml.safe_load(text))
+
+
+@cache
+def load_topology(path: Path = REPO_TOPOLOGY) -> Topology:
+    """Load and validate the topology once per process."""
+    if not path.is_file():
+        raise FileNotFoundError(f"topology file not found: {path} (set SLUICE_TOPOLOGY)")
+    return parse_topology(path.read_text())

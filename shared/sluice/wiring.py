@@ -1,0 +1,39 @@
+"""Dependencies, wired in one place: every function builds its adapters here, once per process."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from sluice.adapters.ai_provider import AIProvider
+from sluice.adapters.clients import firestore_client, http_client, publisher_client
+from sluice.adapters.jobs_store import JobStore
+from sluice.adapters.publisher import Publisher
+from sluice.settings import Settings, get_settings
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+@cache
+def job_store() -> JobStore:
+    s = settings()
+    return JobStore(firestore_client(s.project), shards=s.topology.work.counter_shards)
+
+
+@cache
+def publisher() -> Publisher:
+    return Publisher(publisher_client(), settings().project)
+
+
+@cache
+def ai_provider() -> AIProvider:
+    s = settings()
+    limits = s.topology.providers["ai"]
+    return AIProvider(
+        http_client(),
+        base_url=s.ai_provider_url,
+        api_key=s.ai_provider_api_key.get_secret_value(),
+        model=s.ai_model,
+        timeout=limits.timeout_seconds,
+    )
