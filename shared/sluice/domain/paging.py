@@ -17,7 +17,10 @@ def decode_token(token: str | None) -> str | None:
         return None
     try:
         padded = token + "=" * (-len(token) % 4)
-        return base64.urlsafe_b64decode(padded.encode()).decode()
+        last_id = base64.b64decode(padded.encode(), altchars=b"-_", validate=True).decode()
+        if not last_id or "/" in last_id:
+            raise ValueError(last_id)
+        return last_id
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise Problem(
             400, "Invalid page token", errors=[FieldError("page_token", "not a token we issued")]

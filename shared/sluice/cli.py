@@ -1,0 +1,74 @@
+"""`sluice`: the operator's command line.
+
+It talks to the running local cloud when `.sluice/local.json` exists (or SLUICE_LOCAL_JSON names
+one), otherwise to the Google Cloud project in GOOGLE_CLOUD_PROJECT with the ambient credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from google.cloud import firestore
+
+from sluice.adapters.tenants_store import TenantExists, TenantNotFound, TenantStore
+
+LOCAL_JSON = Path(".sluice/local.json")
+
+
+def connect() -> tuple[firestore.Client, str]:
+    local = Path(os.environ.get("SLUICE_LOCAL_JSON", LOCAL_JSON))
+    if local.is_file():
+        info = json.loads(local.read_text())
+        os.environ["FIRESTORE_EMULATOR_HOST"] = info["emulators"]["FIRESTORE_EMULATOR_HOST"]
+        return firestore.Client(project=info["project"]), f"local cloud ({local})"
+    project = os.environ.get("GOOGLE_CLOUD_PROJECT")
+    if not project:
+        raise SystemExit(
+            "sluice: no local cloud (.sluice/local.json) and GOOGLE_CLOUD_PROJECT is not set"
+        )
+    return firestore.Client(project=project), f"project {project}"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sluice", description="Operate a Sluice deployment.")
+    sub = p.add_subparsers(dest="command", required=True)
+    tenant = sub.add_parser("tenant", help="manage tenants and their API keys")
+    tsub = tenant.add_subparsers(dest="action", required=True)
+    create = tsub.add_parser("create", help="create a tenant and print its API key once")
+    create.add_argument("name")
+    create.add_argument("--sheets", action="store_true", help="allow Google Sheets export")
+    create.add_argument("--callback-url", help="where completed batches are reported")
+    tsub.add_parser("list", help="list tenants")
+    rotate = tsub.add_parser("rotate-key", help="replace a tenant's API key; the old one stops")
+    rotate.add_argument("name")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    db, where = connect()
+    tenants = TenantStore(db)
+    try:
+        if args.action == "create":
+            created = tenants.create(args.name, sheets=args.sheets, callback_url=args.callback_url)
+            print(f"tenant {created.id} created in {where}")
+            print(f"api key (shown once): {created.api_key}")
+            print(f"callback signing secret: {created.signing_secret}")
+        elif args.action == "list":
+            for tid, doc in tenants.list():
+                sheets = "sheets" if doc.get("sheets_enabled") else "-"
+                print(f"{tid}\t{doc.get('name')}\t{sheets}\t{doc.get('callback_url') or '-'}")
+        elif args.action == "rotate-key":
+            print(f"new api key (shown once): {tenants.rotate_key(args.name)}")
+    except (TenantExists, TenantNotFound, ValueError) as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The topology file: loaded once, typed, and references checked."""
+
+import pytest
+import yaml
+
+from sluice.topology import REPO_TOPOLOGY, load_topology, parse_topology
+
+
+def test_the_repository_topology_loads():
+    topology = load_topology()
+    assert set(topology.functions) == {
+        "webhook-ingest", "batch-item-processor", "sheets-writer", "backfill", "status-api"
+    }
+    for name, sub in topology.subscriptions.items():
+        assert topology.functions[sub.push_to].trigger == "pubsub", name
+
+
+def mutated(**changes) -> str:
+    raw = yaml.safe_load(REPO_TOPOLOGY.read_text())
+    for path, value in changes.items():
+        node = raw
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return yaml.safe_dump(raw)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("subscriptions.work-items-to-processor.topic", "nope", "unknown topic"),
+        ("subscriptions.work-items-to-processor.push_to", "status-api", "not a pubsub function"),
+        ("subscriptions.work-items-to-processor.max_delivery_attempts", 3, "greater than or equal"),
+        ("subscriptions.work-items-to-processor.ack_deadline_seconds", 700, "less than or equal"),
+        ("firestore_triggers.item-written-to-sheets-writer.function", "webhook-ingest",
+         "not a firestore function"),
+    ],
+)
+def test_a_broken_topology_fails_loudly(path, value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_topology(mutated(**{path: value}))
