@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 from google.cloud import firestore
-
 from sluice.adapters.tenants_store import NewTenant, TenantStore
 from sluice.localcloud.cloud import Deployment, LocalCloud
 

@@ -2,8 +2,9 @@
 
 import flask
 import functions_framework
+from sluice import logs, routes
 
-from sluice import routes
+logs.configure()
 
 
 @functions_framework.http

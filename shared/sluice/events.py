@@ -74,7 +74,7 @@ def _fields(document: Any) -> dict[str, Any]:
 
 
 def _plain(value: dict[str, Any]) -> Any:
-    (kind, inner), = value.items()
+    ((kind, inner),) = value.items()
     if kind == "null_value":
         return None
     if kind == "integer_value":

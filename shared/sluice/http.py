@@ -28,14 +28,18 @@ def json_response(
     body: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> flask.Response:
     return flask.Response(
-        json.dumps(body, default=str), status=status, headers=headers,
+        json.dumps(body, default=str),
+        status=status,
+        headers=headers,
         mimetype="application/json",
     )
 
 
 def problem_response(problem: Problem) -> flask.Response:
     return flask.Response(
-        json.dumps(problem.body()), status=problem.status, headers=problem.headers,
+        json.dumps(problem.body()),
+        status=problem.status,
+        headers=problem.headers,
         mimetype="application/problem+json",
     )
 
@@ -76,9 +80,7 @@ class Router:
             return problem_response(Problem(404, "Not Found", f"no route for {request.path}"))
         except MethodNotAllowed as exc:
             allowed = ", ".join(sorted(exc.valid_methods or []))
-            return problem_response(
-                Problem(405, "Method Not Allowed", headers={"Allow": allowed})
-            )
+            return problem_response(Problem(405, "Method Not Allowed", headers={"Allow": allowed}))
         except Problem as problem:
             return problem_response(problem)
         except (GoogleAPICallError, RetryError, TimeoutError) as exc:

@@ -6,8 +6,8 @@ import time
 
 import httpx
 import pytest
-
 from sluice.localcloud.cloud import Deployment
+
 from tests.conftest import bearer
 
 pytestmark = pytest.mark.cloud

@@ -1,7 +1,6 @@
 """Validating a batch submission: every field at fault is named, nothing else is accepted."""
 
 import pytest
-
 from sluice.domain.batches import fingerprint, item_ids, job_id_for, parse_batch
 from sluice.problems import Problem
 
@@ -16,16 +15,20 @@ def fields_at_fault(payload) -> set[str]:
 
 
 def test_a_valid_batch_parses():
-    batch = parse_batch({"kind": "ocr", "items": [{"input": "a"}, {"id": "x-1", "input": {}}]},
-                        **LIMITS)
+    batch = parse_batch(
+        {"kind": "ocr", "items": [{"input": "a"}, {"id": "x-1", "input": {}}]}, **LIMITS
+    )
     assert batch.kind == "ocr" and len(batch.items) == 2
 
 
 def test_every_field_at_fault_is_named():
-    bad = {"kind": "", "items": [{"input": "ok"}, {"id": "bad id!", "input": "x"}, {}],
-           "callback_url": "not a url", "extra": 1}
-    assert fields_at_fault(bad) == {"kind", "items.1.id", "items.2.input", "callback_url",
-                                    "extra"}
+    bad = {
+        "kind": "",
+        "items": [{"input": "ok"}, {"id": "bad id!", "input": "x"}, {}],
+        "callback_url": "not a url",
+        "extra": 1,
+    }
+    assert fields_at_fault(bad) == {"kind", "items.1.id", "items.2.input", "callback_url", "extra"}
 
 
 def test_limits_on_count_size_and_duplicates():
@@ -51,7 +54,8 @@ def test_the_fingerprint_ignores_key_order_but_not_content():
 def test_ids_are_fixed_by_the_idempotency_key_and_the_position():
     assert job_id_for("t", "key") == job_id_for("t", "key") != job_id_for("u", "key")
     assert job_id_for("t", None) != job_id_for("t", None)
-    batch = parse_batch({"kind": "k", "items": [{"id": "mine", "input": 1}, {"input": 2}]},
-                        **LIMITS)
+    batch = parse_batch(
+        {"kind": "k", "items": [{"id": "mine", "input": 1}, {"input": 2}]}, **LIMITS
+    )
     ids = item_ids("job", batch)
     assert ids[0] == "mine" and ids == item_ids("job", batch) and ids[1] != item_ids("j2", batch)[1]

@@ -4,7 +4,6 @@ import random
 
 from hypothesis import given
 from hypothesis import strategies as st
-
 from sluice.domain.counters import delta, initial_shards, sum_shards
 from sluice.domain.items import ItemState
 
@@ -20,8 +19,10 @@ def test_moves_to_the_same_state_change_nothing():
     assert delta(ItemState.RUNNING, ItemState.RUNNING) == {}
 
 
-@given(st.lists(st.tuples(st.sampled_from(STATES), st.sampled_from(STATES)), max_size=60),
-       st.integers(1, 8))
+@given(
+    st.lists(st.tuples(st.sampled_from(STATES), st.sampled_from(STATES)), max_size=60),
+    st.integers(1, 8),
+)
 def test_counts_always_add_up_to_the_total_whatever_shards_take_the_moves(moves, n_shards):
     total = 10
     shards = initial_shards(total, n_shards)

@@ -4,7 +4,6 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
-
 from sluice.domain.items import (
     AlreadyFinished,
     Claimed,
@@ -48,16 +47,18 @@ def test_a_live_lease_sends_the_delivery_back_for_later():
 
 
 def test_an_expired_lease_is_taken_over_by_the_next_delivery():
-    item = ItemRecord(ItemState.RUNNING, attempts=1, lease_token="t1",
-                      lease_until=NOW - timedelta(seconds=1))
+    item = ItemRecord(
+        ItemState.RUNNING, attempts=1, lease_token="t1", lease_until=NOW - timedelta(seconds=1)
+    )
     decision = do_claim(item)
     assert isinstance(decision, Claimed)
     assert decision.attempt == 2 and decision.token == "t2"
 
 
 def test_an_expired_lease_on_the_last_attempt_fails_the_item():
-    item = ItemRecord(ItemState.RUNNING, attempts=3, lease_token="t1",
-                      lease_until=NOW - timedelta(seconds=1))
+    item = ItemRecord(
+        ItemState.RUNNING, attempts=3, lease_token="t1", lease_until=NOW - timedelta(seconds=1)
+    )
     decision = do_claim(item, max_attempts=3)
     assert isinstance(decision, Transition)
     assert decision.after is ItemState.FAILED
@@ -72,7 +73,7 @@ def test_only_the_current_lease_holder_may_record_a_result():
 
 
 def test_success_records_the_result_and_the_finish_time():
-    change = succeed(ItemRecord(ItemState.RUNNING, attempts=1), {"content": "x"}, now=NOW)
+    change = succeed(ItemRecord(ItemState.RUNNING, attempts=1), result={"content": "x"}, now=NOW)
     assert change.after is ItemState.SUCCEEDED
     assert change.fields["result"] == {"content": "x"}
     assert change.fields["finished_at"] == NOW
@@ -80,42 +81,48 @@ def test_success_records_the_result_and_the_finish_time():
 
 def test_errors_requeue_until_attempts_run_out_and_permanent_ones_fail_at_once():
     running = ItemRecord(ItemState.RUNNING, attempts=1)
-    assert after_error(running, "503", permanent=False, max_attempts=3, now=NOW).after is (
+    assert after_error(running, reason="503", permanent=False, max_attempts=3, now=NOW).after is (
         ItemState.QUEUED
     )
-    assert after_error(running, "400", permanent=True, max_attempts=3, now=NOW).after is (
+    assert after_error(running, reason="400", permanent=True, max_attempts=3, now=NOW).after is (
         ItemState.FAILED
     )
     spent = ItemRecord(ItemState.RUNNING, attempts=3)
-    last = after_error(spent, "503", permanent=False, max_attempts=3, now=NOW)
+    last = after_error(spent, reason="503", permanent=False, max_attempts=3, now=NOW)
     assert last.after is ItemState.FAILED and "after 3 attempts" in last.fields["error"]
 
 
 @given(st.lists(st.sampled_from(["claim", "ok", "transient", "permanent", "expire"]), max_size=40))
 def test_any_sequence_of_events_ends_finished_at_most_once(events):
-    """Whatever happens, an item never leaves a finished state, and attempts never exceed the max."""
+    """Whatever happens, an item finishes at most once and never exceeds its attempts."""
     item, token, finished_count = ItemRecord(ItemState.QUEUED), None, 0
     clock = NOW
     for event in events:
         clock += timedelta(seconds=1)
         if event == "claim":
             d = claim(item, now=clock, token=f"t{clock.second}", lease_seconds=10, max_attempts=3)
-            change = d.transition if isinstance(d, Claimed) else d if isinstance(d, Transition) else None
+            change = (
+                d.transition if isinstance(d, Claimed) else d if isinstance(d, Transition) else None
+            )
             if isinstance(d, Claimed):
                 token = d.token
             if change:
-                item = ItemRecord(ItemState(change.fields["state"]), change.fields.get(
-                    "attempts", item.attempts), token if isinstance(d, Claimed) else None,
-                    change.fields["lease"]["until"] if change.fields.get("lease") else None)
+                item = ItemRecord(
+                    ItemState(change.fields["state"]),
+                    change.fields.get("attempts", item.attempts),
+                    token if isinstance(d, Claimed) else None,
+                    change.fields["lease"]["until"] if change.fields.get("lease") else None,
+                )
                 finished_count += item.state.finished
         elif event == "expire":
             clock += timedelta(seconds=60)
         elif token and holds_lease(item, token):
             if event == "ok":
-                change = succeed(item, {}, now=clock)
+                change = succeed(item, result={}, now=clock)
             else:
-                change = after_error(item, "e", permanent=event == "permanent", max_attempts=3,
-                                     now=clock)
+                change = after_error(
+                    item, reason="e", permanent=event == "permanent", max_attempts=3, now=clock
+                )
             item = ItemRecord(change.after, item.attempts)
             finished_count += item.state.finished
         assert item.attempts <= 3

@@ -2,14 +2,17 @@
 
 import pytest
 import yaml
-
 from sluice.topology import REPO_TOPOLOGY, load_topology, parse_topology
 
 
 def test_the_repository_topology_loads():
     topology = load_topology()
     assert set(topology.functions) == {
-        "webhook-ingest", "batch-item-processor", "sheets-writer", "backfill", "status-api"
+        "webhook-ingest",
+        "batch-item-processor",
+        "sheets-writer",
+        "backfill",
+        "status-api",
     }
     for name, sub in topology.subscriptions.items():
         assert topology.functions[sub.push_to].trigger == "pubsub", name
@@ -33,8 +36,11 @@ def mutated(**changes) -> str:
         ("subscriptions.work-items-to-processor.push_to", "status-api", "not a pubsub function"),
         ("subscriptions.work-items-to-processor.max_delivery_attempts", 3, "greater than or equal"),
         ("subscriptions.work-items-to-processor.ack_deadline_seconds", 700, "less than or equal"),
-        ("firestore_triggers.item-written-to-sheets-writer.function", "webhook-ingest",
-         "not a firestore function"),
+        (
+            "firestore_triggers.item-written-to-sheets-writer.function",
+            "webhook-ingest",
+            "not a firestore function",
+        ),
     ],
 )
 def test_a_broken_topology_fails_loudly(path, value, message):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cache
 
 import httpx
-from google.cloud import firestore, pubsub_v1
+from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 from google.cloud.pubsub_v1.types import BatchSettings
 
 

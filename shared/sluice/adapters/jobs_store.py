@@ -57,6 +57,7 @@ class JobStore:
     def __init__(self, db: firestore.Client, *, shards: int) -> None:
         self._db = db
         self._shards = shards
+        self._params: dict[str, dict[str, Any]] = {}
 
     # -- references -----------------------------------------------------------------------------
 
@@ -140,6 +141,16 @@ class JobStore:
         return None
 
     # -- reading --------------------------------------------------------------------------------
+
+    def job_params(self, job_id: str) -> dict[str, Any]:
+        """A job's parameters never change, so each process reads them once per job."""
+        cached = self._params.get(job_id)
+        if cached is None:
+            cached = (self.get_job(job_id) or {}).get("params") or {}
+            if len(self._params) > 10_000:
+                self._params.clear()
+            self._params[job_id] = cached
+        return cached
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         snap = self.job_ref(job_id).get()

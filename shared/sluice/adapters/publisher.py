@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from concurrent import futures
 from typing import Any
 
-from google.cloud import pubsub_v1
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 # A publish that has not been confirmed by then is treated as Pub/Sub being down.
 PUBLISH_TIMEOUT_SECONDS = 20.0
@@ -44,7 +44,7 @@ class Publisher:
             )
             for message in messages
         ]
-        done, not_done = futures.wait(pending, timeout=PUBLISH_TIMEOUT_SECONDS)
+        _, not_done = futures.wait(pending, timeout=PUBLISH_TIMEOUT_SECONDS)
         if not_done:
             for future in not_done:
                 future.cancel()

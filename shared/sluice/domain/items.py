@@ -111,7 +111,7 @@ def holds_lease(item: ItemRecord, token: str) -> bool:
     return item.state is ItemState.RUNNING and item.lease_token == token
 
 
-def succeed(item: ItemRecord, result: dict[str, Any], *, now: datetime) -> Transition:
+def succeed(item: ItemRecord, *, result: dict[str, Any], now: datetime) -> Transition:
     fields = {
         "state": ItemState.SUCCEEDED.value,
         "result": result,
@@ -141,7 +141,7 @@ def release_for_retry(item: ItemRecord, reason: str, *, now: datetime) -> Transi
 
 
 def after_error(
-    item: ItemRecord, reason: str, *, permanent: bool, max_attempts: int, now: datetime
+    item: ItemRecord, *, reason: str, permanent: bool, max_attempts: int, now: datetime
 ) -> Transition:
     """A provider error: fail now if it cannot get better or attempts are spent, else requeue."""
     if permanent:

@@ -75,7 +75,10 @@ def submit_batch(
 
     ids = item_ids(job_id, batch)
     if job["intake"] == "writing":
-        items = [NewItem(i, n, item.input) for n, (i, item) in enumerate(zip(ids, batch.items))]
+        items = [
+            NewItem(i, n, item.input)
+            for n, (i, item) in enumerate(zip(ids, batch.items, strict=True))
+        ]
         store.write_items(job_id, items, at=at)
         store.set_intake(job_id, "items_written")
     if job["intake"] in ("writing", "items_written"):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from sluice.adapters.ai_provider import AIProvider, ProviderError
 from sluice.adapters.jobs_store import JobStore, now
@@ -69,18 +71,19 @@ def process_item(
         return Outcome(message.item_id, decision.after.value, "lease expired too often")
     assert isinstance(decision, Claimed)
 
-    job = store.get_job(message.job_id) or {}
+    params = store.job_params(message.job_id)
+    decide: Callable[[ItemRecord], Transition]
     try:
-        result = provider.complete(claimed.input, job.get("params"))
-
-        def decide(item: ItemRecord) -> Transition:
-            return succeed(item, result, now=now())
+        result = provider.complete(claimed.input, params)
+        decide = partial(succeed, result=result, now=now())
     except ProviderError as error:
-
-        def decide(item: ItemRecord) -> Transition:
-            return after_error(
-                item, str(error), permanent=error.permanent, max_attempts=max_attempts, now=now()
-            )
+        decide = partial(
+            after_error,
+            reason=str(error),
+            permanent=error.permanent,
+            max_attempts=max_attempts,
+            now=now(),
+        )
 
     change = store.finish_item(message.job_id, message.item_id, token=token, decide=decide)
     if change is None:

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import yaml
 from google.api_core.exceptions import AlreadyExists
-from google.cloud import pubsub_v1
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.protobuf.duration_pb2 import Duration
 from google.pubsub_v1.types import DeadLetterPolicy, PushConfig, RetryPolicy
 
@@ -50,12 +50,15 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 class LocalCloud:
-    def __init__(self, log_dir: Path, *, pubsub_port: int = 0, firestore_port: int = 0,
-                 router_port: int = 0) -> None:
+    def __init__(
+        self, log_dir: Path, *, pubsub_port: int = 0, firestore_port: int = 0, router_port: int = 0
+    ) -> None:
         self.log_dir = log_dir
         self.router = TriggerRouter(port=router_port)
         self.emulators = Emulators(
-            log_dir, functions_host=self.router.host, pubsub_port=pubsub_port,
+            log_dir,
+            functions_host=self.router.host,
+            pubsub_port=pubsub_port,
             firestore_port=firestore_port,
         )
 
@@ -105,7 +108,9 @@ class Deployment:
 
     def __post_init__(self) -> None:
         raw = yaml.safe_load(REPO_TOPOLOGY.read_text())
-        self.topology: Topology = parse_topology(yaml.safe_dump(merge(raw, self.topology_overrides)))
+        self.topology: Topology = parse_topology(
+            yaml.safe_dump(merge(raw, self.topology_overrides))
+        )
         self.dir = self.cloud.log_dir / self.project
         self.dir.mkdir(parents=True, exist_ok=True)
         self.topology_path = self.dir / "topology.yaml"
@@ -138,16 +143,24 @@ class Deployment:
         )  # fmt: skip
         for name, function in self.topology.functions.items():
             self.functions[name] = FunctionProcess(
-                name, function, source=SERVICES / name / "main.py", env={},
-                log_dir=self.dir, port=self.ports.get(name, 0),
+                name,
+                function,
+                source=SERVICES / name / "main.py",
+                env={},
+                log_dir=self.dir,
+                port=self.ports.get(name, 0),
             )
         env = self.function_env()
         for fn in self.functions.values():
             fn.env.update(env)
             fn.start()
         self.create_topics()
-        wait_until(http_ok(self.provider_url + "/healthz"), timeout=30, what="provider server",
-                   proc=self._provider)
+        wait_until(
+            http_ok(self.provider_url + "/healthz"),
+            timeout=30,
+            what="provider server",
+            proc=self._provider,
+        )
         for fn in self.functions.values():
             fn.wait_ready()
         self.create_subscriptions()

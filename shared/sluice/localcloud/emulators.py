@@ -74,10 +74,15 @@ class Emulators:
             log_path=self.log_dir / "firestore-emulator.log",
         )
         self._procs.append(fs)
-        wait_until(http_ok(f"http://{self.pubsub_host}/"), timeout=60, what="Pub/Sub emulator",
-                   proc=ps)
-        wait_until(http_ok(f"http://{self.firestore_host}/"), timeout=60,
-                   what="Firestore emulator", proc=fs)
+        wait_until(
+            http_ok(f"http://{self.pubsub_host}/"), timeout=60, what="Pub/Sub emulator", proc=ps
+        )
+        wait_until(
+            http_ok(f"http://{self.firestore_host}/"),
+            timeout=60,
+            what="Firestore emulator",
+            proc=fs,
+        )
 
     def env(self) -> dict[str, str]:
         return {

@@ -111,8 +111,9 @@ class TriggerRouter:
             if self._stopping.is_set():
                 return
             try:
-                status = self._http.post(route.function_url, content=payload,
-                                         headers=headers).status_code
+                status = self._http.post(
+                    route.function_url, content=payload, headers=headers
+                ).status_code
             except httpx.HTTPError:
                 status = 0
             if 200 <= status < 300:
@@ -122,8 +123,12 @@ class TriggerRouter:
             self._stopping.wait(delay)
             delay = min(delay * 2, 10.0)
         self._bump(f"{project}/{trigger}/abandoned")
-        log.error("trigger %s/%s: delivery abandoned after %d attempts", project, trigger,
-                  self.max_attempts)
+        log.error(
+            "trigger %s/%s: delivery abandoned after %d attempts",
+            project,
+            trigger,
+            self.max_attempts,
+        )
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         router = self
