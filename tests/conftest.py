@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from google.cloud import firestore
+
 from sluice.adapters.tenants_store import NewTenant, TenantStore
 from sluice.localcloud.cloud import Deployment, LocalCloud
 

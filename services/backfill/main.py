@@ -4,6 +4,7 @@ import logging
 
 import functions_framework
 from cloudevents.http import CloudEvent
+
 from sluice import logs
 from sluice.events import BadEvent, document_change
 from sluice.handlers.exports import on_export_written

@@ -8,6 +8,7 @@ import logging
 
 import functions_framework
 from cloudevents.http import CloudEvent
+
 from sluice import logs
 from sluice.events import BadEvent, pubsub_message
 from sluice.handlers.messages import handle_message

@@ -1,6 +1,7 @@
 """Validating a batch submission: every field at fault is named, nothing else is accepted."""
 
 import pytest
+
 from sluice.domain.batches import fingerprint, item_ids, job_id_for, parse_batch
 from sluice.problems import Problem
 

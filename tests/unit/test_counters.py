@@ -4,6 +4,7 @@ import random
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from sluice.domain.counters import delta, initial_shards, sum_shards
 from sluice.domain.items import ItemState
 

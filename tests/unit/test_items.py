@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from sluice.domain.items import (
     AlreadyFinished,
     Claimed,

@@ -14,6 +14,7 @@ from typing import Any
 import flask
 import httpx
 import pytest
+
 from sluice.localcloud.provider_server import ProviderConfig, create_app
 
 URL = "/v1/chat/completions"

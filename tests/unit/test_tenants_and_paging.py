@@ -1,6 +1,7 @@
 """API keys and page tokens."""
 
 import pytest
+
 from sluice.domain.paging import decode_token, encode_token, page_size
 from sluice.domain.tenants import bearer_key, hash_api_key, new_api_key, tenant_id
 from sluice.problems import Problem

@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+
 from sluice.topology import REPO_TOPOLOGY, load_topology, parse_topology
 
 

@@ -8,11 +8,13 @@ process dies the supervisor starts it again on the same port, as Cloud Run start
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+from sluice.localcloud.frontend import Frontend
 from sluice.localcloud.processes import free_port, http_ok, spawn, stop, wait_until
 from sluice.topology import Function
 
@@ -36,7 +38,9 @@ class FunctionProcess:
         self.name = name
         self.function = function
         self.source = source
-        self.port = port or free_port()
+        # The process listens on a private port; callers use the front end's stable URL.
+        self.port = free_port()
+        self.frontend = Frontend(self.port, port=port)
         self.env = {
             **env,
             "WORKERS": str(function.local_instances),
@@ -54,7 +58,7 @@ class FunctionProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.frontend.url
 
     @property
     def pid(self) -> int | None:
@@ -71,6 +75,7 @@ class FunctionProcess:
         ]  # fmt: skip
 
     def start(self) -> None:
+        self.frontend.start()
         with self._lock:
             self._proc = spawn(self._argv(), log_path=self.log_path, env=self.env)
         self._watcher.start()
@@ -78,7 +83,12 @@ class FunctionProcess:
     def wait_ready(self, timeout: float = 60) -> None:
         assert self._proc is not None
         # Any HTTP answer (even 4xx for a GET on an event function) means it is serving.
-        wait_until(http_ok(self.url + "/"), timeout=timeout, what=self.name, proc=self._proc)
+        wait_until(
+            http_ok(f"http://127.0.0.1:{self.port}/"),
+            timeout=timeout,
+            what=self.name,
+            proc=self._proc,
+        )
 
     def _watch(self) -> None:
         while not self._stopping.wait(0.2):
@@ -105,6 +115,8 @@ class FunctionProcess:
         self._stopping.set()
         with self._lock:
             if self._proc is not None:
-                stop(self._proc)
+                # SIGINT is gunicorn's quick shutdown; SIGTERM would drain for 30 s.
+                stop(self._proc, grace=3.0, sig=signal.SIGINT)
         if self._watcher.is_alive():
             self._watcher.join(timeout=5)
+        self.frontend.stop()

@@ -11,8 +11,10 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -39,9 +41,11 @@ def spawn(
         )
 
 
-def stop(proc: subprocess.Popen[bytes], *, grace: float = 5.0) -> None:
-    """SIGTERM the whole group, then SIGKILL what is left after the grace period."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+def stop(
+    proc: subprocess.Popen[bytes], *, grace: float = 5.0, sig: signal.Signals = signal.SIGTERM
+) -> None:
+    """Signal the whole group, then SIGKILL what is left after the grace period."""
+    for sig, wait in ((sig, grace), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         try:
@@ -75,3 +79,14 @@ def http_ok(url: str) -> Callable[[], bool]:
             return False
 
     return check
+
+
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A threaded server that does not print a traceback when a client hangs up: the emulators
+    drop connections as a matter of course."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]

@@ -563,29 +563,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     stopping = threading.Event()
-    app = create_app(config, stopping=stopping)
-    server = make_server(args.host, args.port, app, threaded=True)
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"listening on http://{host}:{server.server_port}", flush=True)
-
-    # Serve from a thread and wait here: `server.shutdown()` blocks until `serve_forever` returns,
-    # so it cannot be called from a signal handler running in the serving thread.
-    serving = threading.Thread(target=server.serve_forever, name="provider-server", daemon=True)
-    serving.start()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stopping.set()
 
+    # Handlers go in before the "listening" line: whoever reads it may signal us at once, and an
+    # uncaught SIGTERM would end the process with 143 instead of 0.
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        stopping.wait()
+        app = create_app(config, stopping=stopping)
+        server = make_server(args.host, args.port, app, threaded=True)
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"listening on http://{host}:{server.server_port}", flush=True)
+
+        # Serve from a thread and wait here: signal handlers run in the main thread, and
+        # `server.shutdown()` blocks until `serve_forever` returns, so the two cannot share it.
+        serving = threading.Thread(target=server.serve_forever, name="provider-server", daemon=True)
+        serving.start()
+        try:
+            stopping.wait()
+        finally:
+            stopping.set()  # also ends the sleeps of calls still in flight
+            server.shutdown()
+            server.server_close()
     finally:
-        stopping.set()  # also ends the sleeps of calls still in flight
-        server.shutdown()
-        server.server_close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0

@@ -18,11 +18,11 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 
-from sluice.localcloud.processes import free_port
+from sluice.localcloud.processes import QuietHTTPServer, free_port
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ class TriggerRouter:
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="eventarc")
         self._http = httpx.Client(timeout=httpx.Timeout(600.0, connect=2.0))
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self._server.daemon_threads = True
+        self._server = QuietHTTPServer(("127.0.0.1", self.port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
