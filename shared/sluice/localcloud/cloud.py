@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,10 +169,10 @@ class Deployment:
 
     def stop(self) -> None:
         self.cloud.router.unroute(self.project)
-        for fn in self.functions.values():
-            fn.stop()
-        if self._provider is not None:
-            stop(self._provider)
+        with ThreadPoolExecutor() as pool:  # each waits for its own grace period: in parallel
+            list(pool.map(lambda fn: fn.stop(), self.functions.values()))
+            if self._provider is not None:
+                pool.submit(stop, self._provider)
 
     # -- wiring ---------------------------------------------------------------------------------
 

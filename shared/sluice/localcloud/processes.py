@@ -45,9 +45,9 @@ def stop(
     proc: subprocess.Popen[bytes], *, grace: float = 5.0, sig: signal.Signals = signal.SIGTERM
 ) -> None:
     """Signal the whole group, then SIGKILL what is left after the grace period."""
-    for sig, wait in ((sig, grace), (signal.SIGKILL, 5.0)):
+    for signum, wait in ((sig, grace), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
+            os.killpg(proc.pid, signum)
         try:
             proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
