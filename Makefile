@@ -1,0 +1,43 @@
+# Sluice: everything a fresh clone needs, installed and started by these targets.
+# `make test` and `make run` create the virtual environment from uv.lock on first use.
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+VENV := .venv
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+PY := $(VENV)/bin/python
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: install test lint unit run clean
+
+install: $(VENV)/.synced
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check shared services tests
+	$(VENV)/bin/ruff format --check shared services tests
+	$(VENV)/bin/mypy
+
+# The whole suite: pure logic, adapters on the emulators, functions, end to end on the local cloud.
+# The local cloud is started and stopped by the tests' own fixtures.
+test: lint
+	$(PY) -m pytest
+
+unit: install
+	$(PY) -m pytest tests/unit
+
+# Starts the local cloud, submits a demo batch, and keeps running until Ctrl-C.
+run: install
+	$(PY) -m sluice.localcloud.run
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .sluice .pytest_cache .mypy_cache .ruff_cache
