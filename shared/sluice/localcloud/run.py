@@ -1,0 +1,147 @@
+"""`make run`: the local cloud with a demo tenant and a demo batch, until Ctrl-C.
+
+Environment (all optional):
+  SLUICE_DEMO_ITEMS      items in the demo batch (300)
+  SLUICE_PROVIDER_LATENCY_MS  the local AI provider's latency per call (50)
+  SLUICE_PORTS           fixed ports, e.g. "webhook-ingest=8081,status-api=8082,pubsub=8085,
+                         firestore=8086,router=8087,provider=8090"; unset ones are free ports
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+from google.cloud import firestore
+
+from sluice.adapters.tenants_store import TenantStore
+from sluice.localcloud.cloud import Deployment, LocalCloud, write_local_json
+
+STATE_DIR = Path(".sluice")
+PROJECT = "sluice-local"
+
+
+def ports_from_env(raw: str) -> dict[str, int]:
+    ports = {}
+    for pair in filter(None, (p.strip() for p in raw.split(","))):
+        name, _, port = pair.partition("=")
+        if not port.isdigit():
+            raise SystemExit(f"SLUICE_PORTS: {pair!r} is not name=port")
+        ports[name.strip()] = int(port)
+    return ports
+
+
+def progress_bar(status: dict[str, Any], width: int = 40) -> str:
+    done = int(width * status["progress"])
+    counts = status["counts"]
+    return (
+        f"[{'#' * done}{'.' * (width - done)}] {status['finished']}/{status['total']}"
+        f"  succeeded {counts['succeeded']}  failed {counts['failed']}"
+        f"  running {counts['running']}  queued {counts['queued']}"
+    )
+
+
+def submit_demo(d: Deployment, key: str, items: int) -> dict[str, Any]:
+    body = {
+        "kind": "describe-image",
+        "params": {"instructions": "Describe the image in one sentence."},
+        "items": [{"id": f"img-{n:04d}", "input": {"url": f"https://example.com/{n}.jpg"}}
+                  for n in range(items)],
+    }  # fmt: skip
+    r = httpx.post(
+        d.url("webhook-ingest") + "/v1/batches",
+        json=body,
+        headers={"Authorization": f"Bearer {key}", "Idempotency-Key": "demo-batch"},
+        timeout=60,
+    )
+    r.raise_for_status()
+    return dict(r.json())
+
+
+def follow(status_url: str, key: str) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {key}"}
+    while True:
+        status = httpx.get(status_url, headers=headers, timeout=10).json()
+        print("\r" + progress_bar(status), end="", flush=True)
+        if status["state"] != "open":
+            print()
+            return dict(status)
+        time.sleep(0.25)
+
+
+def usage(d: Deployment, key: str, batch: dict[str, Any]) -> str:
+    ingest, status = d.url("webhook-ingest"), d.url("status-api")
+    auth = f'-H "Authorization: Bearer {key}"'
+    return f"""
+Sluice is running on the local cloud (project {d.project}).
+
+  webhook-ingest  {ingest}
+  status-api      {status}
+  AI provider     {d.provider_url}  (open it to see what it received; counters: /_sluice/stats)
+  Pub/Sub         {d.cloud.emulators.pubsub_host}  (emulator)
+  Firestore       {d.cloud.emulators.firestore_host}  (emulator)
+  logs            {d.dir}
+  demo API key    {key}
+  all of this     {STATE_DIR / "local.json"}
+
+Try:
+  curl -s {auth} {batch["status_url"]}
+  curl -s {auth} "{batch["status_url"]}/items?state=succeeded&page_size=3"
+  curl -s -X POST {auth} -H 'Content-Type: application/json' {ingest}/v1/batches \\
+       -d '{{"kind":"summarize","items":[{{"input":"hello"}},{{"input":"world"}}]}}'
+  .venv/bin/sluice tenant list
+
+Ctrl-C stops everything.
+"""
+
+
+def main() -> int:
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    ports = ports_from_env(os.environ.get("SLUICE_PORTS", ""))
+    items = int(os.environ.get("SLUICE_DEMO_ITEMS", "300"))
+    latency = os.environ.get("SLUICE_PROVIDER_LATENCY_MS", "50")
+    cloud = LocalCloud(
+        STATE_DIR / "logs",
+        pubsub_port=ports.get("pubsub", 0),
+        firestore_port=ports.get("firestore", 0),
+        router_port=ports.get("router", 0),
+    )
+    local_json = STATE_DIR / "local.json"
+    deployment: Deployment | None = None
+    try:
+        print("starting the Pub/Sub and Firestore emulators ...", flush=True)
+        cloud.start()
+        print("deploying the functions ...", flush=True)
+        deployment = cloud.deploy(PROJECT, ports=ports, provider_args=["--latency-ms", latency])
+        demo = TenantStore(firestore.Client(project=PROJECT)).create("demo", sheets=True)
+        tenant = {"id": demo.id, "api_key": demo.api_key, "signing_secret": demo.signing_secret}
+        write_local_json(local_json, {**deployment.describe(), "demo_tenant": tenant})
+        print(f"submitting a demo batch of {items} items ...", flush=True)
+        batch = submit_demo(deployment, demo.api_key, items)
+        final = follow(batch["status_url"], demo.api_key)
+        print(f"demo batch {final['batch_id']} {final['state']}", flush=True)
+        print(usage(deployment, demo.api_key, batch), flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+    finally:
+        if deployment is not None:
+            deployment.stop()
+        cloud.stop()
+        local_json.unlink(missing_ok=True)
+        print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
