@@ -1,0 +1,105 @@
+"""Bad input gets a clear error and changes nothing (on the local cloud, over HTTP)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import bearer
+
+pytestmark = pytest.mark.cloud
+
+
+@pytest.fixture
+def ingest(deployment) -> str:
+    return deployment.url("webhook-ingest") + "/v1/batches"
+
+
+def nothing_changed(db, http, deployment) -> None:
+    assert list(db.collection("jobs").limit(1).stream()) == []
+    assert http.get(deployment.provider_url + "/_sluice/stats").json()["requests"] == 0
+
+
+GOOD = {"kind": "ocr", "items": [{"input": "a"}]}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer sk_not-a-key"}, {"Authorization": "Basic dXNlcjpwYXNz"}],
+)
+def test_a_missing_or_wrong_key_is_a_401(http, deployment, ingest, db, make_tenant, headers):
+    make_tenant()
+    r = http.post(ingest, json=GOOD, headers=headers)
+    assert r.status_code == 401
+    assert r.headers["content-type"] == "application/problem+json"
+    nothing_changed(db, http, deployment)
+
+
+def test_invalid_fields_are_a_400_naming_each(http, deployment, ingest, db, make_tenant):
+    key = make_tenant().api_key
+    bad = {"kind": "has space", "items": [{"input": "ok"}, {"id": "a/b", "input": 1}, {}],
+           "callback_url": "ftp://x"}  # fmt: skip
+    r = http.post(ingest, json=bad, headers=bearer(key))
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/problem+json"
+    fields = {e["field"] for e in r.json()["errors"]}
+    assert fields == {"kind", "items.1.id", "items.2.input", "callback_url"}
+    r = http.post(ingest, content=b"{not json", headers=bearer(key))
+    assert r.status_code == 400 and r.json()["title"] == "Invalid JSON"
+    nothing_changed(db, http, deployment)
+
+
+def test_a_body_over_the_limit_is_a_413(http, deployment, ingest, db, make_tenant):
+    key = make_tenant().api_key
+    limit = deployment.topology.api.max_body_bytes
+    huge = b'{"kind":"k","items":[{"input":"' + b"x" * limit + b'"}]}'
+    r = http.post(ingest, content=huge, headers=bearer(key))
+    assert r.status_code == 413
+    too_many = {
+        "kind": "k",
+        "items": [{"input": 1}] * (deployment.topology.api.max_batch_items + 1),
+    }
+    r = http.post(ingest, json=too_many, headers=bearer(key))
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "items"
+    nothing_changed(db, http, deployment)
+
+
+def test_an_idempotency_key_returns_the_same_batch_or_a_409(http, deployment, ingest, make_tenant):
+    key = make_tenant().api_key
+    headers = {**bearer(key), "Idempotency-Key": "order-42"}
+    first = http.post(ingest, json=GOOD, headers=headers)
+    # The same body in another key order and spacing is the same request.
+    again = http.post(ingest, content=b'{ "items": [{"input": "a"}], "kind": "ocr" }',
+                      headers=headers)  # fmt: skip
+    assert first.status_code == again.status_code == 202
+    assert first.json()["batch_id"] == again.json()["batch_id"]
+
+    other = http.post(ingest, json={"kind": "ocr", "items": [{"input": "b"}]}, headers=headers)
+    assert other.status_code == 409
+    assert other.headers["content-type"] == "application/problem+json"
+    status = http.get(first.json()["status_url"], headers=bearer(key)).json()
+    assert status["total"] == 1
+
+
+def test_another_tenants_batch_is_a_404(http, deployment, ingest, make_tenant):
+    alice, bob = make_tenant("alice").api_key, make_tenant("bob").api_key
+    batch = http.post(ingest, json=GOOD, headers=bearer(alice)).json()
+    for url in (batch["status_url"], batch["status_url"] + "/items"):
+        assert http.get(url, headers=bearer(bob)).status_code == 404
+        assert http.get(url, headers=bearer(alice)).status_code == 200
+    missing = deployment.url("status-api") + "/v1/batches/nope"
+    assert http.get(missing, headers=bearer(alice)).status_code == 404
+
+
+def test_bad_listing_parameters_are_a_400(http, deployment, ingest, make_tenant):
+    key = make_tenant().api_key
+    batch = http.post(ingest, json=GOOD, headers=bearer(key)).json()
+    items = batch["status_url"] + "/items"
+    for params in ({"state": "done"}, {"page_size": "0"}, {"page_token": "@@"}):
+        r = http.get(items, params=params, headers=bearer(key))
+        assert r.status_code == 400, params
+        assert list(r.json()["errors"][0]) == ["field", "message"]
+
+
+def test_unknown_routes_and_methods_are_problems_not_500s(http, deployment, ingest):
+    assert http.get(ingest).status_code == 405
+    assert http.post(deployment.url("webhook-ingest") + "/nope").status_code == 404

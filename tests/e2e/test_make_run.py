@@ -1,0 +1,69 @@
+"""`make run` (its script): up, demo batch done, usable, and nothing left after Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.cloud
+
+
+def listening(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=1)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+def test_make_run_serves_the_demo_and_stops_everything_on_ctrl_c(tmp_path: Path):
+    env = {**os.environ, "SLUICE_DEMO_ITEMS": "20", "SLUICE_PROVIDER_LATENCY_MS": "5"}
+    for var in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST"):
+        env.pop(var, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sluice.localcloud.run"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        text = "".join(output)
+        assert "Ctrl-C stops everything" in text, text
+        assert "20/20" in text and "completed" in text
+
+        info = json.loads((tmp_path / ".sluice" / "local.json").read_text())
+        key = info["demo_tenant"]["api_key"]
+        status_api = info["functions"]["status-api"]
+        r = httpx.post(
+            info["functions"]["webhook-ingest"] + "/v1/batches",
+            json={"kind": "k", "items": [{"input": "hi"}]},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert r.status_code == 202
+        assert r.json()["status_url"].startswith(status_api)
+        assert httpx.get(info["servers"]["ai_provider"] + "/_sluice/stats").json()["requests"] >= 20
+        urls = [*info["functions"].values(), info["servers"]["ai_provider"], info["trigger_router"]]
+        urls += [f"http://{host}" for host in info["emulators"].values()]
+        assert all(listening(url) for url in urls)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
+    assert not (tmp_path / ".sluice" / "local.json").exists()
+    assert [url for url in urls if listening(url)] == []
