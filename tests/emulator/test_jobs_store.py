@@ -1,0 +1,94 @@
+"""The job store on the Firestore emulator: transactions keep states, counts and completion."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from functools import partial
+
+import pytest
+
+from sluice.adapters.jobs_store import IdempotencyConflict, JobStore, NewItem
+from sluice.domain.items import AlreadyFinished, Claimed, LeaseHeld, succeed
+
+
+@pytest.fixture
+def store(db) -> JobStore:
+    return JobStore(db, shards=4)
+
+
+def new_job(store: JobStore, n: int, job_id: str = "job") -> str:
+    store.create_job(job_id, {"tenant": "t", "total": n, "state": "open", "fingerprint": "f"})
+    items = [NewItem(f"i{k}", k, {"k": k}) for k in range(n)]
+    store.write_items(job_id, items, at=datetime.now(UTC))
+    return job_id
+
+
+def claim(store: JobStore, job: str, item: str):
+    result = store.claim_item(job, item, token=uuid.uuid4().hex, lease_seconds=60, max_attempts=3)
+    assert result is not None
+    return result.decision
+
+
+def test_the_same_id_with_another_fingerprint_is_a_conflict(store):
+    job = {"tenant": "t", "total": 1, "state": "open", "fingerprint": "a"}
+    assert store.create_job("j", job) == job
+    assert store.create_job("j", {**job, "total": 9})["total"] == 1  # the stored one wins
+    with pytest.raises(IdempotencyConflict):
+        store.create_job("j", {**job, "fingerprint": "b"})
+
+
+def test_concurrent_deliveries_of_one_item_claim_it_once(store):
+    job = new_job(store, 1)
+
+    def attempt(_: int) -> object:
+        try:
+            return claim(store, job, "i0")
+        except ValueError as contended:  # the transaction gave up: raised, so redelivered
+            return contended
+
+    with ThreadPoolExecutor(8) as pool:
+        decisions = list(pool.map(attempt, range(8)))
+    assert sum(isinstance(d, Claimed) for d in decisions) == 1
+    assert all(isinstance(d, Claimed | LeaseHeld | ValueError) for d in decisions)
+    counts = store.job_with_counts(job)[1]
+    assert counts.by_state["running"] == 1 and counts.by_state["queued"] == 0
+
+
+def test_a_result_is_recorded_once_and_the_job_completes_once(store):
+    job = new_job(store, 20)
+    tokens = {}
+    for k in range(20):
+        decision = claim(store, job, f"i{k}")
+        tokens[f"i{k}"] = decision.token
+
+    def finish(item: str) -> bool:
+        change = store.finish_item(
+            job, item, token=tokens[item], decide=partial(succeed, result={"ok": item},
+                                                          now=datetime.now(UTC))
+        )  # fmt: skip
+        assert change is not None
+        return store.complete_if_done(job)
+
+    with ThreadPoolExecutor(8) as pool:
+        completions = list(pool.map(finish, list(tokens)))
+    assert completions.count(True) == 1
+    job_doc, counts = store.job_with_counts(job)
+    assert job_doc["state"] == "completed" and counts.by_state["succeeded"] == 20
+    # A late or repeated outcome from an old claim changes nothing.
+    again = partial(succeed, result={}, now=datetime.now(UTC))
+    stale = store.finish_item(job, "i0", token=tokens["i0"], decide=again)
+    assert stale is None
+    assert isinstance(claim(store, job, "i0"), AlreadyFinished)
+    assert store.complete_if_done(job) is False
+
+
+def test_items_are_listed_by_state_in_pages(store):
+    job = new_job(store, 7)
+    claim(store, job, "i3")
+    first = store.list_items(job, state="queued", limit=4, after=None)
+    rest = store.list_items(job, state="queued", limit=4, after=first[-1][0])
+    ids = [i for i, _ in first + rest]
+    assert len(ids) == 6 and "i3" not in ids and len(set(ids)) == 6
+    assert [i for i, _ in store.list_items(job, state="running", limit=5, after=None)] == ["i3"]

@@ -1,0 +1,43 @@
+"""Functions in-process through functions-framework's test client, on the emulators."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from functions_framework import create_app
+
+from sluice import wiring
+from sluice.localcloud.cloud import LocalCloud
+from sluice.settings import get_settings
+
+SERVICES = Path(__file__).resolve().parents[2] / "services"
+
+
+@pytest.fixture
+def function_client(
+    local_cloud: LocalCloud, project: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str], FlaskClient]]:
+    """A test client for a function, configured for this test's project."""
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", project)
+    monkeypatch.setenv("SLUICE_STATUS_API_URL", "http://status.invalid")
+    # Nothing listens here: a test that reaches the provider fails loudly.
+    monkeypatch.setenv("SLUICE_AI_PROVIDER_URL", "http://127.0.0.1:9")
+    caches = (get_settings, wiring.job_store, wiring.publisher, wiring.ai_provider)
+    for cached in caches:
+        cached.cache_clear()
+
+    def client(name: str) -> FlaskClient:
+        from sluice.topology import load_topology
+
+        function = load_topology().functions[name]
+        app = create_app(
+            function.entry_point, str(SERVICES / name / "main.py"), function.signature_type
+        )
+        return app.test_client()
+
+    yield client
+    for cached in caches:
+        cached.cache_clear()
