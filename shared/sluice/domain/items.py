@@ -111,27 +111,18 @@ def holds_lease(item: ItemRecord, token: str) -> bool:
     return item.state is ItemState.RUNNING and item.lease_token == token
 
 
+def _finish(item: ItemRecord, state: ItemState, *, now: datetime, **fields: Any) -> Transition:
+    """Every finished state clears the lease and stamps `finished_at`, which exports key on."""
+    base = {"state": state.value, "lease": None, "finished_at": now, "updated_at": now}
+    return Transition(item.state, state, {**base, **fields})
+
+
 def succeed(item: ItemRecord, *, result: dict[str, Any], now: datetime) -> Transition:
-    fields = {
-        "state": ItemState.SUCCEEDED.value,
-        "result": result,
-        "error": None,
-        "lease": None,
-        "finished_at": now,
-        "updated_at": now,
-    }
-    return Transition(item.state, ItemState.SUCCEEDED, fields)
+    return _finish(item, ItemState.SUCCEEDED, now=now, result=result, error=None)
 
 
 def fail(item: ItemRecord, reason: str, *, now: datetime) -> Transition:
-    fields = {
-        "state": ItemState.FAILED.value,
-        "error": reason,
-        "lease": None,
-        "finished_at": now,
-        "updated_at": now,
-    }
-    return Transition(item.state, ItemState.FAILED, fields)
+    return _finish(item, ItemState.FAILED, now=now, error=reason)
 
 
 def release_for_retry(item: ItemRecord, reason: str, *, now: datetime) -> Transition:

@@ -8,13 +8,12 @@ dies under it gets a 503 too. The Pub/Sub emulator, pushing straight at a restar
 
 from __future__ import annotations
 
-import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
 import httpx
 
-from sluice.localcloud.processes import QuietHTTPServer, free_port
+from sluice.localcloud.processes import BackgroundServer
 
 # How long a request waits for an instance to (re)start before it is answered 503.
 STARTUP_WAIT_SECONDS = 30.0
@@ -22,27 +21,17 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", 
               "proxy-connection", "content-length"}  # fmt: skip
 
 
-class Frontend:
+class Frontend(BackgroundServer):
     def __init__(self, backend_port: int, *, port: int = 0, timeout: float = 600.0) -> None:
-        self.port = port or free_port()
         self.backend = f"http://127.0.0.1:{backend_port}"
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=1.0),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
-        self._server = QuietHTTPServer(("127.0.0.1", self.port), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__(self._handler(), port=port)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().stop()
         self._http.close()
 
     def forward(

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler
 
 import httpx
 
-from sluice.localcloud.processes import QuietHTTPServer, free_port
+from sluice.localcloud.processes import BackgroundServer
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,8 @@ class Route:
     function_url: str
 
 
-class TriggerRouter:
+class TriggerRouter(BackgroundServer):
     def __init__(self, *, port: int = 0, max_attempts: int = 30) -> None:
-        self.port = port or free_port()
         self.max_attempts = max_attempts
         self._routes: dict[tuple[str, str], Route] = {}
         self._lock = threading.Lock()
@@ -44,20 +43,11 @@ class TriggerRouter:
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="eventarc")
         self._http = httpx.Client(timeout=httpx.Timeout(600.0, connect=2.0))
         self._stopping = threading.Event()
-        self._server = QuietHTTPServer(("127.0.0.1", self.port), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__(self._handler(), port=port)
 
     def stop(self) -> None:
         self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
+        super().stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
 
