@@ -81,6 +81,7 @@ class Api(_Strict):
     max_item_input_bytes: int = Field(ge=1)
     default_page_size: int = Field(ge=1)
     max_page_size: int = Field(ge=1)
+    publish_timeout_seconds: float = Field(gt=0, le=60)
 
 
 class Topology(_Strict):

@@ -23,7 +23,8 @@ def job_store() -> JobStore:
 
 @cache
 def publisher() -> Publisher:
-    return Publisher(publisher_client(), settings().project)
+    s = settings()
+    return Publisher(publisher_client(), s.project, timeout=s.topology.api.publish_timeout_seconds)
 
 
 @cache

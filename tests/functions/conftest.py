@@ -10,8 +10,10 @@ from flask.testing import FlaskClient
 from functions_framework import create_app
 
 from sluice import wiring
+from sluice.adapters.clients import publisher_client
 from sluice.localcloud.cloud import LocalCloud
 from sluice.settings import get_settings
+from sluice.topology import load_topology
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 
@@ -25,13 +27,15 @@ def function_client(
     monkeypatch.setenv("SLUICE_STATUS_API_URL", "http://status.invalid")
     # Nothing listens here: a test that reaches the provider fails loudly.
     monkeypatch.setenv("SLUICE_AI_PROVIDER_URL", "http://127.0.0.1:9")
-    caches = (get_settings, wiring.job_store, wiring.publisher, wiring.ai_provider)
+    caches = (get_settings, wiring.job_store, wiring.publisher, wiring.ai_provider,
+              publisher_client)  # fmt: skip
     for cached in caches:
         cached.cache_clear()
 
     def client(name: str) -> FlaskClient:
-        from sluice.topology import load_topology
-
+        # A fresh process would read the environment anew: so does a fresh client here.
+        for cached in caches:
+            cached.cache_clear()
         function = load_topology().functions[name]
         app = create_app(
             function.entry_point, str(SERVICES / name / "main.py"), function.signature_type

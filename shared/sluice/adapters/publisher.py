@@ -9,14 +9,13 @@ from typing import Any
 
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-# A publish that has not been confirmed by then is treated as Pub/Sub being down.
-PUBLISH_TIMEOUT_SECONDS = 20.0
-
 
 class Publisher:
-    def __init__(self, client: pubsub_v1.PublisherClient, project: str) -> None:
+    def __init__(self, client: pubsub_v1.PublisherClient, project: str, *, timeout: float) -> None:
         self._client = client
         self._project = project
+        # A publish that has not been confirmed by then is treated as Pub/Sub being down.
+        self._timeout = timeout
 
     def topic_path(self, topic: str) -> str:
         return self._client.topic_path(self._project, topic)
@@ -44,7 +43,7 @@ class Publisher:
             )
             for message in messages
         ]
-        _, not_done = futures.wait(pending, timeout=PUBLISH_TIMEOUT_SECONDS)
+        _, not_done = futures.wait(pending, timeout=self._timeout)
         if not_done:
             for future in not_done:
                 future.cancel()

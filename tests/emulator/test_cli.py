@@ -1,0 +1,53 @@
+"""The operator's `sluice` command against a local cloud found through its local.json."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from sluice.cli import main
+from sluice.domain.tenants import hash_api_key
+
+
+@pytest.fixture
+def local_json(tmp_path, project, monkeypatch):
+    path = tmp_path / "local.json"
+    emulators = {"FIRESTORE_EMULATOR_HOST": os.environ["FIRESTORE_EMULATOR_HOST"]}
+    path.write_text(json.dumps({"project": project, "emulators": emulators}))
+    monkeypatch.setenv("SLUICE_LOCAL_JSON", str(path))
+    return path
+
+
+def key_in(output: str) -> str:
+    return next(line.split(": ")[1] for line in output.splitlines() if "api key" in line)
+
+
+def test_create_list_and_rotate_a_tenant(local_json, db, capsys):
+    assert (
+        main(["tenant", "create", "Acme CRM", "--sheets", "--callback-url", "https://a.b/c"]) == 0
+    )
+    key = key_in(capsys.readouterr().out)
+    doc = db.collection("tenants").document("acme-crm").get().to_dict()
+    assert doc["api_key_hashes"] == [hash_api_key(key)] and doc["sheets_enabled"] is True
+    assert key not in json.dumps(doc, default=str)  # only the digest is stored
+
+    assert main(["tenant", "list"]) == 0
+    assert "acme-crm\tAcme CRM\tsheets\thttps://a.b/c" in capsys.readouterr().out
+
+    assert main(["tenant", "rotate-key", "Acme CRM"]) == 0
+    new_key = key_in(capsys.readouterr().out)
+    hashes = db.collection("tenants").document("acme-crm").get().get("api_key_hashes")
+    assert hashes == [hash_api_key(new_key)] and new_key != key
+
+
+def test_mistakes_are_reported_and_change_nothing(local_json, db, capsys):
+    assert main(["tenant", "create", "acme"]) == 0
+    before = db.collection("tenants").document("acme").get().to_dict()
+    assert main(["tenant", "create", "ACME"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["tenant", "rotate-key", "nobody"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert db.collection("tenants").document("acme").get().to_dict() == before
+    assert len(list(db.collection("tenants").stream())) == 1
