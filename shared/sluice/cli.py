@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     tsub.add_parser("list", help="list tenants")
     rotate = tsub.add_parser("rotate-key", help="replace a tenant's API key; the old one stops")
     rotate.add_argument("name")
+    phone = tsub.add_parser("add-phone", help="route a WhatsApp phone number id to a tenant")
+    phone.add_argument("name")
+    phone.add_argument("phone_number_id")
     return p
 
 
@@ -62,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             for tid, doc in tenants.list():
                 sheets = "sheets" if doc.get("sheets_enabled") else "-"
                 print(f"{tid}\t{doc.get('name')}\t{sheets}\t{doc.get('callback_url') or '-'}")
+        elif args.action == "add-phone":
+            tenants.add_phone(args.name, args.phone_number_id)
+            print(f"phone number id {args.phone_number_id} now routes to {args.name}")
         elif args.action == "rotate-key":
             print(f"new api key (shown once): {tenants.rotate_key(args.name)}")
     except (TenantExists, TenantNotFound, ValueError) as exc:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, ConfigDict
 
 WORK_ITEMS = "work-items"
+WHATSAPP_EVENTS = "whatsapp-events"
 
 
 class WorkItem(BaseModel):
@@ -14,3 +17,16 @@ class WorkItem(BaseModel):
 
     job_id: str
     item_id: str
+
+
+class WhatsAppEventMessage(BaseModel):
+    """One message, status or error of a WhatsApp delivery (see sluice.domain.whatsapp)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    kind: Literal["message", "status", "error"]
+    phone_number_id: str
+    display_phone_number: str = ""
+    waba_id: str = ""
+    body: dict[str, Any]
+    contact: dict[str, Any] | None = None

@@ -7,9 +7,11 @@ import flask
 from sluice import wiring
 from sluice.domain.batches import parse_batch, validate_idempotency_key
 from sluice.domain.paging import page_size
+from sluice.domain.whatsapp import verify_handshake
 from sluice.handlers.auth import authenticate
 from sluice.handlers.ingest import submit_batch
 from sluice.handlers.status import batch_items, batch_status, parse_state
+from sluice.handlers.whatsapp_ingest import receive_delivery
 from sluice.http import Router, json_response, read_body, read_json
 
 
@@ -59,7 +61,30 @@ def get_batch_items(request: flask.Request, batch_id: str) -> flask.Response:
     return json_response(page)
 
 
-ingest = Router({("POST", "/v1/batches"): create_batch})
+def whatsapp_handshake(request: flask.Request) -> flask.Response:
+    token = wiring.settings().whatsapp_verify_token.get_secret_value()
+    challenge = verify_handshake(dict(request.args.items()), token)
+    return flask.Response(challenge, 200, mimetype="text/plain")
+
+
+def whatsapp_delivery(request: flask.Request) -> flask.Response:
+    settings = wiring.settings()
+    received = receive_delivery(
+        wiring.publisher(),
+        body=read_body(request, settings.topology.api.max_whatsapp_body_bytes),
+        signature=request.headers.get("X-Hub-Signature-256"),
+        app_secret=settings.whatsapp_app_secret.get_secret_value(),
+    )
+    return json_response({"received": received})
+
+
+ingest = Router(
+    {
+        ("POST", "/v1/batches"): create_batch,
+        ("GET", "/whatsapp/webhook"): whatsapp_handshake,
+        ("POST", "/whatsapp/webhook"): whatsapp_delivery,
+    }
+)
 
 status = Router(
     {

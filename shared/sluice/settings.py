@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     ai_provider_url: str
     ai_provider_api_key: SecretStr = SecretStr("")
     ai_model: str = "sluice-default"
+    # WhatsApp Cloud API: from Secret Manager in the cloud, from the environment locally.
+    whatsapp_app_secret: SecretStr
+    whatsapp_verify_token: SecretStr
+    whatsapp_access_token: SecretStr
+    whatsapp_graph_url: str = "https://graph.facebook.com"
+    whatsapp_api_version: str = "v21.0"
 
     @property
     def topology(self) -> Topology:

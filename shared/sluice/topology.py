@@ -78,6 +78,7 @@ class Work(_Strict):
 class Api(_Strict):
     max_batch_items: int = Field(ge=1)
     max_body_bytes: int = Field(ge=1024)
+    max_whatsapp_body_bytes: int = Field(ge=1024)
     max_item_input_bytes: int = Field(ge=1)
     default_page_size: int = Field(ge=1)
     max_page_size: int = Field(ge=1)

@@ -6,8 +6,11 @@ from functools import cache
 
 from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.clients import firestore_client, http_client, publisher_client
+from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
+from sluice.adapters.whatsapp_api import WhatsAppAPI
+from sluice.handlers.whatsapp import WhatsAppDeps
 from sluice.settings import Settings, get_settings
 
 
@@ -37,4 +40,26 @@ def ai_provider() -> AIProvider:
         api_key=s.ai_provider_api_key.get_secret_value(),
         model=s.ai_model,
         timeout=limits.timeout_seconds,
+    )
+
+
+@cache
+def whatsapp_api() -> WhatsAppAPI:
+    s = settings()
+    return WhatsAppAPI(
+        http_client(),
+        base_url=s.whatsapp_graph_url,
+        version=s.whatsapp_api_version,
+        token=s.whatsapp_access_token.get_secret_value(),
+        timeout=s.topology.providers["whatsapp"].timeout_seconds,
+    )
+
+
+@cache
+def whatsapp_deps() -> WhatsAppDeps:
+    return WhatsAppDeps(
+        store=job_store(),
+        conversations=ConversationStore(firestore_client(settings().project)),
+        ai=ai_provider(),
+        whatsapp=whatsapp_api(),
     )

@@ -15,6 +15,8 @@ from sluice.localcloud.cloud import LocalCloud
 from sluice.settings import get_settings
 from sluice.topology import load_topology
 
+APP_SECRET = "functions-test-app-secret"
+VERIFY_TOKEN = "functions-test-verify-token"
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 
 
@@ -27,8 +29,12 @@ def function_client(
     monkeypatch.setenv("SLUICE_STATUS_API_URL", "http://status.invalid")
     # Nothing listens here: a test that reaches the provider fails loudly.
     monkeypatch.setenv("SLUICE_AI_PROVIDER_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SLUICE_WHATSAPP_GRAPH_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SLUICE_WHATSAPP_APP_SECRET", APP_SECRET)
+    monkeypatch.setenv("SLUICE_WHATSAPP_VERIFY_TOKEN", VERIFY_TOKEN)
+    monkeypatch.setenv("SLUICE_WHATSAPP_ACCESS_TOKEN", "token")
     caches = (get_settings, wiring.job_store, wiring.publisher, wiring.ai_provider,
-              publisher_client)  # fmt: skip
+              wiring.whatsapp_api, wiring.whatsapp_deps, publisher_client)  # fmt: skip
     for cached in caches:
         cached.cache_clear()
 

@@ -7,22 +7,11 @@ at the local provider server, so this code is what runs in both.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-
-@dataclass(frozen=True)
-class ProviderError(Exception):
-    """A call that did not produce a result. `permanent`: a retry cannot fix it."""
-
-    reason: str
-    permanent: bool
-    retry_after: float | None = None
-
-    def __str__(self) -> str:
-        return self.reason
+from sluice.adapters.outside import ProviderError, retry_after_seconds, transport_error
 
 
 class AIProvider:
@@ -44,10 +33,8 @@ class AIProvider:
             response = self._http.post(
                 self._url, json=body, headers=self._headers, timeout=self._timeout
             )
-        except httpx.TimeoutException:
-            raise ProviderError("provider timed out", permanent=False) from None
         except httpx.TransportError as exc:
-            raise ProviderError(f"provider unreachable: {exc}", permanent=False) from None
+            raise transport_error("provider", exc) from None
         if response.status_code == 200:
             return result_of(response.json())
         raise error_of(response)
@@ -79,14 +66,7 @@ def error_of(response: httpx.Response) -> ProviderError:
     except (ValueError, KeyError, TypeError):
         message = response.text[:200]
     reason = f"provider answered {status}: {message}"
-    retry_after = _seconds(response.headers.get("retry-after"))
+    retry_after = retry_after_seconds(response.headers.get("retry-after"))
     # 408, 409 (conflict), 429 and every 5xx can pass with time; other 4xx cannot.
     transient = status in (408, 409, 429) or status >= 500
     return ProviderError(reason, permanent=not transient, retry_after=retry_after)
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None

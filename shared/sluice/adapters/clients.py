@@ -10,7 +10,7 @@ from functools import cache
 
 import httpx
 from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
-from google.cloud.pubsub_v1.types import BatchSettings
+from google.cloud.pubsub_v1.types import BatchSettings, PublisherOptions
 
 
 @cache
@@ -22,7 +22,11 @@ def firestore_client(project: str) -> firestore.Client:
 def publisher_client() -> pubsub_v1.PublisherClient:
     # Large batches make a 10,000-item submission a handful of publish calls.
     batching = BatchSettings(max_messages=1000, max_bytes=4 * 1024 * 1024, max_latency=0.01)
-    return pubsub_v1.PublisherClient(batch_settings=batching)
+    # Ordering keep a WhatsApp conversation's events in order; unkeyed messages are unaffected.
+    return pubsub_v1.PublisherClient(
+        batch_settings=batching,
+        publisher_options=PublisherOptions(enable_message_ordering=True),
+    )
 
 
 @cache

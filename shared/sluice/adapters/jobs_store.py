@@ -36,6 +36,21 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def new_item_doc(index: int, item_input: Any, at: datetime) -> dict[str, Any]:
+    return {
+        "index": index,
+        "input": item_input,
+        "state": "queued",
+        "attempts": 0,
+        "lease": None,
+        "error": None,
+        "result": None,
+        "finished_at": None,
+        "created_at": at,
+        "updated_at": at,
+    }
+
+
 class IdempotencyConflict(Exception):
     """The idempotency key was used before with another body."""
 
@@ -58,6 +73,7 @@ class JobStore:
         self._db = db
         self._shards = shards
         self._params: dict[str, dict[str, Any]] = {}
+        self._known_jobs: set[str] = set()
 
     # -- references -----------------------------------------------------------------------------
 
@@ -104,22 +120,44 @@ class JobStore:
         for start in range(0, len(items), WRITE_BATCH):
             batch = self._db.batch()
             for item in items[start : start + WRITE_BATCH]:
-                batch.set(
-                    self.item_ref(job_id, item.id),
-                    {
-                        "index": item.index,
-                        "input": item.input,
-                        "state": "queued",
-                        "attempts": 0,
-                        "lease": None,
-                        "error": None,
-                        "result": None,
-                        "finished_at": None,
-                        "created_at": at,
-                        "updated_at": at,
-                    },
-                )
+                batch.set(self.item_ref(job_id, item.id), new_item_doc(item.index, item.input, at))
             batch.commit()
+
+    def ensure_job(self, job_id: str, job: dict[str, Any]) -> None:
+        """Create a job that items are added to as they arrive, once; known ids skip the read."""
+        if job_id in self._known_jobs:
+            return
+        ref, shard_refs = self.job_ref(job_id), self.shard_refs(job_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> None:
+            if ref.get(transaction=tx).exists:
+                return
+            tx.create(ref, job)
+            for shard_ref, shard in zip(
+                shard_refs, counters.initial_shards(0, self._shards), strict=True
+            ):
+                tx.set(shard_ref, shard)
+
+        run(self._db.transaction())
+        self._known_jobs.add(job_id)
+
+    def add_item(self, job_id: str, item_id: str, item_input: Any, *, at: datetime) -> bool:
+        """Add one queued item to an open-ended job unless it is there; True if added. The
+        item and its count are one transaction, so a repeated delivery never counts twice."""
+        ref = self.item_ref(job_id, item_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> bool:
+            if ref.get(transaction=tx).exists:
+                return False
+            tx.create(ref, {**new_item_doc(0, item_input, at)})
+            shard = self.shard_refs(job_id)[counters.pick_shard(self._shards)]
+            tx.set(shard, {k: firestore.Increment(v) for k, v in counters.added().items()},
+                   merge=True)  # fmt: skip
+            return True
+
+        return bool(run(self._db.transaction()))
 
     def item_ids(self, job_id: str) -> list[str]:
         items = self.job_ref(job_id).collection("items")
@@ -131,9 +169,15 @@ class JobStore:
     # -- tenants --------------------------------------------------------------------------------
 
     def tenant_by_key_hash(self, key_hash: str) -> tuple[str, dict[str, Any]] | None:
+        return self._tenant_holding("api_key_hashes", key_hash)
+
+    def tenant_by_phone(self, phone_number_id: str) -> tuple[str, dict[str, Any]] | None:
+        return self._tenant_holding("phone_number_ids", phone_number_id)
+
+    def _tenant_holding(self, field: str, value: str) -> tuple[str, dict[str, Any]] | None:
         query = (
             self._db.collection("tenants")
-            .where(filter=FieldFilter("api_key_hashes", "array_contains", key_hash))
+            .where(filter=FieldFilter(field, "array_contains", value))
             .limit(1)
         )
         for snap in query.stream():
@@ -250,7 +294,8 @@ class JobStore:
         if found is None:
             return False
         job, counts = found
-        if job.get("state") != "open" or not counts.complete:
+        # A day of WhatsApp traffic is open-ended: it never completes while the day can add more.
+        if job.get("state") != "open" or job.get("open_ended") or not counts.complete:
             return False
         ref = self.job_ref(job_id)
 

@@ -21,31 +21,38 @@ class Publisher:
         return self._client.topic_path(self._project, topic)
 
     def publish(
-        self,
-        topic: str,
-        messages: Iterable[dict[str, Any]],
-        *,
-        attributes: dict[str, str] | None = None,
-        ordering_key: str = "",
+        self, topic: str, messages: Iterable[dict[str, Any]], *, ordering_key: str = ""
     ) -> list[str]:
-        """Publish every message and return their ids once Pub/Sub has stored all of them.
+        return self.publish_keyed(topic, ((m, ordering_key) for m in messages))
+
+    def publish_keyed(
+        self, topic: str, messages: Iterable[tuple[dict[str, Any], str]]
+    ) -> list[str]:
+        """Publish every (message, ordering key) and return their ids once Pub/Sub has stored
+        all of them. Messages with the same key are delivered in the order given.
 
         Raises the publish error (or TimeoutError) if any is not confirmed: the caller must not
         report the work as accepted.
         """
         path = self.topic_path(topic)
         pending = [
-            self._client.publish(
-                path,
-                json.dumps(message, separators=(",", ":")).encode(),
-                ordering_key=ordering_key,
-                **(attributes or {}),
+            (
+                key,
+                self._client.publish(
+                    path, json.dumps(message, separators=(",", ":")).encode(), ordering_key=key
+                ),
             )
-            for message in messages
+            for message, key in messages
         ]
-        _, not_done = futures.wait(pending, timeout=self._timeout)
-        if not_done:
-            for future in not_done:
-                future.cancel()
-            raise TimeoutError(f"{len(not_done)} messages to {topic} were not confirmed in time")
-        return [future.result() for future in pending]
+        _, not_done = futures.wait([f for _, f in pending], timeout=self._timeout)
+        failed = not_done | {f for _, f in pending if f.done() and f.exception() is not None}
+        if failed:
+            for key, future in pending:
+                if future in failed:
+                    future.cancel()
+                    if key:
+                        # A failed publish pauses its key; the sender's retry must find it open.
+                        self._client.resume_publish(path, key)
+            if not_done:
+                raise TimeoutError(f"{len(not_done)} messages to {topic} were not confirmed")
+        return [future.result() for _, future in pending]

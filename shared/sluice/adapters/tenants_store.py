@@ -63,3 +63,12 @@ class TenantStore:
         key = new_api_key()
         ref.update({"api_key_hashes": [hash_api_key(key)], "key_rotated_at": datetime.now(UTC)})
         return key
+
+    def add_phone(self, name: str, phone_number_id: str) -> None:
+        """Route a WhatsApp business phone number's traffic to this tenant."""
+        ref = self._tenants.document(tenant_id(name))
+        if not ref.get().exists:
+            raise TenantNotFound(f"tenant {tenant_id(name)!r} does not exist")
+        if not phone_number_id.isdigit():
+            raise ValueError(f"phone number id {phone_number_id!r} is not all digits")
+        ref.update({"phone_number_ids": firestore.ArrayUnion([phone_number_id])})

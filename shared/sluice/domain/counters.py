@@ -52,9 +52,19 @@ class Counts:
         return 1.0 if self.total == 0 else round(self.finished / self.total, 4)
 
 
+# Items added after a job was created (a day's WhatsApp messages) count here, per shard.
+ADDED = "added"
+
+
+def added() -> dict[str, int]:
+    return {ItemState.QUEUED.value: +1, ADDED: +1}
+
+
 def sum_shards(total: int, shards: Iterable[Mapping[str, Any] | None]) -> Counts:
+    """`total` is the job's size at creation; items added since are counted in the shards."""
     by_state = dict.fromkeys((s.value for s in STATES), 0)
     for shard in shards:
+        total += int((shard or {}).get(ADDED, 0))
         for state in by_state:
             by_state[state] += int((shard or {}).get(state, 0))
     return Counts(total, by_state)

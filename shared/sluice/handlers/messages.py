@@ -9,26 +9,36 @@ from pydantic import ValidationError
 from sluice import wiring
 from sluice.events import PubSubMessage
 from sluice.handlers.processor import Outcome, process_item
-from sluice.messages import WORK_ITEMS, WorkItem
+from sluice.handlers.whatsapp import handle_event
+from sluice.messages import WHATSAPP_EVENTS, WORK_ITEMS, WhatsAppEventMessage, WorkItem
 
 log = logging.getLogger(__name__)
 
 
 def handle_message(message: PubSubMessage) -> Outcome | None:
-    if message.topic != WORK_ITEMS:
-        # Redelivery cannot fix a subscription pointed at the wrong function: say so, acknowledge.
-        log.error("no handler for topic %r (message %s)", message.topic, message.message_id)
-        return None
+    limits = wiring.settings().topology.work
     try:
+        if message.topic == WHATSAPP_EVENTS:
+            event = WhatsAppEventMessage.model_validate_json(message.data)
+            return handle_event(
+                wiring.whatsapp_deps(),
+                event,
+                lease_seconds=limits.lease_seconds,
+                max_attempts=limits.max_attempts,
+            )
+        if message.topic != WORK_ITEMS:
+            # Redelivery cannot fix a subscription pointed at the wrong function: acknowledge.
+            log.error("no handler for topic %r (message %s)", message.topic, message.message_id)
+            return None
         work = WorkItem.model_validate_json(message.data)
     except ValidationError as exc:
-        log.error("unreadable work item %s acknowledged: %s", message.message_id, exc)
+        log.error("unreadable message %s acknowledged: %s", message.message_id, exc)
         return None
-    work_settings = wiring.settings().topology.work
     return process_item(
         wiring.job_store(),
-        wiring.ai_provider(),
-        work,
-        lease_seconds=work_settings.lease_seconds,
-        max_attempts=work_settings.max_attempts,
+        wiring.ai_provider().complete,
+        work.job_id,
+        work.item_id,
+        lease_seconds=limits.lease_seconds,
+        max_attempts=limits.max_attempts,
     )

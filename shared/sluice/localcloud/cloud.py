@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -102,10 +103,10 @@ class Deployment:
     project: str
     topology_overrides: dict[str, Any] = field(default_factory=dict)
     provider_args: list[str] = field(default_factory=list)
+    graph_args: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     functions: dict[str, FunctionProcess] = field(default_factory=dict)
-    provider_port: int = 0
-    _provider: Any = None
+    _servers: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         raw = yaml.safe_load(REPO_TOPOLOGY.read_text())
@@ -116,11 +117,26 @@ class Deployment:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.topology_path = self.dir / "topology.yaml"
         self.topology_path.write_text(yaml.safe_dump(self.topology.model_dump(mode="json")))
-        self.provider_port = self.ports.get("provider") or free_port()
+        self.server_ports = {
+            name: self.ports.get(name) or free_port() for name in ("provider", "graph")
+        }
+        # WhatsApp secrets of this deployment: Meta's app secret, the verify token, the token
+        # Sluice sends with; local and fresh each time, written to local.json for tools.
+        self.whatsapp = {
+            "app_secret": secrets.token_hex(16),
+            "verify_token": secrets.token_urlsafe(12),
+            "access_token": secrets.token_urlsafe(24),
+            "phone_number_id": "100000000000001",
+            "display_phone_number": "15550000001",
+        }
 
     @property
     def provider_url(self) -> str:
-        return f"http://127.0.0.1:{self.provider_port}"
+        return f"http://127.0.0.1:{self.server_ports['provider']}"
+
+    @property
+    def graph_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_ports['graph']}"
 
     def url(self, function: str) -> str:
         return self.functions[function].url
@@ -132,16 +148,26 @@ class Deployment:
             "SLUICE_TOPOLOGY": str(self.topology_path),
             "SLUICE_STATUS_API_URL": self.url("status-api"),
             "SLUICE_AI_PROVIDER_URL": self.provider_url,
+            "SLUICE_WHATSAPP_GRAPH_URL": self.graph_url,
+            "SLUICE_WHATSAPP_APP_SECRET": self.whatsapp["app_secret"],
+            "SLUICE_WHATSAPP_VERIFY_TOKEN": self.whatsapp["verify_token"],
+            "SLUICE_WHATSAPP_ACCESS_TOKEN": self.whatsapp["access_token"],
         }
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._provider = spawn(
-            [sys.executable, "-m", "sluice.localcloud.provider_server",
-             "--port", str(self.provider_port), *self.provider_args],
-            log_path=self.dir / "provider.log",
-        )  # fmt: skip
+        servers = {
+            "provider": ("provider_server", self.provider_args),
+            "graph": ("graph_server", ["--access-token", self.whatsapp["access_token"],
+                                       *self.graph_args]),
+        }  # fmt: skip
+        for name, (module, args) in servers.items():
+            self._servers[name] = spawn(
+                [sys.executable, "-m", f"sluice.localcloud.{module}",
+                 "--port", str(self.server_ports[name]), *args],
+                log_path=self.dir / f"{name}.log",
+            )  # fmt: skip
         for name, function in self.topology.functions.items():
             self.functions[name] = FunctionProcess(
                 name,
@@ -156,12 +182,9 @@ class Deployment:
             fn.env.update(env)
             fn.start()
         self.create_topics()
-        wait_until(
-            http_ok(self.provider_url + "/healthz"),
-            timeout=30,
-            what="provider server",
-            proc=self._provider,
-        )
+        for name, proc in self._servers.items():
+            url = f"http://127.0.0.1:{self.server_ports[name]}/healthz"
+            wait_until(http_ok(url), timeout=30, what=f"{name} server", proc=proc)
         for fn in self.functions.values():
             fn.wait_ready()
         self.create_subscriptions()
@@ -171,8 +194,8 @@ class Deployment:
         self.cloud.router.unroute(self.project)
         with ThreadPoolExecutor() as pool:  # each waits for its own grace period: in parallel
             list(pool.map(lambda fn: fn.stop(), self.functions.values()))
-            if self._provider is not None:
-                pool.submit(stop, self._provider)
+            for proc in self._servers.values():
+                pool.submit(stop, proc)
 
     # -- wiring ---------------------------------------------------------------------------------
 
@@ -234,7 +257,8 @@ class Deployment:
             "functions": {name: fn.url for name, fn in self.functions.items()},
             "emulators": self.cloud.emulators.env(),
             "trigger_router": f"http://{self.cloud.router.host}",
-            "servers": {"ai_provider": self.provider_url},
+            "servers": {"ai_provider": self.provider_url, "whatsapp_graph": self.graph_url},
+            "whatsapp": self.whatsapp,
             "logs": str(self.dir),
         }
 

@@ -22,31 +22,34 @@ import argparse
 import html
 import itertools
 import json
-import logging
 import math
 import random
-import signal
 import sys
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import flask
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import make_server
+
+from sluice.localcloud.local_server import (
+    Clock,
+    RuntimeConfig,
+    SlidingWindow,
+    json_response,
+    parse_limit,
+    serve,
+)
 
 CONTENT_CHARS = 200  # how much of the user message is echoed back and kept in the request log
 LOG_SIZE = 10_000
 WINDOW_S = 60.0
 ECHO_PREFIX = "echo: "
-
-Clock = Callable[[], float]
 
 
 class Behaviour(BaseModel):
@@ -77,43 +80,23 @@ class Draw:
     fail: bool
 
 
-class ProviderConfig:
-    """The current `Behaviour` plus the random generator it seeds; safe to share between threads.
-
-    The generator lives here so that setting `seed` (at start or at runtime) restarts the
-    sequence: with one client thread, the same seed gives the same failures in the same order.
-    """
+class ProviderConfig(RuntimeConfig[Behaviour]):
+    """The current `Behaviour` plus the random generator it seeds; safe to share between threads."""
 
     def __init__(self, **fields: Any) -> None:
-        self._lock = threading.Lock()
-        self._behaviour = Behaviour.model_validate(fields)
-        self._rng = random.Random(self._behaviour.seed)
-
-    def get(self) -> Behaviour:
-        with self._lock:
-            return self._behaviour
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.get().model_dump()
-
-    def update(self, fields: Mapping[str, Any]) -> Behaviour:
-        """Change any subset of the fields; raises `ValidationError` and changes nothing if bad."""
-        with self._lock:
-            merged = {**self._behaviour.model_dump(), **fields}
-            self._behaviour = Behaviour.model_validate(merged)
-            if "seed" in fields:
-                self._rng = random.Random(self._behaviour.seed)
-            return self._behaviour
+        super().__init__(Behaviour, fields)
 
     def draw(self) -> tuple[Behaviour, Draw]:
         """The behaviour and the random choices for one call, taken together under the lock."""
-        with self._lock:
-            b = self._behaviour
-            # Always draw all three, so a call's choices don't depend on which rates are zero.
-            jitter = self._rng.uniform(-1.0, 1.0)
-            hang = self._rng.random() < b.timeout_rate
-            fail = self._rng.random() < b.failure_rate
-            return b, Draw(jitter=jitter, hang=hang, fail=fail)
+        return self._draw(_choose)
+
+
+def _choose(b: Behaviour, rng: random.Random) -> Draw:
+    # Always draw all three, so a call's choices don't depend on which rates are zero.
+    jitter = rng.uniform(-1.0, 1.0)
+    hang = rng.random() < b.timeout_rate
+    fail = rng.random() < b.failure_rate
+    return Draw(jitter=jitter, hang=hang, fail=fail)
 
 
 @dataclass
@@ -154,8 +137,8 @@ class ProviderStats:
         # restarts from it.
         self._max_in_flight = self._in_flight
         self._max_per_minute = 0
-        self._arrivals: deque[float] = deque()  # monotonic arrival times within the last window
-        self._accepted: deque[float] = deque()  # the same, for calls the rate limiter let in
+        self._arrivals = SlidingWindow(WINDOW_S)  # monotonic arrival times
+        self._accepted = SlidingWindow(WINDOW_S)  # the same, for calls the rate limiter let in
         self._log: deque[_Call] = deque(maxlen=LOG_SIZE)
 
     def reset(self) -> None:
@@ -166,10 +149,7 @@ class ProviderStats:
 
     def arrive(self) -> _Call:
         with self._lock:
-            now = self._clock()
-            _expire(self._arrivals, now)
-            self._arrivals.append(now)
-            self._max_per_minute = max(self._max_per_minute, len(self._arrivals))
+            self._max_per_minute = max(self._max_per_minute, self._arrivals.add(self._clock()))
             self._requests += 1
             call = _Call(at=time.time(), generation=self._generation)
             self._log.append(call)
@@ -187,19 +167,18 @@ class ProviderStats:
             if limit is not None and self._in_flight >= limit:
                 return Admission(False, 1, f"Too many concurrent requests: limit {limit}.")
             now = self._clock()
-            _expire(self._accepted, now)
             per_minute = behaviour.rate_limit_per_minute
-            if per_minute is not None and len(self._accepted) >= per_minute:
+            used = self._accepted.count(now)
+            if per_minute is not None and used >= per_minute:
                 # Retry once the oldest accepted call leaves the window.
-                wait = self._accepted[0] + WINDOW_S - now if self._accepted else WINDOW_S
-                retry_after = max(1, math.ceil(wait))
+                retry_after = self._accepted.retry_after(now)
                 reason = (
                     f"Rate limit reached for requests: limit {per_minute} per minute, "
-                    f"used {len(self._accepted)}, requested 1. "
+                    f"used {used}, requested 1. "
                     f"Please try again in {retry_after}s."
                 )
                 return Admission(False, retry_after, reason)
-            self._accepted.append(now)
+            self._accepted.add(now)
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
             call.admitted = True
@@ -233,11 +212,6 @@ class ProviderStats:
         with self._lock:
             start = max(0, len(self._log) - limit)
             return [c.as_dict() for c in itertools.islice(self._log, start, None)]
-
-
-def _expire(window: deque[float], now: float) -> None:
-    while window and window[0] <= now - WINDOW_S:
-        window.popleft()
 
 
 # --- request bodies ------------------------------------------------------------------------------
@@ -337,13 +311,7 @@ def _error(
     headers: dict[str, str] | None = None,
 ) -> flask.Response:
     body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    return _json(body, status, headers)
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:
-    return flask.Response(
-        json.dumps(body), status=status, headers=headers, mimetype="application/json"
-    )
+    return json_response(body, status, headers)
 
 
 # --- the app -------------------------------------------------------------------------------------
@@ -417,11 +385,11 @@ def create_app(
                 "The server had an error while processing your request. Sorry about that!",
                 "server_error",
             )
-        return _json(completion_body(request))
+        return json_response(completion_body(request))
 
     @app.get("/_sluice/config")
     def get_config() -> flask.Response:
-        return _json(config.as_dict())
+        return json_response(config.as_dict())
 
     @app.post("/_sluice/config")
     def set_config() -> flask.Response:
@@ -434,27 +402,23 @@ def create_app(
             behaviour = config.update(fields)
         except ValidationError as e:
             return _error(400, f"Invalid config: {e}", "invalid_request_error")
-        return _json(behaviour.model_dump())
+        return json_response(behaviour.model_dump())
 
     @app.get("/_sluice/stats")
     def get_stats() -> flask.Response:
-        return _json(stats.snapshot())
+        return json_response(stats.snapshot())
 
     @app.get("/_sluice/requests")
     def get_requests() -> flask.Response:
-        raw = flask.request.args.get("limit", "100")
-        try:
-            limit = int(raw)
-        except ValueError:
-            limit = -1
-        if limit < 0:
+        limit = parse_limit(flask.request.args.get("limit"), 100)
+        if limit is None:
             return _error(400, "'limit' must be a non-negative integer.", "invalid_request_error")
-        return _json(stats.recent(limit))
+        return json_response(stats.recent(limit))
 
     @app.post("/_sluice/reset")
     def reset() -> flask.Response:
         stats.reset()
-        return _json(stats.snapshot())
+        return json_response(stats.snapshot())
 
     @app.get("/healthz")
     def healthz() -> flask.Response:
@@ -558,41 +522,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as e:
         parser.error(str(e))
 
-    if not args.log_requests:
-        # werkzeug logs every request at INFO to stderr; a load test would drown in it.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-
-    stopping = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    # Handlers go in before the "listening" line: whoever reads it may signal us at once, and an
-    # uncaught SIGTERM would end the process with 143 instead of 0.
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, on_signal)
-    try:
-        app = create_app(config, stopping=stopping)
-        server = make_server(args.host, args.port, app, threaded=True)
-        host = f"[{args.host}]" if ":" in args.host else args.host
-        print(f"listening on http://{host}:{server.server_port}", flush=True)
-
-        # Serve from a thread and wait here: signal handlers run in the main thread, and
-        # `server.shutdown()` blocks until `serve_forever` returns, so the two cannot share it.
-        serving = threading.Thread(target=server.serve_forever, name="provider-server", daemon=True)
-        serving.start()
-        try:
-            stopping.wait()
-        finally:
-            stopping.set()  # also ends the sleeps of calls still in flight
-            server.shutdown()
-            server.server_close()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 0
+    return serve(
+        lambda stopping: create_app(config, stopping=stopping),
+        args.host,
+        args.port,
+        name="provider-server",
+        log_requests=args.log_requests,
+    )
 
 
 if __name__ == "__main__":

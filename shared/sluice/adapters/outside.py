@@ -1,0 +1,33 @@
+"""What every adapter to an outside service raises when a call produced no result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass(frozen=True)
+class ProviderError(Exception):
+    """A call that did not produce a result. `permanent`: a retry cannot fix it."""
+
+    reason: str
+    permanent: bool
+    retry_after: float | None = None
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def transport_error(service: str, exc: httpx.TransportError) -> ProviderError:
+    """Timeouts and connection failures pass with time: always transient."""
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderError(f"{service} timed out", permanent=False)
+    return ProviderError(f"{service} unreachable: {exc}", permanent=False)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,106 @@
+"""WhatsApp events, one at a time: a user's message gets one AI reply; a status moves forward.
+
+A message becomes an item of its phone number's job for the day, keyed by its message id, so a
+delivery Meta repeats (for up to 7 days) finds the item already there, and already finished.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sluice.adapters.ai_provider import AIProvider
+from sluice.adapters.conversations_store import ConversationStore, message_key
+from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.whatsapp_api import WhatsAppAPI
+from sluice.domain.whatsapp import (
+    daily_job_id,
+    inbound_input,
+    message_time,
+    should_reply,
+)
+from sluice.handlers.processor import Outcome, process_item
+from sluice.messages import WhatsAppEventMessage
+
+log = logging.getLogger(__name__)
+
+REPLY_INSTRUCTIONS = "You answer customers on WhatsApp. Reply briefly and helpfully."
+
+
+@dataclass(frozen=True)
+class WhatsAppDeps:
+    store: JobStore
+    conversations: ConversationStore
+    ai: AIProvider
+    whatsapp: WhatsAppAPI
+
+
+def handle_event(
+    deps: WhatsAppDeps, event: WhatsAppEventMessage, *, lease_seconds: int, max_attempts: int
+) -> Outcome | None:
+    if event.kind == "error":
+        log.warning("WhatsApp reported an error for %s: %s", event.phone_number_id, event.body)
+        return None
+    if event.kind == "status":
+        status = event.body
+        recipient = str(status.get("recipient_id", ""))
+        new = deps.conversations.apply_status(
+            event.phone_number_id, recipient, str(status["id"]), status, at=now()
+        )
+        return Outcome(str(status["id"]), new, f"status {status['status']}")
+    return handle_message(deps, event, lease_seconds=lease_seconds, max_attempts=max_attempts)
+
+
+def handle_message(
+    deps: WhatsAppDeps, event: WhatsAppEventMessage, *, lease_seconds: int, max_attempts: int
+) -> Outcome | None:
+    message, phone_id = event.body, event.phone_number_id
+    tenant = deps.store.tenant_by_phone(phone_id)
+    if tenant is None:
+        # Redelivery cannot fix it: say so and acknowledge.
+        log.error("no tenant has phone number id %s; message %s dropped", phone_id, message["id"])
+        return None
+    received = now()
+    job_id = daily_job_id(phone_id, message_time(message, received))
+    deps.store.ensure_job(
+        job_id,
+        {
+            "tenant": tenant[0],
+            "kind": "whatsapp",
+            "phone_number_id": phone_id,
+            "params": {"instructions": REPLY_INSTRUCTIONS},
+            "total": 0,
+            "state": "open",
+            "open_ended": True,
+            "created_at": received,
+            "updated_at": received,
+            "completed_at": None,
+        },
+    )
+    item_input = inbound_input(message, event.contact)
+    item_id = message_key(message["id"])
+    deps.store.add_item(job_id, item_id, item_input, at=received)
+    deps.conversations.record_inbound(
+        phone_id,
+        message["from"],
+        message["id"],
+        {"type": item_input["type"], "text": item_input["text"], "received_at": received},
+    )
+
+    def reply(item: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        if not should_reply(item["message"], event.display_phone_number):
+            return {"reply": None, "note": f"no reply to a {item['type']} message"}
+        answer = deps.ai.complete(item["text"], params)["content"] or ""
+        wamid = deps.whatsapp.send_text(phone_id, item["from"], answer, reply_to=item["message_id"])
+        deps.conversations.record_outbound(
+            phone_id,
+            item["from"],
+            wamid,
+            {"type": "text", "text": answer, "in_reply_to": item["message_id"], "sent_at": now()},
+        )
+        return {"reply": answer, "reply_message_id": wamid}
+
+    return process_item(
+        deps.store, reply, job_id, item_id, lease_seconds=lease_seconds, max_attempts=max_attempts
+    )

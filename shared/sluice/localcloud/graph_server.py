@@ -1,0 +1,605 @@
+"""A fake WhatsApp Cloud API (Meta Graph API) messages endpoint, for local runs and tests of a bot.
+
+A WhatsApp bot replies by calling `POST https://graph.facebook.com/{version}/{phone_number_id}/
+messages` with `Authorization: Bearer <access token>`. Point the bot's Graph base URL at this
+server instead and it answers that call as Meta does: the same request checks, the same success
+body (`contacts` and a `wamid.` message id) and the same error body (`error.code`,
+`error.error_data.details`, `error.fbtrace_id`). Its bad days can be switched on: latency, random
+131000 failures, the per-phone-number throughput limit (130429) and the per-recipient pair limit
+(131056).
+
+What it was sent is kept, so a test can assert what the bot replied: `GET /_sluice/messages`,
+`GET /_sluice/stats` (`max_per_second`, `by_error_code`, ...), `POST /_sluice/reset`; the
+behaviour is read and changed at runtime with `GET`/`POST /_sluice/config`; `GET /` shows the last
+replies in a browser.
+
+Run it with `python -m sluice.localcloud.graph_server --port 0 --access-token TOKEN`; it prints
+`listening on http://HOST:PORT` once bound, and serves until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hmac
+import html
+import json
+import math
+import re
+import secrets
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import flask
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from werkzeug.exceptions import HTTPException
+
+from sluice.localcloud.local_server import (
+    Clock,
+    RuntimeConfig,
+    SlidingWindow,
+    json_response,
+    parse_limit,
+    serve,
+)
+
+DEFAULT_ACCESS_TOKEN = "local-access-token"
+VERSION = re.compile(r"v\d+\.\d+")
+TEXT_MAX_CHARS = 4096  # Meta's limit on `text.body`
+RECIPIENT_TYPES = frozenset({"individual", "group"})
+LOG_SIZE = 10_000
+PAGE_SIZE = 50
+SECOND_S = 1.0
+
+# Meta's codes. Clients must key on `error.code`, as Meta asks: the HTTP status of an error varies
+# (its docs list 400 for the rate limits), and titles in `message` are being deprecated.
+INVALID_TOKEN = 190
+INVALID_PARAMETER = 100
+THROUGHPUT_LIMIT = 130429
+PAIR_LIMIT = 131056
+UNKNOWN_ERROR = 131000
+INVALID_TOKEN_MESSAGE = "Invalid OAuth access token - Cannot parse access token"
+
+
+class Behaviour(BaseModel):
+    """How the Graph API behaves. Immutable: a change swaps in a whole new, validated value."""
+
+    # Strict, so that a runtime `POST /_sluice/config` with {"failure_rate": "0.5"} or a bool
+    # for an int is refused rather than silently coerced.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    access_token: str = Field(default=DEFAULT_ACCESS_TOKEN, min_length=1)
+    # Messages accepted per phone number in any 1 s; null: no limit.
+    messages_per_second: int | None = Field(default=None, ge=0)
+    # The least time between two messages from one phone number to one recipient; null: any.
+    pair_min_interval_s: float | None = Field(default=None, ge=0)
+    latency_ms: float = Field(default=0.0, ge=0)
+    failure_rate: float = Field(default=0.0, ge=0, le=1)
+    seed: int | None = None
+
+
+class GraphConfig(RuntimeConfig[Behaviour]):
+    """The current `Behaviour` plus the random generator it seeds; safe to share between threads."""
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(Behaviour, fields)
+
+    def draw(self) -> tuple[Behaviour, bool]:
+        """The behaviour and whether this call fails, taken together under the lock."""
+        return self._draw(lambda b, rng: rng.random() < b.failure_rate)
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def fbtrace_id() -> str:
+    return "A" + secrets.token_urlsafe(17)[:22]
+
+
+class GraphError(Exception):
+    """An error answer in the Graph API's format.
+
+    `error_subcode` is left out: Meta deprecated it and stopped sending it from v16.0.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: int,
+        message: str,
+        details: str | None = None,
+        *,
+        type_: str = "OAuthException",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.type = type_
+        self.headers = headers
+
+    def response(self) -> flask.Response:
+        error: dict[str, Any] = {"message": self.message, "type": self.type, "code": self.code}
+        if self.details is not None:
+            error["error_data"] = {"messaging_product": "whatsapp", "details": self.details}
+        error["fbtrace_id"] = fbtrace_id()
+        return json_response({"error": error}, self.status, self.headers)
+
+
+def invalid(details: str) -> GraphError:
+    return GraphError(400, INVALID_PARAMETER, "(#100) Invalid parameter", details)
+
+
+def unauthorized() -> GraphError:
+    return GraphError(
+        401,
+        INVALID_TOKEN,
+        INVALID_TOKEN_MESSAGE,
+        headers={
+            "WWW-Authenticate": f'OAuth "Facebook Platform" "invalid_token" '
+            f'"{INVALID_TOKEN_MESSAGE}"'
+        },
+    )
+
+
+def rate_limited(code: int, retry_after: int) -> GraphError:
+    # Meta answers these with HTTP 400 (its docs say so, though what is seen varies); here they get
+    # 429 and `Retry-After`, so that a client's generic HTTP back-off works too. A client must key
+    # on `error.code`, 130429 or 131056, not on the status.
+    if code == THROUGHPUT_LIMIT:
+        message = "(#130429) Rate limit hit"
+        details = (
+            "Message failed to send because there were too many messages sent from this phone "
+            "number in a short period of time."
+        )
+    else:
+        message = "(#131056) (Business Account, Consumer Account) pair rate limit hit"
+        details = (
+            "Message failed to send because there were too many messages sent from this phone "
+            "number to the same phone number in a short period of time."
+        )
+    return GraphError(429, code, message, details, headers={"Retry-After": str(retry_after)})
+
+
+def something_went_wrong() -> GraphError:
+    return GraphError(
+        500,
+        UNKNOWN_ERROR,
+        "(#131000) Something went wrong",
+        "Message failed to send due to an unknown error.",
+    )
+
+
+# --- request bodies ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    to: str
+    type: str
+    body: dict[str, Any]  # the whole request body, as sent
+
+
+def parse_message(raw: bytes) -> OutgoingMessage:
+    """A send-message body as Meta documents it; raises `GraphError` (#100) if it is not one.
+
+    Every message type is accepted generically, as an object under the key its `type` names;
+    only `text` is checked further.
+    """
+    try:
+        body = json.loads(raw)
+    except ValueError as e:  # also covers bytes that are not UTF-8
+        raise invalid(f"The request body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise invalid("The request body must be a JSON object.")
+    if "messaging_product" not in body:
+        raise invalid("The parameter messaging_product is required.")
+    if body["messaging_product"] != "whatsapp":
+        raise invalid("Param messaging_product must be 'whatsapp'.")
+    recipient_type = body.get("recipient_type", "individual")
+    if recipient_type not in RECIPIENT_TYPES:
+        raise invalid("Param recipient_type must be 'individual' or 'group'.")
+    to = body.get("to")
+    if to is None:
+        raise invalid("The parameter to is required.")
+    if not isinstance(to, str) or not to.strip():
+        raise invalid("Param to must be a non-empty string.")
+    type_ = body.get("type", "text")  # Meta's default when `type` is left out
+    if not isinstance(type_, str) or not type_:
+        raise invalid("Param type must be a non-empty string.")
+    if type_ not in body:
+        raise invalid(f"The parameter {type_} is required.")
+    content = body[type_]
+    if not isinstance(content, dict):
+        raise invalid(f"Param {type_} must be an object.")
+    if type_ == "text":
+        _check_text(content)
+    return OutgoingMessage(to=to, type=type_, body=body)
+
+
+def _check_text(text: dict[str, Any]) -> None:
+    if "body" not in text:
+        raise invalid("The parameter text['body'] is required.")
+    message = text["body"]
+    if not isinstance(message, str) or not message:
+        raise invalid("Param text['body'] must be a non-empty string.")
+    if len(message) > TEXT_MAX_CHARS:
+        raise invalid(f"Param text['body'] must be at most {TEXT_MAX_CHARS} characters long.")
+    if not isinstance(text.get("preview_url", False), bool):
+        raise invalid("Param text['preview_url'] must be a boolean.")
+
+
+def new_message_id(to: str) -> str:
+    """A `wamid.` id shaped like Meta's: base64 of the recipient and 18 random hex digits."""
+    recipient = to.encode()[:255]
+    raw = (
+        b"\x1c\x18"
+        + bytes([len(recipient)])
+        + recipient
+        + b"\x15\x02\x00\x11\x18\x12"
+        + secrets.token_hex(9).upper().encode()
+        + b"\x00"
+    )
+    return "wamid." + base64.b64encode(raw).decode()
+
+
+def _bearer_token(header: str | None) -> str | None:
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+# --- what the server saw -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    id: str
+    phone_number_id: str
+    to: str
+    type: str
+    body: dict[str, Any]
+    at: float  # epoch seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "phone_number_id": self.phone_number_id,
+            "to": self.to,
+            "type": self.type,
+            "body": self.body,
+            "at": self.at,
+        }
+
+
+@dataclass(frozen=True)
+class _Call:
+    phone_number_id: str
+    generation: int
+
+
+class GraphStats:
+    """What the server saw and sent. One lock guards all of it, so every snapshot is consistent."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._zero()
+
+    def _zero(self) -> None:
+        self._requests = 0
+        self._accepted = 0
+        self._by_status: dict[int, int] = {}
+        self._by_error_code: dict[int, int] = {}
+        # Per phone number id: every arrival, and the calls the throughput limit let in.
+        self._arrivals: dict[str, SlidingWindow] = {}
+        self._admitted: dict[str, SlidingWindow] = {}
+        self._max_per_second: dict[str, int] = {}
+        # (phone number id, recipient) -> monotonic time the pair limit last let a call in.
+        self._last_to: dict[tuple[str, str], float] = {}
+        self._messages: deque[SentMessage] = deque(maxlen=LOG_SIZE)
+
+    def reset(self) -> None:
+        with self._lock:
+            # Calls that arrived before the reset must not be counted when they end after it.
+            self._generation += 1
+            self._zero()
+
+    def arrive(self, phone_number_id: str) -> _Call:
+        with self._lock:
+            self._requests += 1
+            window = self._arrivals.setdefault(phone_number_id, SlidingWindow(SECOND_S))
+            seen = window.add(self._clock())
+            peak = self._max_per_second.get(phone_number_id, 0)
+            self._max_per_second[phone_number_id] = max(peak, seen)
+            return _Call(phone_number_id, self._generation)
+
+    def admit(self, call: _Call, to: str, behaviour: Behaviour) -> None:
+        """Let the call through both limits, or raise the `GraphError` of the first it hits.
+        Check and count in one step, so no two calls can both take the last slot.
+
+        A call let through counts against the limits even if it then fails with 131000."""
+        with self._lock:
+            now = self._clock()
+            window = self._admitted.setdefault(call.phone_number_id, SlidingWindow(SECOND_S))
+            per_second = behaviour.messages_per_second
+            if per_second is not None and window.count(now) >= per_second:
+                raise rate_limited(THROUGHPUT_LIMIT, window.retry_after(now))
+            pair = (call.phone_number_id, to)
+            interval = behaviour.pair_min_interval_s
+            last = self._last_to.get(pair)
+            if interval is not None and last is not None and now - last < interval:
+                raise rate_limited(PAIR_LIMIT, max(1, math.ceil(last + interval - now)))
+            window.add(now)
+            self._last_to[pair] = now
+
+    def finish(self, call: _Call, status: int, code: int | None, sent: SentMessage | None) -> None:
+        with self._lock:
+            if call.generation != self._generation:
+                return
+            self._by_status[status] = self._by_status.get(status, 0) + 1
+            if code is not None:
+                self._by_error_code[code] = self._by_error_code.get(code, 0) + 1
+            if sent is not None:
+                self._accepted += 1
+                self._messages.append(sent)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self._requests,
+                "accepted": self._accepted,
+                "by_status": {str(k): v for k, v in sorted(self._by_status.items())},
+                "by_error_code": {str(k): v for k, v in sorted(self._by_error_code.items())},
+                "max_per_second": dict(sorted(self._max_per_second.items())),
+            }
+
+    def messages(
+        self, limit: int, to: str | None = None, phone_number_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The last `limit` messages sent, oldest first, optionally to one recipient or from one
+        phone number."""
+        with self._lock:
+            chosen = [
+                m
+                for m in self._messages
+                if (to is None or m.to == to)
+                and (phone_number_id is None or m.phone_number_id == phone_number_id)
+            ]
+        return [m.as_dict() for m in chosen[max(0, len(chosen) - limit) :]]
+
+
+def success_body(sent: SentMessage) -> dict[str, Any]:
+    return {
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": sent.to, "wa_id": sent.to}],
+        "messages": [{"id": sent.id}],
+    }
+
+
+# --- the app -------------------------------------------------------------------------------------
+
+
+def create_app(
+    config: GraphConfig | None = None,
+    *,
+    clock: Clock = time.monotonic,
+    stopping: threading.Event | None = None,
+) -> flask.Flask:
+    """The Graph API as a Flask app. `clock` (monotonic seconds) drives the rate limits, so a test
+    can move time; setting `stopping` cuts short every sleep, so a shutdown need not wait."""
+    config = config if config is not None else GraphConfig()
+    stats = GraphStats(clock)
+    stop = stopping if stopping is not None else threading.Event()
+    app = flask.Flask(__name__)
+    app.extensions["sluice_graph"] = {"config": config, "stats": stats}
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException) -> flask.Response:
+        # 404s and 405s in the Graph API's error format too, since a client parses every error.
+        return GraphError(
+            e.code or 500, INVALID_PARAMETER, e.description or e.name, type_="GraphMethodException"
+        ).response()
+
+    @app.post("/<version>/<phone_number_id>/messages")
+    def send_message(version: str, phone_number_id: str) -> flask.Response:
+        if not VERSION.fullmatch(version):
+            flask.abort(404, f"Unknown path components: /{version}/{phone_number_id}/messages")
+        call = stats.arrive(phone_number_id)
+        status = 500  # if anything below raises, Flask answers 500: count it as that
+        code: int | None = None
+        sent: SentMessage | None = None
+        try:
+            sent = _send(call)
+            status = 200
+            return json_response(success_body(sent))
+        except GraphError as e:
+            status, code = e.status, e.code
+            return e.response()
+        finally:
+            stats.finish(call, status, code, sent)
+
+    def _send(call: _Call) -> SentMessage:
+        behaviour = config.get()
+        token = _bearer_token(flask.request.headers.get("Authorization"))
+        if token is None or not hmac.compare_digest(
+            token.encode(), behaviour.access_token.encode()
+        ):
+            raise unauthorized()
+        message = parse_message(flask.request.get_data())
+        stats.admit(call, message.to, behaviour)
+
+        behaviour, fail = config.draw()
+        if behaviour.latency_ms > 0:
+            stop.wait(behaviour.latency_ms / 1000)
+        if fail:
+            raise something_went_wrong()
+        return SentMessage(
+            id=new_message_id(message.to),
+            phone_number_id=call.phone_number_id,
+            to=message.to,
+            type=message.type,
+            body=message.body,
+            at=time.time(),
+        )
+
+    @app.get("/_sluice/config")
+    def get_config() -> flask.Response:
+        return json_response(config.as_dict())
+
+    @app.post("/_sluice/config")
+    def set_config() -> flask.Response:
+        fields = flask.request.get_json(force=True, silent=True)
+        if not isinstance(fields, dict):
+            return invalid("The body must be a JSON object of config fields.").response()
+        try:
+            behaviour = config.update(fields)
+        except ValidationError as e:
+            return invalid(f"Invalid config: {e}").response()
+        return json_response(behaviour.model_dump())
+
+    @app.get("/_sluice/stats")
+    def get_stats() -> flask.Response:
+        return json_response(stats.snapshot())
+
+    @app.get("/_sluice/messages")
+    def get_messages() -> flask.Response:
+        args = flask.request.args
+        limit = parse_limit(args.get("limit"), 100)
+        if limit is None:
+            return invalid("'limit' must be a non-negative integer.").response()
+        return json_response(stats.messages(limit, args.get("to"), args.get("phone_number_id")))
+
+    @app.post("/_sluice/reset")
+    def reset() -> flask.Response:
+        stats.reset()
+        return json_response(stats.snapshot())
+
+    @app.get("/healthz")
+    def healthz() -> flask.Response:
+        return flask.Response("ok", mimetype="text/plain")
+
+    @app.get("/")
+    def index() -> flask.Response:
+        return flask.Response(
+            _page(stats.snapshot(), config.as_dict(), stats.messages(PAGE_SIZE)),
+            mimetype="text/html",
+        )
+
+    return app
+
+
+def _summary(message: dict[str, Any]) -> str:
+    """What a person would see: a text's body, or the object of any other type as JSON."""
+    content = message["body"][message["type"]]
+    if message["type"] == "text":
+        return str(content["body"])
+    return json.dumps(content, ensure_ascii=False)
+
+
+def _page(stats: dict[str, Any], config: dict[str, Any], messages: list[dict[str, Any]]) -> str:
+    def table(rows: dict[str, Any]) -> str:
+        cells = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v))}</td></tr>"
+            for k, v in rows.items()
+        )
+        return f"<table>{cells}</table>"
+
+    def when(t: float) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
+
+    rows = "".join(
+        "<tr>"
+        f"<td>{when(m['at'])}</td><td>{html.escape(m['phone_number_id'])}</td>"
+        f"<td>{html.escape(m['to'])}</td><td>{html.escape(m['type'])}</td>"
+        f'<td class="msg">{html.escape(_summary(m))}</td>'
+        "</tr>"
+        for m in reversed(messages)
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
+<title>Sluice fake WhatsApp Cloud API</title>
+<style>body{{font-family:sans-serif}} td,th{{padding:2px 8px;text-align:left;vertical-align:top}}
+.msg{{white-space:pre-wrap}}</style>
+</head><body>
+<h1>Sluice fake WhatsApp Cloud API</h1>
+<h2>Last {len(messages)} messages sent, newest first</h2>
+<table><tr><th>at</th><th>from (phone number id)</th><th>to</th><th>type</th><th>message</th></tr>
+{rows}</table>
+<h2>Stats</h2>{table(stats)}
+<h2>Config</h2>{table(config)}
+</body></html>
+"""
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sluice.localcloud.graph_server",
+        description="A fake WhatsApp Cloud API messages endpoint for local runs and tests.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 (the default) picks a free port")
+    p.add_argument(
+        "--access-token",
+        default=DEFAULT_ACCESS_TOKEN,
+        help="the bearer token callers must send (default: %(default)s)",
+    )
+    p.add_argument(
+        "--messages-per-second",
+        type=int,
+        default=None,
+        help="per phone number, past this many in 1 s answer 130429",
+    )
+    p.add_argument(
+        "--pair-min-interval-s",
+        type=float,
+        default=None,
+        help="a second message to the same recipient within this many seconds answers 131056",
+    )
+    p.add_argument("--latency-ms", type=float, default=0.0, help="sleep this long per call")
+    p.add_argument("--failure-rate", type=float, default=0.0, help="fraction answered 131000")
+    p.add_argument("--seed", type=int, default=None, help="seed the random failures")
+    p.add_argument("--log-requests", action="store_true", help="log each request to stderr")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = GraphConfig(
+            access_token=args.access_token,
+            messages_per_second=args.messages_per_second,
+            pair_min_interval_s=args.pair_min_interval_s,
+            latency_ms=args.latency_ms,
+            failure_rate=args.failure_rate,
+            seed=args.seed,
+        )
+    except ValidationError as e:
+        parser.error(str(e))
+
+    return serve(
+        lambda stopping: create_app(config, stopping=stopping),
+        args.host,
+        args.port,
+        name="graph-server",
+        log_requests=args.log_requests,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""WhatsApp Cloud API webhooks on the local cloud: handshake, signatures, events, replies."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from sluice.adapters.conversations_store import ConversationStore
+from sluice.adapters.tenants_store import TenantStore
+from sluice.domain.whatsapp import sign
+from sluice.localcloud.cloud import Deployment
+from tests.conftest import logs_of
+from tests.whatsapp_payloads import change, delivery, signed, status, text_message
+
+pytestmark = pytest.mark.cloud
+
+
+def webhook(d: Deployment) -> str:
+    return d.url("webhook-ingest") + "/whatsapp/webhook"
+
+
+@pytest.fixture
+def events_tap(deployment: Deployment):
+    """A pull subscription on whatsapp-events: a copy of every event published."""
+    subscriber = pubsub_v1.SubscriberClient()
+    name = subscriber.subscription_path(deployment.project, "tap")
+    subscriber.create_subscription(name=name, topic=f"projects/{deployment.project}/topics/"
+                                   "whatsapp-events")  # fmt: skip
+
+    def pull(expected: int, wait: float = 10) -> list:
+        got: list = []
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and len(got) < expected:
+            response = subscriber.pull(subscription=name, max_messages=100, timeout=5)
+            got += response.received_messages
+            if response.received_messages:
+                ack_ids = [m.ack_id for m in response.received_messages]
+                subscriber.acknowledge(subscription=name, ack_ids=ack_ids)
+        return got
+
+    return pull
+
+
+@pytest.fixture
+def phone(deployment: Deployment, db) -> str:
+    store = TenantStore(db)
+    store.create("shop")
+    store.add_phone("shop", deployment.whatsapp["phone_number_id"])
+    return deployment.whatsapp["phone_number_id"]
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_the_verification_handshake_answers_metas_request(http, deployment):
+    token = deployment.whatsapp["verify_token"]
+    params = {"hub.mode": "subscribe", "hub.challenge": "1158201444", "hub.verify_token": token}
+    r = http.get(webhook(deployment), params=params)
+    assert (r.status_code, r.text) == (200, "1158201444")
+    assert r.headers["content-type"].startswith("text/plain")
+    for bad in ({**params, "hub.verify_token": "wrong"}, {**params, "hub.mode": "unsubscribe"},
+                {"hub.challenge": "1"}):  # fmt: skip
+        assert http.get(webhook(deployment), params=bad).status_code == 403
+
+
+def test_only_a_valid_signature_is_accepted(http, deployment, events_tap):
+    secret = deployment.whatsapp["app_secret"]
+    payload = delivery(change("123", messages=[text_message("16315551181", "hi")]))
+    body, headers = signed(payload, secret)
+    tampered = body.replace(b"hi", b"ho")
+    cases = [
+        (tampered, headers),
+        (body, {"X-Hub-Signature-256": sign(body, "another-secret")}),
+        (body, {}),
+        (body, {"X-Hub-Signature-256": "sha1=" + "0" * 40}),
+        (body, {"X-Hub-Signature-256": "sha256=zz"}),
+    ]
+    for content, hdrs in cases:
+        r = http.post(webhook(deployment), content=content, headers=hdrs)
+        assert r.status_code == 401, hdrs
+    assert events_tap(expected=1, wait=3) == []
+
+    assert http.post(webhook(deployment), content=body, headers=headers).status_code == 200
+    assert len(events_tap(expected=1)) == 1
+
+
+def test_one_delivery_yields_one_event_per_message_status_and_error(http, deployment, events_tap):
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {"id": "1", "changes": [
+                change("123", messages=[text_message("111", "a"), text_message("222", "b")]),
+                change("123", statuses=[status("wamid.x1", "delivered", "111")]),
+            ]},
+            {"id": "2", "changes": [
+                change("456", messages=[text_message("333", "c")],
+                       statuses=[status("wamid.x2", "read", "333"),
+                                 status("wamid.x3", "failed", "333")],
+                       errors=[{"code": 131000, "title": "Something went wrong"}]),
+            ]},
+        ],
+    }  # fmt: skip
+    body, headers = signed(payload, deployment.whatsapp["app_secret"])
+    r = http.post(webhook(deployment), content=body, headers=headers)
+    assert r.status_code == 200 and r.json() == {"received": 7}
+    events = events_tap(expected=7)
+    assert len(events) == 7
+    keys = sorted(e.message.ordering_key for e in events)
+    assert keys == ["123:111", "123:111", "123:222", "456", "456:333", "456:333", "456:333"]
+
+
+def test_the_same_delivery_three_times_sends_exactly_one_reply(http, deployment, phone):
+    message = text_message("16315551181", "What are your opening hours?")
+    body, headers = signed(delivery(change(phone, messages=[message])),
+                           deployment.whatsapp["app_secret"])  # fmt: skip
+    for _ in range(3):
+        assert http.post(webhook(deployment), content=body, headers=headers).status_code == 200
+
+    graph = deployment.graph_url + "/_sluice/messages"
+    sent = wait_for(lambda: http.get(graph).json(), what="a reply")
+    # All three deliveries are processed: the two repeats find the item finished (or leased).
+    wait_for(lambda: logs_of(deployment, "batch-item-processor").count("duplicate delivery") >= 2,
+             what="the repeated deliveries")  # fmt: skip
+    sent = http.get(graph).json()
+    assert len(sent) == 1
+    reply = sent[0]
+    assert reply["to"] == "16315551181"
+    assert reply["body"]["text"]["body"] == "echo: What are your opening hours?"
+    assert reply["body"]["context"] == {"message_id": message["id"]}
+
+
+def test_a_reaction_a_status_and_our_own_message_get_no_reply(http, deployment, phone, db):
+    reaction = {**text_message("16315551181", ""), "type": "reaction",
+                "reaction": {"message_id": "wamid.x", "emoji": "👍"}}  # fmt: skip
+    reaction.pop("text")
+    own = text_message(deployment.whatsapp["display_phone_number"], "sent by us")
+    payload = delivery(change(phone, messages=[reaction, own],
+                              statuses=[status("wamid.y", "sent", "16315551181")]))  # fmt: skip
+    body, headers = signed(payload, deployment.whatsapp["app_secret"])
+    assert http.post(webhook(deployment), content=body, headers=headers).json()["received"] == 3
+    items = db.collection("jobs").document(f"wa-{phone}-20251121").collection("items")
+    succeeded = items.where(filter=FieldFilter("state", "==", "succeeded"))
+
+    def both_done() -> list[dict] | None:
+        done = [snap.to_dict() for snap in succeeded.stream()]
+        return done if len(done) == 2 else None
+
+    finished = wait_for(both_done, what="both messages processed")
+    assert sorted(i["result"]["note"] for i in finished) == [
+        "no reply to a reaction message", "no reply to a text message"]  # fmt: skip
+    ref = ConversationStore(db).message_ref(phone, "16315551181", "wamid.y")
+    wait_for(lambda: (ref.get().to_dict() or {}).get("status") == "sent", what="the status")
+    assert http.get(deployment.graph_url + "/_sluice/messages").json() == []
+
+
+def test_statuses_out_of_order_leave_the_message_read(http, deployment, phone, db):
+    wamid, user = "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBI5QTNDQTVCM0Q0Q0Q2RTY3RTcA", "16315551181"
+    secret = deployment.whatsapp["app_secret"]
+    for state in ("read", "delivered", "sent"):
+        body, headers = signed(delivery(change(phone, statuses=[status(wamid, state, user)])),
+                               secret)  # fmt: skip
+        assert http.post(webhook(deployment), content=body, headers=headers).status_code == 200
+    wait_for(lambda: "status sent" in logs_of(deployment, "batch-item-processor"),
+             what="the last status")  # fmt: skip
+    doc = ConversationStore(db).message_ref(phone, user, wamid).get().to_dict()
+    assert doc["status"] == "read"
+
+
+def test_a_failed_status_keeps_its_error(http, deployment, phone, db):
+    wamid, user = "wamid.failing", "16315551181"
+    body, headers = signed(delivery(change(phone, statuses=[status(wamid, "failed", user)])),
+                           deployment.whatsapp["app_secret"])  # fmt: skip
+    assert http.post(webhook(deployment), content=body, headers=headers).status_code == 200
+    ref = ConversationStore(db).message_ref(phone, user, wamid)
+    doc = wait_for(lambda: (ref.get().to_dict() or {}).get("status") and ref.get().to_dict(),
+                   what="the status")  # fmt: skip
+    assert doc["status"] == "failed" and doc["errors"][0]["code"] == 131047
+
+
+def test_a_body_over_metas_limit_is_a_413(http, deployment):
+    limit = deployment.topology.api.max_whatsapp_body_bytes
+    body, headers = signed(b"x" * (limit + 1), deployment.whatsapp["app_secret"])
+    assert http.post(webhook(deployment), content=body, headers=headers).status_code == 413
+
+
+def test_inbound_messages_form_a_daily_job_with_status(http, deployment, phone, db):
+    messages = [text_message(f"1631555{n:04d}", f"question {n}") for n in range(3)]
+    body, headers = signed(delivery(change(phone, messages=messages)),
+                           deployment.whatsapp["app_secret"])  # fmt: skip
+    assert http.post(webhook(deployment), content=body, headers=headers).status_code == 200
+    job_id = f"wa-{phone}-20251121"
+    job = db.collection("jobs").document(job_id)
+    items = wait_for(lambda: [s.to_dict() for s in job.collection("items").stream()
+                              if s.get("state") == "succeeded"] if job.get().exists else None,
+                     what="the day's job")  # fmt: skip
+    succeeded = job.collection("items").where(filter=FieldFilter("state", "==", "succeeded"))
+    wait_for(lambda: len(list(succeeded.stream())) == 3, what="three replies")
+    assert job.get().get("kind") == "whatsapp" and job.get().get("state") == "open"
+    assert items[0]["result"]["reply"].startswith("echo: question")
