@@ -58,7 +58,22 @@ def test_make_run_serves_the_demo_and_stops_everything_on_ctrl_c(tmp_path: Path)
         assert r.status_code == 202
         assert r.json()["status_url"].startswith(status_api)
         assert httpx.get(info["servers"]["ai_provider"] + "/_sluice/stats").json()["requests"] >= 20
-        urls = [*info["functions"].values(), info["servers"]["ai_provider"], info["trigger_router"]]
+        # The printed WhatsApp curl works as printed: the signed sample gets its reply.
+        curl = next(line for line in output if "X-Hub-Signature-256" in line)
+        signature = curl.split("X-Hub-Signature-256: ")[1].split('"')[0]
+        sample = curl.split("--data-binary @")[1].strip()
+        r = httpx.post(
+            info["functions"]["webhook-ingest"] + "/whatsapp/webhook",
+            content=(tmp_path / sample).read_bytes(),
+            headers={"X-Hub-Signature-256": signature, "Content-Type": "application/json"},
+        )
+        assert r.status_code == 200
+        graph = info["servers"]["whatsapp_graph"] + "/_sluice/messages"
+        deadline = time.monotonic() + 30
+        while not httpx.get(graph).json():
+            assert time.monotonic() < deadline, "no WhatsApp reply was sent"
+            time.sleep(0.2)
+        urls = [*info["functions"].values(), *info["servers"].values(), info["trigger_router"]]
         urls += [f"http://{host}" for host in info["emulators"].values()]
         assert all(listening(url) for url in urls)
     finally:

@@ -51,3 +51,16 @@ def test_mistakes_are_reported_and_change_nothing(local_json, db, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert db.collection("tenants").document("acme").get().to_dict() == before
     assert len(list(db.collection("tenants").stream())) == 1
+
+
+def test_a_whatsapp_phone_number_is_routed_to_a_tenant(local_json, db, capsys):
+    assert main(["tenant", "create", "shop"]) == 0
+    assert main(["tenant", "add-phone", "shop", "100000000000001"]) == 0
+    assert main(["tenant", "add-phone", "shop", "100000000000001"]) == 0  # idempotent
+    doc = db.collection("tenants").document("shop").get().to_dict()
+    assert doc["phone_number_ids"] == ["100000000000001"]
+    assert main(["tenant", "add-phone", "shop", "not-a-number"]) == 1
+    assert main(["tenant", "add-phone", "nobody", "1"]) == 1
+    assert db.collection("tenants").document("shop").get().get("phone_number_ids") == [
+        "100000000000001"
+    ]

@@ -9,6 +9,7 @@ Environment (all optional):
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ import httpx
 from google.cloud import firestore
 
 from sluice.adapters.tenants_store import TenantStore
+from sluice.domain.whatsapp import sign
 from sluice.localcloud.cloud import Deployment, LocalCloud, write_local_json
 
 STATE_DIR = Path(".sluice")
@@ -75,9 +77,31 @@ def follow(status_url: str, key: str) -> dict[str, Any]:
         time.sleep(0.25)
 
 
+def sample_whatsapp_delivery(d: Deployment) -> Path:
+    """A signed WhatsApp webhook body, as Meta sends it, saved for the printed curl."""
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": d.whatsapp["display_phone_number"],
+                         "phone_number_id": d.whatsapp["phone_number_id"]},
+            "contacts": [{"profile": {"name": "Kerry"}, "wa_id": "16315551181"}],
+            "messages": [{"from": "16315551181", "id": f"wamid.sample{int(time.time())}",
+                          "timestamp": str(int(time.time())), "type": "text",
+                          "text": {"body": "Hi! What are your opening hours?"}}],
+        }}]}],
+    }  # fmt: skip
+    path = STATE_DIR / "sample-whatsapp-delivery.json"
+    path.write_text(json.dumps(body))
+    return path
+
+
 def usage(d: Deployment, key: str, batch: dict[str, Any]) -> str:
     ingest, status = d.url("webhook-ingest"), d.url("status-api")
     auth = f'-H "Authorization: Bearer {key}"'
+    sample = sample_whatsapp_delivery(d)
+    signature = sign(sample.read_bytes(), d.whatsapp["app_secret"])
+    token = d.whatsapp["verify_token"]
     return f"""
 Sluice is running on the local cloud (project {d.project}).
 
@@ -96,6 +120,12 @@ Try:
   curl -s -X POST {auth} -H 'Content-Type: application/json' {ingest}/v1/batches \\
        -d '{{"kind":"summarize","items":[{{"input":"hello"}},{{"input":"world"}}]}}'
   .venv/bin/sluice tenant list
+
+WhatsApp (phone number id {d.whatsapp["phone_number_id"]} routes to the demo tenant):
+  curl -s "{ingest}/whatsapp/webhook?hub.mode=subscribe&hub.challenge=42&hub.verify_token={token}"
+  curl -s -X POST {ingest}/whatsapp/webhook -H 'Content-Type: application/json' \\
+       -H "X-Hub-Signature-256: {signature}" --data-binary @{sample}
+  then see the reply Sluice sent: {d.graph_url}/  (JSON: {d.graph_url}/_sluice/messages)
 
 Ctrl-C stops everything.
 """
@@ -122,7 +152,9 @@ def main() -> int:
         cloud.start()
         print("deploying the functions ...", flush=True)
         deployment = cloud.deploy(PROJECT, ports=ports, provider_args=["--latency-ms", latency])
-        demo = TenantStore(firestore.Client(project=PROJECT)).create("demo", sheets=True)
+        tenants = TenantStore(firestore.Client(project=PROJECT))
+        demo = tenants.create("demo", sheets=True)
+        tenants.add_phone("demo", deployment.whatsapp["phone_number_id"])
         tenant = {"id": demo.id, "api_key": demo.api_key, "signing_secret": demo.signing_secret}
         write_local_json(local_json, {**deployment.describe(), "demo_tenant": tenant})
         print(f"submitting a demo batch of {items} items ...", flush=True)
