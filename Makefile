@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install test lint unit run clean
+.PHONY: install test lint unit run bench clean
 
 install: $(VENV)/.synced
 
@@ -23,8 +23,8 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	touch $@
 
 lint: install
-	$(VENV)/bin/ruff check shared services tests
-	$(VENV)/bin/ruff format --check shared services tests
+	$(VENV)/bin/ruff check shared services tests bench
+	$(VENV)/bin/ruff format --check shared services tests bench
 	$(VENV)/bin/mypy
 
 # The whole suite: pure logic, adapters on the emulators, functions, end to end on the local cloud.
@@ -38,6 +38,10 @@ unit: install
 # Starts the local cloud, submits a demo batch, and keeps running until Ctrl-C.
 run: install
 	$(PY) -m sluice.localcloud.run
+
+# Figures measured on the local cloud, side by side in one run: bench/results/latest.{json,md}.
+bench: install
+	PYTHONPATH=. $(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .sluice .pytest_cache .mypy_cache .ruff_cache

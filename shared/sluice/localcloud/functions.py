@@ -84,7 +84,7 @@ class FunctionProcess:
         assert self._proc is not None
         # Any HTTP answer (even 4xx for a GET on an event function) means it is serving.
         wait_until(
-            http_ok(f"http://127.0.0.1:{self.port}/"),
+            http_ok(f"http://127.0.0.1:{self.port}/", any_answer=True),
             timeout=timeout,
             what=self.name,
             proc=self._proc,

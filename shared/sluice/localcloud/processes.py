@@ -72,10 +72,12 @@ def wait_until(
     raise TimeoutError(f"{what} was not ready after {timeout} s")
 
 
-def http_ok(url: str) -> Callable[[], bool]:
+def http_ok(url: str, *, any_answer: bool = False) -> Callable[[], bool]:
+    """Ready once it answers below 500, or at all with `any_answer`."""
+
     def check() -> bool:
         try:
-            return httpx.get(url, timeout=1.0).status_code < 500
+            return any_answer or httpx.get(url, timeout=1.0).status_code < 500
         except httpx.HTTPError:
             return False
 
