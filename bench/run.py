@@ -73,7 +73,11 @@ def inline_baseline(d: Deployment) -> FunctionProcess:
         log_dir=d.dir,
     )
     fn.start()
-    fn.wait_ready()
+    try:
+        fn.wait_ready()
+    except BaseException:
+        fn.stop()
+        raise
     return fn
 
 

@@ -57,6 +57,7 @@ class LocalCloud:
     ) -> None:
         self.log_dir = log_dir
         self.router = TriggerRouter(port=router_port)
+        self.deployments: list[Deployment] = []
         self.emulators = Emulators(
             log_dir,
             functions_host=self.router.host,
@@ -76,6 +77,10 @@ class LocalCloud:
         os.environ.update(self.emulators.env())
 
     def stop(self) -> None:
+        """Stop every deployment still running, then the emulators: nothing is left behind,
+        whichever way the caller ends."""
+        while self.deployments:
+            self.deployments.pop().stop()
         self.emulators.stop()
         self.router.stop()
 
@@ -89,6 +94,7 @@ class LocalCloud:
 
     def deploy(self, project: str, **kwargs: Any) -> Deployment:
         deployment = Deployment(self, project, **kwargs)
+        self.deployments.append(deployment)
         try:
             deployment.start()
         except BaseException:
@@ -97,7 +103,7 @@ class LocalCloud:
         return deployment
 
 
-@dataclass
+@dataclass(eq=False)
 class Deployment:
     cloud: LocalCloud
     project: str
@@ -191,6 +197,8 @@ class Deployment:
         self.register_triggers()
 
     def stop(self) -> None:
+        if self in self.cloud.deployments:
+            self.cloud.deployments.remove(self)
         self.cloud.router.unroute(self.project)
         with ThreadPoolExecutor() as pool:  # each waits for its own grace period: in parallel
             list(pool.map(lambda fn: fn.stop(), self.functions.values()))
