@@ -73,6 +73,9 @@ class Work(_Strict):
     max_attempts: int = Field(ge=1)
     lease_seconds: int = Field(ge=1)
     counter_shards: int = Field(ge=1, le=100)
+    rate_shards: int = Field(ge=1, le=100)
+    recovery_seconds: float = Field(gt=0)
+    capacity_wait_seconds: float = Field(ge=0)
 
 
 class Api(_Strict):

@@ -8,8 +8,10 @@ from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.clients import firestore_client, http_client, publisher_client
 from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.jobs_store import JobStore
+from sluice.adapters.limiter import Limiter
 from sluice.adapters.publisher import Publisher
 from sluice.adapters.whatsapp_api import WhatsAppAPI
+from sluice.handlers.processor import Capacity
 from sluice.handlers.whatsapp import WhatsAppDeps
 from sluice.settings import Settings, get_settings
 
@@ -62,4 +64,29 @@ def whatsapp_deps() -> WhatsAppDeps:
         conversations=ConversationStore(firestore_client(settings().project)),
         ai=ai_provider(),
         whatsapp=whatsapp_api(),
+        # Replies are interactive: they go ahead of bulk work for the AI provider's capacity.
+        ai_capacity=capacity("ai", interactive=True),
+        send_capacity=capacity("whatsapp", interactive=True),
+    )
+
+
+@cache
+def limiter(provider: str) -> Limiter:
+    """One per provider and process: every instance shares its state through Firestore."""
+    s = settings()
+    work = s.topology.work
+    return Limiter(
+        firestore_client(s.project),
+        provider,
+        s.topology.providers[provider],
+        shards=work.rate_shards,
+        recovery_seconds=work.recovery_seconds,
+    )
+
+
+def capacity(provider: str, *, interactive: bool) -> Capacity:
+    return Capacity(
+        limiter(provider),
+        interactive=interactive,
+        wait_seconds=settings().topology.work.capacity_wait_seconds,
     )

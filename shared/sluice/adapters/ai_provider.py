@@ -69,4 +69,6 @@ def error_of(response: httpx.Response) -> ProviderError:
     retry_after = retry_after_seconds(response.headers.get("retry-after"))
     # 408, 409 (conflict), 429 and every 5xx can pass with time; other 4xx cannot.
     transient = status in (408, 409, 429) or status >= 500
-    return ProviderError(reason, permanent=not transient, retry_after=retry_after)
+    return ProviderError(
+        reason, permanent=not transient, retry_after=retry_after, rate_limited=status == 429
+    )

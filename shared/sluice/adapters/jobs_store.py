@@ -72,7 +72,7 @@ class JobStore:
     def __init__(self, db: firestore.Client, *, shards: int) -> None:
         self._db = db
         self._shards = shards
-        self._params: dict[str, dict[str, Any]] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
         self._known_jobs: set[str] = set()
 
     # -- references -----------------------------------------------------------------------------
@@ -186,15 +186,21 @@ class JobStore:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def job_params(self, job_id: str) -> dict[str, Any]:
-        """A job's parameters never change, so each process reads them once per job."""
-        cached = self._params.get(job_id)
+    def job_meta(self, job_id: str) -> dict[str, Any]:
+        """A job's tenant, kind and parameters never change: each process reads them once."""
+        cached = self._meta.get(job_id)
         if cached is None:
-            cached = (self.get_job(job_id) or {}).get("params") or {}
-            if len(self._params) > 10_000:
-                self._params.clear()
-            self._params[job_id] = cached
+            job = self.get_job(job_id) or {}
+            cached = {k: job.get(k) for k in ("tenant", "kind", "params")}
+            cached["params"] = cached["params"] or {}
+            if len(self._meta) > 10_000:
+                self._meta.clear()
+            self._meta[job_id] = cached
         return cached
+
+    def item_state(self, job_id: str, item_id: str) -> str | None:
+        snap = self.item_ref(job_id, item_id).get(field_paths=["state"])
+        return str(snap.get("state")) if snap.exists else None
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         snap = self.job_ref(job_id).get()

@@ -14,6 +14,10 @@ class ProviderError(Exception):
     reason: str
     permanent: bool
     retry_after: float | None = None
+    # The provider said "too many": the limits slow down, and the item loses no attempt.
+    rate_limited: bool = False
+    # Set once the limiter of the service that said so has been told, so no other one is.
+    limiter_informed: bool = False
 
     def __str__(self) -> str:
         return self.reason

@@ -11,6 +11,7 @@ from sluice.adapters.outside import ProviderError, retry_after_seconds, transpor
 
 # Graph error codes that pass with time: rate limits (throughput, per-user pair, spam) and
 # Meta's own temporary failures.
+RATE_LIMIT_CODES = frozenset({4, 80007, 130429, 131056})
 TRANSIENT_CODES = frozenset({4, 80007, 130429, 131016, 131048, 131056, 131000, 133004, 2})
 
 
@@ -61,4 +62,5 @@ def graph_error(response: httpx.Response) -> ProviderError:
         f"WhatsApp Cloud API answered {response.status_code} (code {code}): {message}",
         permanent=not transient,
         retry_after=retry_after_seconds(response.headers.get("retry-after")),
+        rate_limited=code in RATE_LIMIT_CODES or response.status_code == 429,
     )

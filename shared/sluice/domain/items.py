@@ -131,6 +131,14 @@ def release_for_retry(item: ItemRecord, reason: str, *, now: datetime) -> Transi
     return Transition(item.state, ItemState.QUEUED, fields)
 
 
+def requeue_uncounted(item: ItemRecord, *, reason: str, now: datetime) -> Transition:
+    """The provider was out of capacity (429): back to the queue, and the attempt is given back,
+    since waiting for capacity is not a failure of the item."""
+    change = release_for_retry(item, reason, now=now)
+    fields = {**change.fields, "attempts": max(0, item.attempts - 1)}
+    return Transition(change.before, change.after, fields)
+
+
 def after_error(
     item: ItemRecord, *, reason: str, permanent: bool, max_attempts: int, now: datetime
 ) -> Transition:

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from sluice import wiring
 from sluice.events import PubSubMessage
-from sluice.handlers.processor import Outcome, process_item
+from sluice.handlers.processor import Deferred, Outcome, RedeliverLater, process_item
 from sluice.handlers.whatsapp import handle_event
 from sluice.messages import WHATSAPP_EVENTS, WORK_ITEMS, WhatsAppEventMessage, WorkItem
 
@@ -20,12 +20,16 @@ def handle_message(message: PubSubMessage) -> Outcome | None:
     try:
         if message.topic == WHATSAPP_EVENTS:
             event = WhatsAppEventMessage.model_validate_json(message.data)
-            return handle_event(
-                wiring.whatsapp_deps(),
-                event,
-                lease_seconds=limits.lease_seconds,
-                max_attempts=limits.max_attempts,
-            )
+            try:
+                return handle_event(
+                    wiring.whatsapp_deps(),
+                    event,
+                    lease_seconds=limits.lease_seconds,
+                    max_attempts=limits.max_attempts,
+                )
+            except Deferred as deferred:
+                # Ordered per conversation: a re-publish would jump the queue, so wait in it.
+                raise RedeliverLater(str(deferred)) from None
         if message.topic != WORK_ITEMS:
             # Redelivery cannot fix a subscription pointed at the wrong function: acknowledge.
             log.error("no handler for topic %r (message %s)", message.topic, message.message_id)
@@ -34,11 +38,18 @@ def handle_message(message: PubSubMessage) -> Outcome | None:
     except ValidationError as exc:
         log.error("unreadable message %s acknowledged: %s", message.message_id, exc)
         return None
-    return process_item(
-        wiring.job_store(),
-        wiring.ai_provider().complete,
-        work.job_id,
-        work.item_id,
-        lease_seconds=limits.lease_seconds,
-        max_attempts=limits.max_attempts,
-    )
+    try:
+        return process_item(
+            wiring.job_store(),
+            wiring.ai_provider().complete,
+            work.job_id,
+            work.item_id,
+            lease_seconds=limits.lease_seconds,
+            max_attempts=limits.max_attempts,
+            capacity=wiring.capacity("ai", interactive=False),
+        )
+    except Deferred as deferred:
+        # Not a failure: acknowledge and publish the item again, so that waiting for capacity
+        # never counts as a delivery attempt and never slows the subscription with nacks.
+        wiring.publisher().publish(WORK_ITEMS, [work.model_dump()])
+        return Outcome(work.item_id, "deferred", str(deferred))

@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.limiter import Limiter
 from sluice.adapters.outside import ProviderError
 from sluice.domain.items import (
     AlreadyFinished,
@@ -26,6 +27,7 @@ from sluice.domain.items import (
     LeaseHeld,
     Transition,
     after_error,
+    requeue_uncounted,
     succeed,
 )
 
@@ -46,11 +48,61 @@ class Outcome:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """The limits a piece of work runs under, and how long it may wait for them."""
+
+    limiter: Limiter
+    interactive: bool
+    wait_seconds: float
+
+
+class Deferred(Exception):
+    """No capacity came free in time: the item was not touched and lost no attempt. The caller
+    has the message delivered again without it counting as a failure."""
+
+
 def process_item(
     store: JobStore,
     work: Work,
     job_id: str,
     item_id: str,
+    *,
+    lease_seconds: int,
+    max_attempts: int,
+    capacity: Capacity | None = None,
+) -> Outcome:
+    # A finished item needs no capacity: answer a repeated delivery before waiting for any.
+    state = store.item_state(job_id, item_id)
+    if state is not None and ItemState(state).finished:
+        return Outcome(item_id, state, "duplicate delivery")
+    job = store.job_meta(job_id)
+    permit = None
+    if capacity is not None:
+        permit = capacity.limiter.acquire(
+            tenant=str(job.get("tenant")),
+            interactive=capacity.interactive,
+            wait=capacity.wait_seconds,
+        )
+        if permit is None:
+            raise Deferred(f"no {capacity.limiter.name} capacity for item {item_id}")
+    try:
+        return _claim_and_work(
+            store, work, job_id, item_id, job["params"], capacity,
+            lease_seconds=lease_seconds, max_attempts=max_attempts,
+        )  # fmt: skip
+    finally:
+        if permit is not None and capacity is not None:
+            capacity.limiter.release(permit)
+
+
+def _claim_and_work(
+    store: JobStore,
+    work: Work,
+    job_id: str,
+    item_id: str,
+    params: dict[str, Any],
+    capacity: Capacity | None,
     *,
     lease_seconds: int,
     max_attempts: int,
@@ -74,22 +126,30 @@ def process_item(
     assert isinstance(decision, Claimed)
 
     decide: Callable[[ItemRecord], Transition]
+    rate_limited = False
     try:
-        result = work(claimed.input, store.job_params(job_id))
+        result = work(claimed.input, params)
         decide = partial(succeed, result=result, now=now())
     except ProviderError as error:
-        decide = partial(
-            after_error,
-            reason=str(error),
-            permanent=error.permanent,
-            max_attempts=max_attempts,
-            now=now(),
-        )
+        rate_limited = error.rate_limited
+        if rate_limited:
+            if capacity is not None and not error.limiter_informed:
+                capacity.limiter.rate_limited(error.retry_after)
+            decide = partial(requeue_uncounted, reason=str(error), now=now())
+        else:
+            decide = partial(
+                after_error,
+                reason=str(error),
+                permanent=error.permanent,
+                max_attempts=max_attempts,
+                now=now(),
+            )
 
     change = store.finish_item(job_id, item_id, token=token, decide=decide)
     if change is None:
         return Outcome(item_id, "superseded", "another delivery took the item over")
     if change.after is ItemState.QUEUED:
-        raise RedeliverLater(f"item {item_id}: {change.fields['error']}")
+        reason = f"item {item_id}: {change.fields['error']}"
+        raise Deferred(reason) if rate_limited else RedeliverLater(reason)
     store.complete_if_done(job_id)
     return Outcome(item_id, change.after.value)

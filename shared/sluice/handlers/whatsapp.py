@@ -7,12 +7,13 @@ delivery Meta repeats (for up to 7 days) finds the item already there, and alrea
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.conversations_store import ConversationStore, message_key
 from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.outside import ProviderError
 from sluice.adapters.whatsapp_api import WhatsAppAPI
 from sluice.domain.whatsapp import (
     daily_job_id,
@@ -20,7 +21,7 @@ from sluice.domain.whatsapp import (
     message_time,
     should_reply,
 )
-from sluice.handlers.processor import Outcome, process_item
+from sluice.handlers.processor import Capacity, Outcome, process_item
 from sluice.messages import WhatsAppEventMessage
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class WhatsAppDeps:
     conversations: ConversationStore
     ai: AIProvider
     whatsapp: WhatsAppAPI
+    ai_capacity: Capacity
+    send_capacity: Capacity
 
 
 def handle_event(
@@ -92,7 +95,7 @@ def handle_message(
         if not should_reply(item["message"], event.display_phone_number):
             return {"reply": None, "note": f"no reply to a {item['type']} message"}
         answer = deps.ai.complete(item["text"], params)["content"] or ""
-        wamid = deps.whatsapp.send_text(phone_id, item["from"], answer, reply_to=item["message_id"])
+        wamid = send_within_limits(deps, phone_id, item["from"], answer, item["message_id"])
         deps.conversations.record_outbound(
             phone_id,
             item["from"],
@@ -102,5 +105,26 @@ def handle_message(
         return {"reply": answer, "reply_message_id": wamid}
 
     return process_item(
-        deps.store, reply, job_id, item_id, lease_seconds=lease_seconds, max_attempts=max_attempts
-    )
+        deps.store, reply, job_id, item_id, lease_seconds=lease_seconds,
+        max_attempts=max_attempts, capacity=deps.ai_capacity,
+    )  # fmt: skip
+
+
+def send_within_limits(deps: WhatsAppDeps, phone_id: str, to: str, text: str, reply_to: str) -> str:
+    """Send under the WhatsApp Cloud API's limits; no capacity in time is a rate limit."""
+    capacity = deps.send_capacity
+    permit = capacity.limiter.acquire(tenant=phone_id, interactive=True, wait=capacity.wait_seconds)
+    if permit is None:
+        raise ProviderError(
+            "no WhatsApp sending capacity", permanent=False, rate_limited=True,
+            limiter_informed=True,
+        )  # fmt: skip
+    try:
+        return deps.whatsapp.send_text(phone_id, to, text, reply_to=reply_to)
+    except ProviderError as error:
+        if not error.rate_limited:
+            raise
+        capacity.limiter.rate_limited(error.retry_after)
+        raise replace(error, limiter_informed=True) from None
+    finally:
+        capacity.limiter.release(permit)

@@ -1,0 +1,126 @@
+"""Keeping an outside service under its limits, as decisions over plain data.
+
+A provider allows `requests_per_minute` and `max_concurrent` calls. Both are shared by every
+processor instance through Firestore, spread over several documents so none is a write hot spot:
+
+- concurrency: `max_concurrent` slot documents; a call holds one for its duration;
+- rate: `rate_shards` documents, each allowed its share of the per-minute budget, each keeping the
+  times of its recent calls: an exact sliding window, so the sum never exceeds the limit in any
+  60-second window, not only in aligned minutes;
+- learning: a 429 halves the usable share of both for every instance, pauses calls for its
+  Retry-After, and the share recovers linearly afterwards.
+
+Interactive work (WhatsApp replies) may use every slot and shard; bulk work leaves a reserve to it,
+and a bulk tenant holds at most its fair share of the bulk slots while others are waiting.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+WINDOW = timedelta(seconds=60)
+MIN_FACTOR = 0.1
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """What the provider taught us: the usable share after its last 429, and when."""
+
+    factor: float = 1.0
+    since: datetime | None = None
+    paused_until: datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any] | None) -> Backoff:
+        doc = doc or {}
+        return cls(float(doc.get("factor", 1.0)), doc.get("since"), doc.get("paused_until"))
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"factor": self.factor, "since": self.since, "paused_until": self.paused_until}
+
+
+def current_factor(backoff: Backoff, now: datetime, recovery: timedelta) -> float:
+    """The usable share now: back to 1.0 linearly over `recovery` after the last 429."""
+    if backoff.since is None or backoff.factor >= 1.0:
+        return 1.0
+    progress = (now - backoff.since) / recovery
+    return min(1.0, backoff.factor + (1.0 - backoff.factor) * max(0.0, progress))
+
+
+def after_rate_limited(
+    backoff: Backoff, now: datetime, retry_after: float | None, recovery: timedelta
+) -> Backoff:
+    """A 429: halve what is usable now, and pause everyone for the provider's Retry-After."""
+    factor = max(MIN_FACTOR, current_factor(backoff, now, recovery) / 2)
+    pause = now + timedelta(seconds=min(retry_after if retry_after is not None else 1.0, 60.0))
+    paused_until = max(pause, backoff.paused_until) if backoff.paused_until else pause
+    return Backoff(factor, now, paused_until)
+
+
+def usable_slots(max_concurrent: int, factor: float) -> int:
+    return max(1, math.floor(max_concurrent * factor))
+
+
+def shard_caps(requests_per_minute: int, shards: int, factor: float) -> list[int]:
+    """Each shard's calls per sliding minute; together never more than the (learned) limit."""
+    budget = max(1, math.floor(requests_per_minute * factor))
+    base, extra = divmod(budget, shards)
+    return [base + (1 if i < extra else 0) for i in range(shards)]
+
+
+def reserve(usable: int) -> int:
+    """How many of the usable slots or shards bulk work leaves to interactive work."""
+    return 0 if usable <= 1 else max(1, usable // 5)
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    holder: str | None = None
+    tenant: str | None = None
+    until: datetime | None = None
+
+    def free(self, now: datetime) -> bool:
+        return self.holder is None or self.until is None or self.until <= now
+
+
+def candidate_slots(
+    slots: list[Slot], *, now: datetime, usable: int, tenant: str, interactive: bool
+) -> list[int]:
+    """The free slots this caller may take, in the order to try them.
+
+    Bulk work uses the first `usable - reserve` slots, and a tenant takes no more than an even
+    split of them among the tenants holding slots (itself included), so a second tenant's small
+    batch is not stuck behind a first tenant's large one.
+    """
+    allowed = usable if interactive else usable - reserve(usable)
+    live = [s for s in slots[:usable] if not s.free(now)]
+    if not interactive:
+        tenants = {s.tenant for s in live} | {tenant}
+        share = math.ceil(allowed / len(tenants))
+        if sum(1 for s in live if s.tenant == tenant) >= share:
+            return []
+    return [s.index for s in slots[:allowed] if s.free(now)]
+
+
+def candidate_shards(caps: list[int], interactive: bool) -> list[int]:
+    """Bulk work leaves the last shards' budget to interactive work."""
+    usable = [i for i, cap in enumerate(caps) if cap > 0]
+    keep = reserve(len(usable))
+    return usable if interactive else usable[: len(usable) - keep]
+
+
+def admit(calls: list[datetime], *, now: datetime, cap: int) -> tuple[bool, list[datetime], float]:
+    """One shard's sliding window: admit a call if fewer than `cap` fall in the last minute.
+
+    Returns (admitted, the calls to store, seconds until a place frees if not admitted).
+    """
+    recent = sorted(t for t in calls if t > now - WINDOW)
+    if len(recent) < cap:
+        return True, [*recent, now], 0.0
+    if cap <= 0:
+        return False, recent, WINDOW.total_seconds()
+    return False, recent, max(0.0, (recent[-cap] + WINDOW - now).total_seconds())

@@ -1,0 +1,91 @@
+"""Provider limits as decisions: sliding windows, slots, priority, fairness, learning from 429s."""
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sluice.domain.limits import (
+    Backoff,
+    Slot,
+    admit,
+    after_rate_limited,
+    candidate_shards,
+    candidate_slots,
+    current_factor,
+    shard_caps,
+    usable_slots,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+RECOVERY = timedelta(seconds=30)
+
+
+@given(st.integers(1, 5000), st.integers(1, 20), st.floats(0.1, 1.0))
+def test_shard_caps_never_add_up_to_more_than_the_limit(rpm, shards, factor):
+    caps = shard_caps(rpm, shards, factor)
+    assert len(caps) == shards and sum(caps) <= max(1, rpm * factor) and min(caps) >= 0
+
+
+@given(st.lists(st.floats(0, 300), max_size=200), st.integers(1, 20))
+def test_a_shard_never_admits_more_than_its_cap_in_any_sliding_minute(offsets, cap):
+    calls: list[datetime] = []
+    admitted_at: list[datetime] = []
+    for offset in sorted(offsets):
+        now = T0 + timedelta(seconds=offset)
+        ok, calls, _ = admit(calls, now=now, cap=cap)
+        if ok:
+            admitted_at.append(now)
+    for start in admitted_at:
+        in_window = [t for t in admitted_at if start <= t < start + timedelta(seconds=60)]
+        assert len(in_window) <= cap
+
+
+def test_a_full_window_says_when_a_place_frees():
+    calls = [T0, T0 + timedelta(seconds=10)]
+    ok, _, wait = admit(calls, now=T0 + timedelta(seconds=20), cap=2)
+    assert not ok and wait == 40.0
+
+
+def slots(*tenants: str | None) -> list[Slot]:
+    until = T0 + timedelta(minutes=1)
+    return [Slot(i, f"h{i}" if t else None, t, until if t else None) for i, t in enumerate(tenants)]
+
+
+def test_bulk_work_leaves_a_reserve_to_interactive_work():
+    all_free = slots(*[None] * 10)
+    bulk = candidate_slots(all_free, now=T0, usable=10, tenant="a", interactive=False)
+    interactive = candidate_slots(all_free, now=T0, usable=10, tenant="a", interactive=True)
+    assert len(bulk) == 8 and len(interactive) == 10
+    busy = slots(*["a"] * 8, None, None)
+    assert candidate_slots(busy, now=T0, usable=10, tenant="a", interactive=False) == []
+    assert candidate_slots(busy, now=T0, usable=10, tenant="w", interactive=True) == [8, 9]
+    assert candidate_shards([5, 5, 5, 5, 5], interactive=False) == [0, 1, 2, 3]
+
+
+def test_a_tenant_holds_no_more_than_its_share_while_another_waits():
+    # Tenant a holds 5 of the 8 bulk slots: b may take one, a must wait for its share.
+    held = slots("a", "a", "a", "a", "a", None, None, None, None, None)
+    assert candidate_slots(held, now=T0, usable=10, tenant="a", interactive=False) == [5, 6, 7]
+    assert candidate_slots(held, now=T0, usable=10, tenant="b", interactive=False) == [5, 6, 7]
+    held = slots("a", "a", "a", "a", "b", None, None, None, None, None)
+    assert candidate_slots(held, now=T0, usable=10, tenant="a", interactive=False) == []
+
+
+def test_expired_slots_of_dead_holders_are_free_again():
+    stale = [Slot(0, "dead", "a", T0 - timedelta(seconds=1))]
+    assert candidate_slots(stale, now=T0, usable=1, tenant="a", interactive=True) == [0]
+
+
+def test_a_429_halves_the_share_pauses_and_recovers_gradually():
+    learned = after_rate_limited(Backoff(), T0, 2.0, RECOVERY)
+    assert learned.factor == 0.5 and learned.paused_until == T0 + timedelta(seconds=2)
+    assert current_factor(learned, T0 + timedelta(seconds=15), RECOVERY) == 0.75
+    assert current_factor(learned, T0 + timedelta(seconds=30), RECOVERY) == 1.0
+    again = after_rate_limited(learned, T0 + timedelta(seconds=1), None, RECOVERY)
+    assert 0.1 <= again.factor < 0.5
+    assert usable_slots(10, again.factor) >= 1
+    floor = Backoff()
+    for n in range(20):
+        floor = after_rate_limited(floor, T0 + timedelta(milliseconds=n), None, RECOVERY)
+    assert floor.factor == 0.1
