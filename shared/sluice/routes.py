@@ -10,7 +10,13 @@ from sluice.domain.paging import page_size
 from sluice.domain.whatsapp import verify_handshake
 from sluice.handlers.auth import authenticate
 from sluice.handlers.ingest import submit_batch
-from sluice.handlers.status import batch_items, batch_status, parse_state
+from sluice.handlers.status import (
+    batch_items,
+    batch_status,
+    cancel_batch,
+    parse_state,
+    retry_failed,
+)
 from sluice.handlers.whatsapp_ingest import receive_delivery
 from sluice.http import Router, json_response, read_body, read_json
 
@@ -41,7 +47,20 @@ def create_batch(request: flask.Request) -> flask.Response:
 def get_batch(request: flask.Request, batch_id: str) -> flask.Response:
     store = wiring.job_store()
     tenant = authenticate(store, request.headers.get("Authorization"))
-    return json_response(batch_status(store, tenant, batch_id))
+    rpm = wiring.settings().topology.providers["ai"].requests_per_minute
+    return json_response(batch_status(store, tenant, batch_id, requests_per_minute=rpm))
+
+
+def post_retry_failed(request: flask.Request, batch_id: str) -> flask.Response:
+    store = wiring.job_store()
+    tenant = authenticate(store, request.headers.get("Authorization"))
+    return json_response(retry_failed(store, wiring.publisher(), tenant, batch_id))
+
+
+def post_cancel(request: flask.Request, batch_id: str) -> flask.Response:
+    store = wiring.job_store()
+    tenant = authenticate(store, request.headers.get("Authorization"))
+    return json_response(cancel_batch(store, tenant, batch_id))
 
 
 def get_batch_items(request: flask.Request, batch_id: str) -> flask.Response:
@@ -90,5 +109,7 @@ status = Router(
     {
         ("GET", "/v1/batches/<batch_id>"): get_batch,
         ("GET", "/v1/batches/<batch_id>/items"): get_batch_items,
+        ("POST", "/v1/batches/<batch_id>/retry-failed"): post_retry_failed,
+        ("POST", "/v1/batches/<batch_id>/cancel"): post_cancel,
     }
 )

@@ -7,6 +7,7 @@ this module only reads, applies and commits them.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -292,6 +293,62 @@ class JobStore:
             return change
 
         return run(self._db.transaction())
+
+    def transition_items(
+        self,
+        job_id: str,
+        state: str,
+        decide: Callable[[ItemRecord], Transition | None],
+        *,
+        chunk: int = 200,
+    ) -> list[str]:
+        """Apply `decide` to every item now in `state`, a chunk per transaction; each item is
+        read again inside its transaction, so one that moved meanwhile is left alone. Returns the
+        ids that changed."""
+        changed: list[str] = []
+        items = self.job_ref(job_id).collection("items")
+        while True:
+            query = items.where(filter=FieldFilter("state", "==", state)).limit(chunk)
+            refs = [snap.reference for snap in query.stream()]
+            if not refs:
+                return changed
+
+            @firestore.transactional
+            def run(tx: firestore.Transaction, refs: list[Any] = refs) -> list[str]:
+                done, moves = [], Counter[str]()
+                for snap in tx.get_all(refs):
+                    change = decide(ItemRecord.from_doc(snap.to_dict() or {"state": "cancelled"}))
+                    if snap.exists and change is not None:
+                        tx.update(snap.reference, change.fields)
+                        moves.update(counters.delta(change.before, change.after))
+                        done.append(snap.id)
+                if moves:
+                    shard = self.shard_refs(job_id)[counters.pick_shard(self._shards)]
+                    tx.set(shard, {k: firestore.Increment(v) for k, v in moves.items()},
+                           merge=True)  # fmt: skip
+                return done
+
+            moved = run(self._db.transaction())
+            changed += moved
+            if not moved:
+                return changed
+
+    def set_job_state(self, job_id: str, *, to: str, allowed_from: tuple[str, ...]) -> bool:
+        """Move the job's state if it is in one of `allowed_from`; True if it moved."""
+        ref = self.job_ref(job_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> bool:
+            if (ref.get(transaction=tx).to_dict() or {}).get("state") not in allowed_from:
+                return False
+            at = now()
+            fields: dict[str, Any] = {"state": to, "updated_at": at}
+            if to == "open":
+                fields["completed_at"] = None
+            tx.update(ref, fields)
+            return True
+
+        return bool(run(self._db.transaction()))
 
     def complete_if_done(self, job_id: str) -> bool:
         """Mark the job completed when every item has finished; True only for the one call that

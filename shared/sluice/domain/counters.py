@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sluice.domain.items import FINISHED, ItemState
@@ -68,3 +69,16 @@ def sum_shards(total: int, shards: Iterable[Mapping[str, Any] | None]) -> Counts
         for state in by_state:
             by_state[state] += int((shard or {}).get(state, 0))
     return Counts(total, by_state)
+
+
+def estimate_completion(
+    counts: Counts, *, started_at: datetime, now: datetime, requests_per_minute: int
+) -> datetime | None:
+    """When the open items should be done: the observed pace, never faster than the provider's
+    rate limit allows. None until something has finished (there is no pace yet)."""
+    remaining = counts.total - counts.finished
+    elapsed = (now - started_at).total_seconds()
+    if remaining <= 0 or counts.finished == 0 or elapsed <= 0:
+        return None
+    per_second = min(counts.finished / elapsed, requests_per_minute / 60)
+    return now + timedelta(seconds=remaining / per_second)

@@ -148,3 +148,20 @@ def after_error(
     if item.attempts >= max_attempts:
         return fail(item, f"{reason} (after {item.attempts} attempts)", now=now)
     return release_for_retry(item, reason, now=now)
+
+
+def retry(item: ItemRecord, *, now: datetime) -> Transition | None:
+    """retry-failed: a failed item goes back to the queue with its attempts renewed; any other
+    item is left alone (so the call can be repeated safely)."""
+    if item.state is not ItemState.FAILED:
+        return None
+    fields = {"state": ItemState.QUEUED.value, "attempts": 0, "lease": None,
+              "finished_at": None, "updated_at": now}  # fmt: skip
+    return Transition(item.state, ItemState.QUEUED, fields)
+
+
+def cancel(item: ItemRecord, *, now: datetime) -> Transition | None:
+    """cancel: a queued item will not run; a running one finishes, a finished one stays."""
+    if item.state is not ItemState.QUEUED:
+        return None
+    return _finish(item, ItemState.CANCELLED, now=now, error="cancelled")

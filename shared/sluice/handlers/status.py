@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from sluice.adapters.jobs_store import JobStore
+from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.publisher import Publisher
+from sluice.domain import items
+from sluice.domain.counters import estimate_completion
 from sluice.domain.items import ItemState
 from sluice.domain.paging import decode_token, encode_token
 from sluice.handlers.auth import Tenant, own_job
+from sluice.messages import WORK_ITEMS, WorkItem
 from sluice.problems import FieldError, Problem, not_found
 
 
-def batch_status(store: JobStore, tenant: Tenant, job_id: str) -> dict[str, Any]:
+def batch_status(
+    store: JobStore, tenant: Tenant, job_id: str, *, requests_per_minute: int
+) -> dict[str, Any]:
     found = store.job_with_counts(job_id)
     if found is None:
         raise not_found(f"batch {job_id}")
     job, counts = found
     own_job(job, tenant, job_id)
+    eta = None
+    if job.get("state") == "open" and job.get("created_at") is not None:
+        eta = estimate_completion(
+            counts, started_at=job["created_at"], now=now(),
+            requests_per_minute=requests_per_minute,
+        )  # fmt: skip
     return {
         "batch_id": job_id,
         "kind": job.get("kind"),
@@ -28,6 +41,7 @@ def batch_status(store: JobStore, tenant: Tenant, job_id: str) -> dict[str, Any]
         "created_at": job.get("created_at"),
         "updated_at": job.get("updated_at"),
         "completed_at": job.get("completed_at"),
+        "estimated_completion_at": eta,
     }
 
 
@@ -73,3 +87,25 @@ def item_view(item_id: str, doc: dict[str, Any]) -> dict[str, Any]:
         "error": doc.get("error"),
         "finished_at": doc.get("finished_at"),
     }
+
+
+def retry_failed(store: JobStore, publisher: Publisher, tenant: Tenant, job_id: str) -> dict:
+    """Requeue exactly the failed items and publish them again; a repeated call finds none."""
+    job = own_job(store.get_job(job_id), tenant, job_id)
+    if job.get("state") == "cancelled":
+        raise Problem(409, "Batch cancelled", "a cancelled batch is not retried")
+    requeued = store.transition_items(job_id, "failed", partial(items.retry, now=now()))
+    if requeued:
+        store.set_job_state(job_id, to="open", allowed_from=("completed",))
+        publisher.publish(
+            WORK_ITEMS, (WorkItem(job_id=job_id, item_id=i).model_dump() for i in requeued)
+        )
+    return {"batch_id": job_id, "requeued": len(requeued)}
+
+
+def cancel_batch(store: JobStore, tenant: Tenant, job_id: str) -> dict:
+    """Queued items become cancelled; running ones finish; the batch is `cancelled`."""
+    own_job(store.get_job(job_id), tenant, job_id)
+    store.set_job_state(job_id, to="cancelled", allowed_from=("open",))
+    cancelled = store.transition_items(job_id, "queued", partial(items.cancel, now=now()))
+    return {"batch_id": job_id, "cancelled": len(cancelled), "state": "cancelled"}
