@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 WORK_ITEMS = "work-items"
 WHATSAPP_EVENTS = "whatsapp-events"
+BATCH_EVENTS = "batch-events"
 
 
 class WorkItem(BaseModel):
@@ -30,3 +31,13 @@ class WhatsAppEventMessage(BaseModel):
     waba_id: str = ""
     body: dict[str, Any]
     contact: dict[str, Any] | None = None
+
+
+class BatchCompleted(BaseModel):
+    """A batch completed (for the `completion`-th time: a retry-failed can complete it again)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["batch.completed"] = "batch.completed"
+    job_id: str
+    completion: int

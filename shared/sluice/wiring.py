@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cache
 
 from sluice.adapters.ai_provider import AIProvider
+from sluice.adapters.callback_sender import CallbackSender
 from sluice.adapters.clients import firestore_client, http_client, publisher_client
 from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.jobs_store import JobStore
@@ -90,3 +91,9 @@ def capacity(provider: str, *, interactive: bool) -> Capacity:
         interactive=interactive,
         wait_seconds=settings().topology.work.capacity_wait_seconds,
     )
+
+
+@cache
+def callback_sender() -> CallbackSender:
+    timeout = settings().topology.providers["callbacks"].timeout_seconds
+    return CallbackSender(http_client(), timeout=timeout)

@@ -169,6 +169,10 @@ class JobStore:
 
     # -- tenants --------------------------------------------------------------------------------
 
+    def tenant(self, tenant_id: str) -> dict[str, Any] | None:
+        snap = self._db.collection("tenants").document(tenant_id).get()
+        return snap.to_dict() if snap.exists else None
+
     def tenant_by_key_hash(self, key_hash: str) -> tuple[str, dict[str, Any]] | None:
         return self._tenant_holding("api_key_hashes", key_hash)
 
@@ -350,28 +354,55 @@ class JobStore:
 
         return bool(run(self._db.transaction()))
 
-    def complete_if_done(self, job_id: str) -> bool:
-        """Mark the job completed when every item has finished; True only for the one call that
-        made the change. The last item to commit always sees every other item's count."""
+    def complete_if_done(self, job_id: str) -> int | None:
+        """Mark the job completed when every item has finished. Returns the completion's number
+        (1, then 2 after a retry-failed, ...) only to the one call that made the change; the
+        last item to commit always sees every other item's count. The completion callback is
+        recorded as pending in the same transaction, so it cannot be forgotten."""
         found = self.job_with_counts(job_id)
         if found is None:
-            return False
+            return None
         job, counts = found
         # A day of WhatsApp traffic is open-ended: it never completes while the day can add more.
         if job.get("state") != "open" or job.get("open_ended") or not counts.complete:
-            return False
+            return None
+        ref = self.job_ref(job_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> int | None:
+            stored = ref.get(transaction=tx).to_dict() or {}
+            if stored.get("state") != "open":
+                return None
+            at = now()
+            completion = int(stored.get("completions", 0)) + 1
+            tx.update(ref, {
+                "state": "completed", "completed_at": at, "updated_at": at,
+                "completions": completion,
+                "callback": {"completion": completion, "state": "pending"},
+            })  # fmt: skip
+            return completion
+
+        result: int | None = run(self._db.transaction())
+        return result
+
+    def mark_callback(self, job_id: str, completion: int, state: str) -> bool:
+        """Record a callback's fate, once: False if this completion's callback was settled."""
         ref = self.job_ref(job_id)
 
         @firestore.transactional
         def run(tx: firestore.Transaction) -> bool:
-            snap = ref.get(transaction=tx)
-            if (snap.to_dict() or {}).get("state") != "open":
+            callback = (ref.get(transaction=tx).to_dict() or {}).get("callback") or {}
+            if callback.get("completion") != completion or callback.get("state") != "pending":
                 return False
-            at = now()
-            tx.update(ref, {"state": "completed", "completed_at": at, "updated_at": at})
+            tx.update(ref, {"callback": {"completion": completion, "state": state,
+                                         "at": now()}})  # fmt: skip
             return True
 
-        return run(self._db.transaction())
+        return bool(run(self._db.transaction()))
+
+    def callback_pending(self, job_id: str, completion: int) -> bool:
+        callback = (self.get_job(job_id) or {}).get("callback") or {}
+        return callback.get("completion") == completion and callback.get("state") == "pending"
 
 
 __all__ = ["AlreadyFinished", "ClaimResult", "JobStore", "LeaseHeld", "NewItem"]

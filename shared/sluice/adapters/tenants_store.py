@@ -9,7 +9,8 @@ from typing import Any
 from google.api_core.exceptions import AlreadyExists
 from google.cloud import firestore
 
-from sluice.domain.tenants import hash_api_key, new_api_key, new_signing_secret, tenant_id
+from sluice.domain.callbacks import new_secret
+from sluice.domain.tenants import hash_api_key, new_api_key, tenant_id
 
 
 class TenantExists(Exception):
@@ -35,7 +36,7 @@ class TenantStore:
         self, name: str, *, sheets: bool = False, callback_url: str | None = None
     ) -> NewTenant:
         tid = tenant_id(name)
-        key, secret = new_api_key(), new_signing_secret()
+        key, secret = new_api_key(), new_secret()
         try:
             self._tenants.document(tid).create(
                 {

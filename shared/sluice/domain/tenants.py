@@ -22,10 +22,6 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def new_signing_secret() -> str:
-    return "whsec_" + secrets.token_urlsafe(32)
-
-
 def tenant_id(name: str) -> str:
     slug = _SLUG.sub("-", name.lower()).strip("-")
     if not slug:

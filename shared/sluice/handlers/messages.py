@@ -8,9 +8,17 @@ from pydantic import ValidationError
 
 from sluice import wiring
 from sluice.events import PubSubMessage
+from sluice.handlers.callbacks import send_completion_callback
 from sluice.handlers.processor import Deferred, Outcome, RedeliverLater, process_item
 from sluice.handlers.whatsapp import handle_event
-from sluice.messages import WHATSAPP_EVENTS, WORK_ITEMS, WhatsAppEventMessage, WorkItem
+from sluice.messages import (
+    BATCH_EVENTS,
+    WHATSAPP_EVENTS,
+    WORK_ITEMS,
+    BatchCompleted,
+    WhatsAppEventMessage,
+    WorkItem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,13 @@ def handle_message(message: PubSubMessage) -> Outcome | None:
             except Deferred as deferred:
                 # Ordered per conversation: a re-publish would jump the queue, so wait in it.
                 raise RedeliverLater(str(deferred)) from None
+        if message.topic == BATCH_EVENTS:
+            return send_completion_callback(
+                wiring.job_store(),
+                wiring.callback_sender(),
+                wiring.capacity("callbacks", interactive=False),
+                BatchCompleted.model_validate_json(message.data),
+            )
         if message.topic != WORK_ITEMS:
             # Redelivery cannot fix a subscription pointed at the wrong function: acknowledge.
             log.error("no handler for topic %r (message %s)", message.topic, message.message_id)
@@ -39,7 +54,7 @@ def handle_message(message: PubSubMessage) -> Outcome | None:
         log.error("unreadable message %s acknowledged: %s", message.message_id, exc)
         return None
     try:
-        return process_item(
+        outcome = process_item(
             wiring.job_store(),
             wiring.ai_provider().complete,
             work.job_id,
@@ -53,3 +68,9 @@ def handle_message(message: PubSubMessage) -> Outcome | None:
         # never counts as a delivery attempt and never slows the subscription with nacks.
         wiring.publisher().publish(WORK_ITEMS, [work.model_dump()])
         return Outcome(work.item_id, "deferred", str(deferred))
+    if outcome.completed is not None:
+        # Raising here would not bring the event back (the item is finished); a lost publish
+        # leaves the job's callback `pending`, which the sweeper republishes.
+        completed = BatchCompleted(job_id=work.job_id, completion=outcome.completed)
+        wiring.publisher().publish(BATCH_EVENTS, [completed.model_dump()])
+    return outcome

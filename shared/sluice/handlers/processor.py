@@ -46,6 +46,8 @@ class Outcome:
     item: str
     state: str
     detail: str = ""
+    # Set when this outcome completed its job: the completion's number.
+    completed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,8 @@ def _claim_and_work(
     if isinstance(decision, LeaseHeld):
         raise RedeliverLater(f"item {item_id} is leased until {decision.until}")
     if isinstance(decision, Transition):
-        store.complete_if_done(job_id)
-        return Outcome(item_id, decision.after.value, "lease expired too often")
+        completed = store.complete_if_done(job_id)
+        return Outcome(item_id, decision.after.value, "lease expired too often", completed)
     assert isinstance(decision, Claimed)
 
     decide: Callable[[ItemRecord], Transition]
@@ -151,5 +153,4 @@ def _claim_and_work(
     if change.after is ItemState.QUEUED:
         reason = f"item {item_id}: {change.fields['error']}"
         raise Deferred(reason) if rate_limited else RedeliverLater(reason)
-    store.complete_if_done(job_id)
-    return Outcome(item_id, change.after.value)
+    return Outcome(item_id, change.after.value, completed=store.complete_if_done(job_id))

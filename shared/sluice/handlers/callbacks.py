@@ -1,0 +1,57 @@
+"""The completion callback: once per completion of a batch, signed, retried until it lands.
+
+Raising has Pub/Sub deliver the event again after the subscription's backoff (which is the retry
+schedule of callbacks); the job records the callback as `sent` after the CRM's 2xx, so a repeated
+event sends nothing more. A crash between the CRM's 2xx and that record sends it twice, with the
+same `webhook-id`, which receivers use to drop the repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sluice.adapters.callback_sender import CallbackSender
+from sluice.adapters.jobs_store import JobStore
+from sluice.adapters.outside import ProviderError
+from sluice.domain.callbacks import completed_event, signed_headers, webhook_id
+from sluice.handlers.processor import Capacity, Outcome, RedeliverLater
+from sluice.messages import BatchCompleted
+
+log = logging.getLogger(__name__)
+
+
+def send_completion_callback(
+    store: JobStore, sender: CallbackSender, capacity: Capacity, event: BatchCompleted
+) -> Outcome:
+    job_id, completion = event.job_id, event.completion
+    if not store.callback_pending(job_id, completion):
+        return Outcome(job_id, "callback", "duplicate delivery")
+    found = store.job_with_counts(job_id)
+    if found is None:
+        return Outcome(job_id, "callback", "job missing")
+    job, counts = found
+    tenant = store.tenant(str(job.get("tenant"))) or {}
+    url = job.get("callback_url") or tenant.get("callback_url")
+    secret = tenant.get("signing_secret")
+    if not url or not secret:
+        store.mark_callback(job_id, completion, "no_callback_url")
+        return Outcome(job_id, "callback", "no callback URL")
+
+    permit = capacity.limiter.acquire(
+        tenant=str(job.get("tenant")), interactive=False, wait=capacity.wait_seconds
+    )
+    if permit is None:
+        raise RedeliverLater(f"no callback capacity for {job_id}")
+    body = completed_event(job_id, job, counts.by_state)
+    headers = signed_headers(secret, webhook_id(job_id, completion), int(time.time()), body)
+    try:
+        sender.post(url, body, headers)
+    except ProviderError as error:
+        if error.rate_limited:
+            capacity.limiter.rate_limited(error.retry_after)
+        raise RedeliverLater(f"callback for {job_id} not delivered: {error}") from None
+    finally:
+        capacity.limiter.release(permit)
+    store.mark_callback(job_id, completion, "sent")
+    return Outcome(job_id, "callback", f"sent to {url}")
