@@ -126,7 +126,8 @@ class Deployment:
         self.server_ports = {
             name: self.ports.get(name) or free_port() for name in ("provider", "graph")
         }
-        # WhatsApp secrets of this deployment: Meta's app secret, the verify token, the token
+        # WhatsApp secrets of this deployment (passed to the Graph server as --flag=value: a
+        # token may start with "-"): Meta's app secret, the verify token, the token
         # Sluice sends with; local and fresh each time, written to local.json for tools.
         self.whatsapp = {
             "app_secret": secrets.token_hex(16),
@@ -165,7 +166,7 @@ class Deployment:
     def start(self) -> None:
         servers = {
             "provider": ("provider_server", self.provider_args),
-            "graph": ("graph_server", ["--access-token", self.whatsapp["access_token"],
+            "graph": ("graph_server", [f"--access-token={self.whatsapp['access_token']}",
                                        *self.graph_args]),
         }  # fmt: skip
         for name, (module, args) in servers.items():
