@@ -43,6 +43,7 @@ from sluice.localcloud.local_server import (
     Clock,
     RuntimeConfig,
     SlidingWindow,
+    add_control_routes,
     json_response,
     parse_limit,
     serve,
@@ -454,24 +455,7 @@ def create_app(
             at=time.time(),
         )
 
-    @app.get("/_sluice/config")
-    def get_config() -> flask.Response:
-        return json_response(config.as_dict())
-
-    @app.post("/_sluice/config")
-    def set_config() -> flask.Response:
-        fields = flask.request.get_json(force=True, silent=True)
-        if not isinstance(fields, dict):
-            return invalid("The body must be a JSON object of config fields.").response()
-        try:
-            behaviour = config.update(fields)
-        except ValidationError as e:
-            return invalid(f"Invalid config: {e}").response()
-        return json_response(behaviour.model_dump())
-
-    @app.get("/_sluice/stats")
-    def get_stats() -> flask.Response:
-        return json_response(stats.snapshot())
+    add_control_routes(app, config, stats, lambda message: invalid(message).response())
 
     @app.get("/_sluice/messages")
     def get_messages() -> flask.Response:
@@ -480,15 +464,6 @@ def create_app(
         if limit is None:
             return invalid("'limit' must be a non-negative integer.").response()
         return json_response(stats.messages(limit, args.get("to"), args.get("phone_number_id")))
-
-    @app.post("/_sluice/reset")
-    def reset() -> flask.Response:
-        stats.reset()
-        return json_response(stats.snapshot())
-
-    @app.get("/healthz")
-    def healthz() -> flask.Response:
-        return flask.Response("ok", mimetype="text/plain")
 
     @app.get("/")
     def index() -> flask.Response:

@@ -16,10 +16,10 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import flask
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from werkzeug.serving import make_server
 
 Clock = Callable[[], float]
@@ -101,6 +101,50 @@ def json_response(
     return flask.Response(
         json.dumps(body), status=status, headers=headers, mimetype="application/json"
     )
+
+
+class Counters(Protocol):
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def reset(self) -> None: ...
+
+
+def add_control_routes(
+    app: flask.Flask,
+    config: RuntimeConfig[Any],
+    stats: Counters,
+    bad_request: Callable[[str], flask.Response],
+) -> None:
+    """The routes every local server has: read and change its behaviour, read and zero its
+    counters, and a health check. `bad_request` answers in the imitated service's error format."""
+
+    @app.get("/_sluice/config")
+    def get_config() -> flask.Response:
+        return json_response(config.as_dict())
+
+    @app.post("/_sluice/config")
+    def set_config() -> flask.Response:
+        fields = flask.request.get_json(force=True, silent=True)
+        if not isinstance(fields, dict):
+            return bad_request("The body must be a JSON object of config fields.")
+        try:
+            behaviour = config.update(fields)
+        except ValidationError as e:
+            return bad_request(f"Invalid config: {e}")
+        return json_response(behaviour.model_dump())
+
+    @app.get("/_sluice/stats")
+    def get_stats() -> flask.Response:
+        return json_response(stats.snapshot())
+
+    @app.post("/_sluice/reset")
+    def reset() -> flask.Response:
+        stats.reset()
+        return json_response(stats.snapshot())
+
+    @app.get("/healthz")
+    def healthz() -> flask.Response:
+        return flask.Response("ok", mimetype="text/plain")
 
 
 def parse_limit(raw: str | None, default: int) -> int | None:

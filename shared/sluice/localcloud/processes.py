@@ -77,9 +77,10 @@ def http_ok(url: str, *, any_answer: bool = False) -> Callable[[], bool]:
 
     def check() -> bool:
         try:
-            return any_answer or httpx.get(url, timeout=1.0).status_code < 500
+            status = httpx.get(url, timeout=1.0).status_code
         except httpx.HTTPError:
             return False
+        return any_answer or status < 500
 
     return check
 

@@ -41,6 +41,7 @@ from sluice.localcloud.local_server import (
     Clock,
     RuntimeConfig,
     SlidingWindow,
+    add_control_routes,
     json_response,
     parse_limit,
     serve,
@@ -387,26 +388,9 @@ def create_app(
             )
         return json_response(completion_body(request))
 
-    @app.get("/_sluice/config")
-    def get_config() -> flask.Response:
-        return json_response(config.as_dict())
-
-    @app.post("/_sluice/config")
-    def set_config() -> flask.Response:
-        fields = flask.request.get_json(force=True, silent=True)
-        if not isinstance(fields, dict):
-            return _error(
-                400, "The body must be a JSON object of config fields.", "invalid_request_error"
-            )
-        try:
-            behaviour = config.update(fields)
-        except ValidationError as e:
-            return _error(400, f"Invalid config: {e}", "invalid_request_error")
-        return json_response(behaviour.model_dump())
-
-    @app.get("/_sluice/stats")
-    def get_stats() -> flask.Response:
-        return json_response(stats.snapshot())
+    add_control_routes(
+        app, config, stats, lambda message: _error(400, message, "invalid_request_error")
+    )
 
     @app.get("/_sluice/requests")
     def get_requests() -> flask.Response:
@@ -414,15 +398,6 @@ def create_app(
         if limit is None:
             return _error(400, "'limit' must be a non-negative integer.", "invalid_request_error")
         return json_response(stats.recent(limit))
-
-    @app.post("/_sluice/reset")
-    def reset() -> flask.Response:
-        stats.reset()
-        return json_response(stats.snapshot())
-
-    @app.get("/healthz")
-    def healthz() -> flask.Response:
-        return flask.Response("ok", mimetype="text/plain")
 
     @app.get("/")
     def index() -> flask.Response:
