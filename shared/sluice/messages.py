@@ -41,3 +41,14 @@ class BatchCompleted(BaseModel):
     type: Literal["batch.completed"] = "batch.completed"
     job_id: str
     completion: int
+
+
+SWEEPS = "sweeps"
+
+
+class Sweep(BaseModel):
+    """The scheduler's tick: the sweeper reads everything it needs from Firestore."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["sweep"] = "sweep"

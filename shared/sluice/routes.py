@@ -80,6 +80,11 @@ def get_batch_items(request: flask.Request, batch_id: str) -> flask.Response:
     return json_response(page)
 
 
+def get_health(request: flask.Request) -> flask.Response:
+    health = wiring.health()()
+    return json_response(health.body(), 200 if health.ok else 503, {"Cache-Control": "no-store"})
+
+
 def whatsapp_handshake(request: flask.Request) -> flask.Response:
     token = wiring.settings().whatsapp_verify_token.get_secret_value()
     challenge = verify_handshake(dict(request.args.items()), token)
@@ -97,8 +102,13 @@ def whatsapp_delivery(request: flask.Request) -> flask.Response:
     return json_response({"received": received})
 
 
+# Cloud Run's front end reserves some paths ending in "z" (/healthz among them, on run.app URLs):
+# /health answers the same, for checks from outside.
+HEALTH = {("GET", "/healthz"): get_health, ("GET", "/health"): get_health}
+
 ingest = Router(
     {
+        **HEALTH,
         ("POST", "/v1/batches"): create_batch,
         ("GET", "/whatsapp/webhook"): whatsapp_handshake,
         ("POST", "/whatsapp/webhook"): whatsapp_delivery,
@@ -107,6 +117,7 @@ ingest = Router(
 
 status = Router(
     {
+        **HEALTH,
         ("GET", "/v1/batches/<batch_id>"): get_batch,
         ("GET", "/v1/batches/<batch_id>/items"): get_batch_items,
         ("POST", "/v1/batches/<batch_id>/retry-failed"): post_retry_failed,

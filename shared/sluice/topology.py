@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -40,7 +40,9 @@ class Function(_Strict):
 
 
 class Topic(_Strict):
-    dead_letter: str
+    # Where a message goes after its subscription's max_delivery_attempts; None for a topic whose
+    # messages are simply delivered again (the sweeps: a lost one is replaced by the next).
+    dead_letter: str | None = None
 
 
 class RetryPolicy(_Strict):
@@ -53,8 +55,18 @@ class Subscription(_Strict):
     push_to: str
     ack_deadline_seconds: int = Field(ge=10, le=600)
     retry: RetryPolicy
-    max_delivery_attempts: int = Field(ge=5, le=100)
+    # Required for a topic with a dead-letter topic; meaningless otherwise.
+    max_delivery_attempts: int | None = Field(default=None, ge=5, le=100)
     ordering: bool = False
+
+
+class Schedule(_Strict):
+    """Cloud Scheduler publishing to a topic (in the cloud: a cron of whole minutes)."""
+
+    topic: str
+    every_seconds: int = Field(ge=1, le=86400)
+    # The JSON body of each message it publishes.
+    message: dict[str, Any] = Field(default_factory=dict)
 
 
 class FirestoreTrigger(_Strict):
@@ -76,6 +88,8 @@ class Work(_Strict):
     rate_shards: int = Field(ge=1, le=100)
     recovery_seconds: float = Field(gt=0)
     capacity_wait_seconds: float = Field(ge=0)
+    # The sweeper republishes the queued items of a batch that made no progress for this long.
+    stall_seconds: float = Field(gt=0)
 
 
 class Api(_Strict):
@@ -86,6 +100,8 @@ class Api(_Strict):
     default_page_size: int = Field(ge=1)
     max_page_size: int = Field(ge=1)
     publish_timeout_seconds: float = Field(gt=0, le=60)
+    health_timeout_seconds: float = Field(gt=0, le=30)
+    health_cache_seconds: float = Field(ge=0, le=300)
 
 
 class Topology(_Strict):
@@ -93,6 +109,7 @@ class Topology(_Strict):
     topics: dict[str, Topic]
     subscriptions: dict[str, Subscription]
     firestore_triggers: dict[str, FirestoreTrigger]
+    schedules: dict[str, Schedule] = Field(default_factory=dict)
     providers: dict[str, Provider]
     work: Work
     api: Api
@@ -100,9 +117,13 @@ class Topology(_Strict):
     @model_validator(mode="after")
     def _references_resolve(self) -> Topology:
         problems = []
+        dead_letters = {t.dead_letter for t in self.topics.values() if t.dead_letter}
         for name, sub in self.subscriptions.items():
-            if sub.topic not in self.topics:
+            if sub.topic not in self.topics and sub.topic not in dead_letters:
                 problems.append(f"subscription {name}: unknown topic {sub.topic!r}")
+            topic = self.topics.get(sub.topic)
+            if topic is not None and topic.dead_letter and sub.max_delivery_attempts is None:
+                problems.append(f"subscription {name}: max_delivery_attempts is required")
             if self.functions.get(sub.push_to, None) is None:
                 problems.append(f"subscription {name}: unknown function {sub.push_to!r}")
             elif self.functions[sub.push_to].trigger != "pubsub":
@@ -113,7 +134,9 @@ class Topology(_Strict):
             fn = self.functions.get(trig.function)
             if fn is None or fn.trigger != "firestore":
                 problems.append(f"trigger {name}: {trig.function!r} is not a firestore function")
-        dead_letters = {t.dead_letter for t in self.topics.values()}
+        for name, schedule in self.schedules.items():
+            if schedule.topic not in self.topics:
+                problems.append(f"schedule {name}: unknown topic {schedule.topic!r}")
         if dead_letters & set(self.topics):
             problems.append("a dead-letter topic is also declared as a work topic")
         if problems:
@@ -122,7 +145,11 @@ class Topology(_Strict):
 
     @property
     def dead_letter_topics(self) -> list[str]:
-        return sorted({t.dead_letter for t in self.topics.values()})
+        return sorted({t.dead_letter for t in self.topics.values() if t.dead_letter})
+
+    def dead_letter_source(self, topic: str) -> str | None:
+        """The topic whose undeliverable messages `topic` receives, if it is a dead-letter topic."""
+        return next((name for name, t in self.topics.items() if t.dead_letter == topic), None)
 
     def subscriptions_of(self, function: str) -> dict[str, Subscription]:
         return {n: s for n, s in self.subscriptions.items() if s.push_to == function}

@@ -12,8 +12,10 @@ from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter
 from sluice.adapters.publisher import Publisher
 from sluice.adapters.whatsapp_api import WhatsAppAPI
+from sluice.handlers.health import HealthCheck
 from sluice.handlers.processor import Capacity
 from sluice.handlers.whatsapp import WhatsAppDeps
+from sluice.messages import WORK_ITEMS
 from sluice.settings import Settings, get_settings
 
 
@@ -97,3 +99,16 @@ def capacity(provider: str, *, interactive: bool) -> Capacity:
 def callback_sender() -> CallbackSender:
     timeout = settings().topology.providers["callbacks"].timeout_seconds
     return CallbackSender(http_client(), timeout=timeout)
+
+
+@cache
+def health() -> HealthCheck:
+    api = settings().topology.api
+    return HealthCheck(
+        {
+            "pubsub": lambda: publisher().ping(WORK_ITEMS),
+            "firestore": lambda: job_store().ping(api.health_timeout_seconds),
+        },
+        timeout=api.health_timeout_seconds,
+        cache_seconds=api.health_cache_seconds,
+    )

@@ -33,8 +33,9 @@ def function_client(
     monkeypatch.setenv("SLUICE_WHATSAPP_APP_SECRET", APP_SECRET)
     monkeypatch.setenv("SLUICE_WHATSAPP_VERIFY_TOKEN", VERIFY_TOKEN)
     monkeypatch.setenv("SLUICE_WHATSAPP_ACCESS_TOKEN", "token")
-    caches = (get_settings, wiring.job_store, wiring.publisher, wiring.ai_provider,
-              wiring.whatsapp_api, wiring.whatsapp_deps, publisher_client)  # fmt: skip
+    # Every adapter wiring builds once per process, and the settings they were built from.
+    wired = [f for f in vars(wiring).values() if callable(getattr(f, "cache_clear", None))]
+    caches = (get_settings, publisher_client, *wired)
     for cached in caches:
         cached.cache_clear()
 

@@ -14,7 +14,9 @@ from sluice.domain.items import (
     Transition,
     after_error,
     claim,
+    dead_lettered,
     holds_lease,
+    stalled,
     succeed,
 )
 
@@ -128,3 +130,21 @@ def test_any_sequence_of_events_ends_finished_at_most_once(events):
             finished_count += item.state.finished
         assert item.attempts <= 3
     assert finished_count <= 1
+
+
+def test_a_dead_letter_fails_a_waiting_item_with_its_reason_and_nothing_else():
+    queued = dead_lettered(ItemRecord(ItemState.QUEUED, attempts=2), reason="gave up", now=NOW)
+    assert queued is not None and queued.after is ItemState.FAILED
+    assert queued.fields["error"] == "gave up" and queued.fields["finished_at"] == NOW
+    expired = ItemRecord(ItemState.RUNNING, 1, "t1", NOW - timedelta(seconds=1))
+    assert dead_lettered(expired, reason="gave up", now=NOW) is not None
+    live = ItemRecord(ItemState.RUNNING, 1, "t1", NOW + timedelta(seconds=1))
+    assert dead_lettered(live, reason="gave up", now=NOW) is None
+    for state in (ItemState.SUCCEEDED, ItemState.FAILED, ItemState.CANCELLED):
+        assert dead_lettered(ItemRecord(state), reason="gave up", now=NOW) is None
+
+
+def test_a_batch_is_stalled_once_nothing_moved_for_the_stall_period():
+    stall = timedelta(seconds=120)
+    assert not stalled(NOW - timedelta(seconds=119), now=NOW, stall=stall)
+    assert stalled(NOW - timedelta(seconds=120), now=NOW, stall=stall)

@@ -17,6 +17,11 @@ def test_the_repository_topology_loads():
     }
     for name, sub in topology.subscriptions.items():
         assert topology.functions[sub.push_to].trigger == "pubsub", name
+    # Every dead-letter topic is consumed by a subscription of its own.
+    consumed = {sub.topic for sub in topology.subscriptions.values()}
+    assert set(topology.dead_letter_topics) <= consumed
+    assert topology.dead_letter_source("work-items-dead-letter") == "work-items"
+    assert topology.dead_letter_source("work-items") is None
 
 
 def mutated(**changes) -> str:
@@ -37,6 +42,10 @@ def mutated(**changes) -> str:
         ("subscriptions.work-items-to-processor.push_to", "status-api", "not a pubsub function"),
         ("subscriptions.work-items-to-processor.max_delivery_attempts", 3, "greater than or equal"),
         ("subscriptions.work-items-to-processor.ack_deadline_seconds", 700, "less than or equal"),
+        ("subscriptions.work-items-to-processor.max_delivery_attempts", None, "is required"),
+        ("subscriptions.sweeps-to-processor.topic", "nope-dead-letter", "unknown topic"),
+        ("schedules.sweeper.topic", "nope", "schedule sweeper: unknown topic"),
+        ("schedules.sweeper.every_seconds", 0, "greater than or equal"),
         (
             "firestore_triggers.item-written-to-sheets-writer.function",
             "webhook-ingest",

@@ -8,7 +8,7 @@ this module only reads, applies and commits them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -87,6 +87,10 @@ class JobStore:
     def shard_refs(self, job_id: str) -> list[firestore.DocumentReference]:
         shards = self.job_ref(job_id).collection("shards")
         return [shards.document(str(n)) for n in range(self._shards)]
+
+    def ping(self, timeout: float) -> None:
+        """Raises unless Firestore answers a read within `timeout` seconds."""
+        self._db.collection("health").document("probe").get(timeout=timeout)
 
     # -- intake ---------------------------------------------------------------------------------
 
@@ -284,19 +288,68 @@ class JobStore:
         None: another delivery took the item over after our lease expired, and its outcome is
         the one that counts; ours is dropped so the item never has two results.
         """
+        return self.change_item(
+            job_id, item_id, lambda record: decide(record) if holds_lease(record, token) else None
+        )
+
+    def change_item(
+        self, job_id: str, item_id: str, decide: Callable[[ItemRecord], Transition | None]
+    ) -> Transition | None:
+        """Apply `decide` to the item as stored now, with its count, in one transaction. None:
+        the item does not exist or `decide` left it alone."""
         ref = self.item_ref(job_id, item_id)
 
         @firestore.transactional
         def run(tx: firestore.Transaction) -> Transition | None:
             snap = ref.get(transaction=tx)
-            record = ItemRecord.from_doc(snap.to_dict() or {"state": "cancelled"})
-            if not snap.exists or not holds_lease(record, token):
+            if not snap.exists:
                 return None
-            change = decide(record)
-            self._apply(tx, job_id, item_id, change)
+            change = decide(ItemRecord.from_doc(snap.to_dict() or {}))
+            if change is not None:
+                self._apply(tx, job_id, item_id, change)
             return change
 
         return run(self._db.transaction())
+
+    def items_in(self, job_id: str, state: str) -> Iterator[tuple[str, ItemRecord]]:
+        query = (
+            self.job_ref(job_id).collection("items").where(filter=FieldFilter("state", "==", state))
+        )
+        for snap in query.select(["state", "attempts", "lease"]).stream():
+            yield snap.id, ItemRecord.from_doc(snap.to_dict() or {})
+
+    # -- what the sweeper looks at --------------------------------------------------------------
+
+    def open_batches(self) -> list[str]:
+        """Open CRM batches whose items were all published once (a WhatsApp day's items each
+        have the live message that created them; an unfinished intake was answered 503)."""
+        query = self._db.collection("jobs").where(filter=FieldFilter("state", "==", "open"))
+        docs = (
+            (snap.id, snap.to_dict() or {})
+            for snap in query.select(["intake", "open_ended"]).stream()
+        )
+        return [
+            id_
+            for id_, doc in docs
+            if doc.get("intake") == "published" and not doc.get("open_ended")
+        ]
+
+    def last_progress(self, job_id: str) -> datetime:
+        """When the job or any of its items' counts last changed (the documents' own times)."""
+        snaps = self._db.get_all([self.job_ref(job_id), *self.shard_refs(job_id)])
+        return max(snap.update_time for snap in snaps if snap.exists)
+
+    def pending_callbacks(self, *, before: datetime) -> list[tuple[str, int]]:
+        """Completions whose callback is still pending though the job completed before `before`."""
+        query = self._db.collection("jobs").where(
+            filter=FieldFilter("callback.state", "==", "pending")
+        )
+        found = []
+        for snap in query.select(["callback", "completed_at"]).stream():
+            doc = snap.to_dict() or {}
+            if doc.get("completed_at") is not None and doc["completed_at"] < before:
+                found.append((snap.id, int(doc["callback"]["completion"])))
+        return found
 
     def transition_items(
         self,
@@ -385,7 +438,9 @@ class JobStore:
         result: int | None = run(self._db.transaction())
         return result
 
-    def mark_callback(self, job_id: str, completion: int, state: str) -> bool:
+    def mark_callback(
+        self, job_id: str, completion: int, state: str, *, error: str | None = None
+    ) -> bool:
         """Record a callback's fate, once: False if this completion's callback was settled."""
         ref = self.job_ref(job_id)
 
@@ -394,8 +449,8 @@ class JobStore:
             callback = (ref.get(transaction=tx).to_dict() or {}).get("callback") or {}
             if callback.get("completion") != completion or callback.get("state") != "pending":
                 return False
-            tx.update(ref, {"callback": {"completion": completion, "state": state,
-                                         "at": now()}})  # fmt: skip
+            settled = {"completion": completion, "state": state, "at": now()}
+            tx.update(ref, {"callback": settled | ({"error": error} if error else {})})
             return True
 
         return bool(run(self._db.transaction()))

@@ -20,6 +20,10 @@ class Publisher:
     def topic_path(self, topic: str) -> str:
         return self._client.topic_path(self._project, topic)
 
+    def ping(self, topic: str) -> None:
+        """Raises unless Pub/Sub answers for `topic` within the publish timeout."""
+        self._client.get_topic(topic=self.topic_path(topic), timeout=self._timeout)
+
     def publish(
         self, topic: str, messages: Iterable[dict[str, Any]], *, ordering_key: str = ""
     ) -> list[str]:

@@ -92,7 +92,8 @@ def claim(
     if item.state.finished:
         return AlreadyFinished(item.state)
     if item.state is ItemState.RUNNING:
-        if item.lease_until is not None and item.lease_until > now:
+        if lease_live(item, now):
+            assert item.lease_until is not None
             return LeaseHeld(item.lease_until)
         if item.attempts >= max_attempts:
             return fail(item, f"worker lost on all {item.attempts} attempts", now=now)
@@ -165,3 +166,24 @@ def cancel(item: ItemRecord, *, now: datetime) -> Transition | None:
     if item.state is not ItemState.QUEUED:
         return None
     return _finish(item, ItemState.CANCELLED, now=now, error="cancelled")
+
+
+def lease_live(item: ItemRecord, now: datetime) -> bool:
+    return (
+        item.state is ItemState.RUNNING and item.lease_until is not None and item.lease_until > now
+    )
+
+
+def dead_lettered(item: ItemRecord, *, reason: str, now: datetime) -> Transition | None:
+    """Pub/Sub gave up on a message: its item fails with the reason. A finished item stays as it
+    is, and so does one a worker holds a live lease on (another message got through: that
+    worker's outcome counts)."""
+    if item.state.finished or lease_live(item, now):
+        return None
+    return fail(item, reason, now=now)
+
+
+def stalled(last_progress: datetime, *, now: datetime, stall: timedelta) -> bool:
+    """A batch none of whose items changed state for `stall`: its queued items may have lost their
+    messages (a publish that failed after they were requeued), so the sweeper sends new ones."""
+    return now - last_progress >= stall

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from pydantic import ValidationError
 
 from sluice import wiring
+from sluice.adapters.jobs_store import now
 from sluice.events import PubSubMessage
 from sluice.handlers.callbacks import send_completion_callback
+from sluice.handlers.dead_letters import handle_dead_letter
 from sluice.handlers.processor import Deferred, Outcome, RedeliverLater, process_item
+from sluice.handlers.sweeper import sweep
 from sluice.handlers.whatsapp import handle_event
 from sluice.messages import (
     BATCH_EVENTS,
+    SWEEPS,
     WHATSAPP_EVENTS,
     WORK_ITEMS,
     BatchCompleted,
+    Sweep,
     WhatsAppEventMessage,
     WorkItem,
 )
@@ -24,35 +30,59 @@ log = logging.getLogger(__name__)
 
 
 def handle_message(message: PubSubMessage) -> Outcome | None:
-    limits = wiring.settings().topology.work
     try:
-        if message.topic == WHATSAPP_EVENTS:
-            event = WhatsAppEventMessage.model_validate_json(message.data)
-            try:
-                return handle_event(
-                    wiring.whatsapp_deps(),
-                    event,
-                    lease_seconds=limits.lease_seconds,
-                    max_attempts=limits.max_attempts,
-                )
-            except Deferred as deferred:
-                # Ordered per conversation: a re-publish would jump the queue, so wait in it.
-                raise RedeliverLater(str(deferred)) from None
-        if message.topic == BATCH_EVENTS:
-            return send_completion_callback(
-                wiring.job_store(),
-                wiring.callback_sender(),
-                wiring.capacity("callbacks", interactive=False),
-                BatchCompleted.model_validate_json(message.data),
-            )
-        if message.topic != WORK_ITEMS:
-            # Redelivery cannot fix a subscription pointed at the wrong function: acknowledge.
-            log.error("no handler for topic %r (message %s)", message.topic, message.message_id)
-            return None
-        work = WorkItem.model_validate_json(message.data)
+        return _dispatch(message)
     except ValidationError as exc:
+        # Redelivery cannot make an unreadable message readable: acknowledge it.
         log.error("unreadable message %s acknowledged: %s", message.message_id, exc)
         return None
+
+
+def _dispatch(message: PubSubMessage) -> Outcome | None:
+    topology = wiring.settings().topology
+    limits = topology.work
+    if message.topic == WORK_ITEMS:
+        return _work_item(WorkItem.model_validate_json(message.data))
+    if message.topic == WHATSAPP_EVENTS:
+        event = WhatsAppEventMessage.model_validate_json(message.data)
+        try:
+            return handle_event(
+                wiring.whatsapp_deps(),
+                event,
+                lease_seconds=limits.lease_seconds,
+                max_attempts=limits.max_attempts,
+            )
+        except Deferred as deferred:
+            # Ordered per conversation: a re-publish would jump the queue, so wait in it.
+            raise RedeliverLater(str(deferred)) from None
+    if message.topic == BATCH_EVENTS:
+        return send_completion_callback(
+            wiring.job_store(),
+            wiring.callback_sender(),
+            wiring.capacity("callbacks", interactive=False),
+            BatchCompleted.model_validate_json(message.data),
+        )
+    if message.topic == SWEEPS:
+        Sweep.model_validate_json(message.data or b"{}")
+        return sweep(
+            wiring.job_store(),
+            wiring.publisher(),
+            now=now(),
+            stall=timedelta(seconds=limits.stall_seconds),
+        )
+    source = topology.dead_letter_source(message.topic)
+    if source is not None:
+        outcome = handle_dead_letter(wiring.job_store(), wiring.whatsapp_deps(), source, message)
+        if outcome is not None:
+            announce_completion(outcome.job, outcome)
+        return outcome
+    # Redelivery cannot fix a subscription pointed at the wrong function: acknowledge.
+    log.error("no handler for topic %r (message %s)", message.topic, message.message_id)
+    return None
+
+
+def _work_item(work: WorkItem) -> Outcome:
+    limits = wiring.settings().topology.work
     try:
         outcome = process_item(
             wiring.job_store(),
@@ -68,9 +98,13 @@ def handle_message(message: PubSubMessage) -> Outcome | None:
         # never counts as a delivery attempt and never slows the subscription with nacks.
         wiring.publisher().publish(WORK_ITEMS, [work.model_dump()])
         return Outcome(work.item_id, "deferred", str(deferred))
+    announce_completion(work.job_id, outcome)
+    return outcome
+
+
+def announce_completion(job_id: str, outcome: Outcome) -> None:
     if outcome.completed is not None:
         # Raising here would not bring the event back (the item is finished); a lost publish
         # leaves the job's callback `pending`, which the sweeper republishes.
-        completed = BatchCompleted(job_id=work.job_id, completion=outcome.completed)
+        completed = BatchCompleted(job_id=job_id, completion=outcome.completed)
         wiring.publisher().publish(BATCH_EVENTS, [completed.model_dump()])
-    return outcome

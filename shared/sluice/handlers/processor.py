@@ -48,6 +48,7 @@ class Outcome:
     detail: str = ""
     # Set when this outcome completed its job: the completion's number.
     completed: int | None = None
+    job: str = ""
 
 
 @dataclass(frozen=True)

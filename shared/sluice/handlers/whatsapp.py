@@ -58,6 +58,34 @@ def handle_event(
 def handle_message(
     deps: WhatsAppDeps, event: WhatsAppEventMessage, *, lease_seconds: int, max_attempts: int
 ) -> Outcome | None:
+    recorded = record_message(deps, event)
+    if recorded is None:
+        return None
+    job_id, item_id = recorded
+    phone_id = event.phone_number_id
+
+    def reply(item: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        if not should_reply(item["message"], event.display_phone_number):
+            return {"reply": None, "note": f"no reply to a {item['type']} message"}
+        answer = deps.ai.complete(item["text"], params)["content"] or ""
+        wamid = send_within_limits(deps, phone_id, item["from"], answer, item["message_id"])
+        deps.conversations.record_outbound(
+            phone_id,
+            item["from"],
+            wamid,
+            {"type": "text", "text": answer, "in_reply_to": item["message_id"], "sent_at": now()},
+        )
+        return {"reply": answer, "reply_message_id": wamid}
+
+    return process_item(
+        deps.store, reply, job_id, item_id, lease_seconds=lease_seconds,
+        max_attempts=max_attempts, capacity=deps.ai_capacity,
+    )  # fmt: skip
+
+
+def record_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> tuple[str, str] | None:
+    """The message as an item of its number's job for the day (created once, whatever the number
+    of deliveries): its (job id, item id), or None when no tenant has the phone number."""
     message, phone_id = event.body, event.phone_number_id
     tenant = deps.store.tenant_by_phone(phone_id)
     if tenant is None:
@@ -90,24 +118,7 @@ def handle_message(
         message["id"],
         {"type": item_input["type"], "text": item_input["text"], "received_at": received},
     )
-
-    def reply(item: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        if not should_reply(item["message"], event.display_phone_number):
-            return {"reply": None, "note": f"no reply to a {item['type']} message"}
-        answer = deps.ai.complete(item["text"], params)["content"] or ""
-        wamid = send_within_limits(deps, phone_id, item["from"], answer, item["message_id"])
-        deps.conversations.record_outbound(
-            phone_id,
-            item["from"],
-            wamid,
-            {"type": "text", "text": answer, "in_reply_to": item["message_id"], "sent_at": now()},
-        )
-        return {"reply": answer, "reply_message_id": wamid}
-
-    return process_item(
-        deps.store, reply, job_id, item_id, lease_seconds=lease_seconds,
-        max_attempts=max_attempts, capacity=deps.ai_capacity,
-    )  # fmt: skip
+    return job_id, item_id
 
 
 def send_within_limits(deps: WhatsAppDeps, phone_id: str, to: str, text: str, reply_to: str) -> str:

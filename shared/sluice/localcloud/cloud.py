@@ -31,6 +31,7 @@ from google.pubsub_v1.types import DeadLetterPolicy, PushConfig, RetryPolicy
 from sluice.localcloud.emulators import Emulators
 from sluice.localcloud.functions import FunctionProcess
 from sluice.localcloud.processes import free_port, http_ok, spawn, stop, wait_until
+from sluice.localcloud.scheduler import Scheduler
 from sluice.localcloud.triggers import TriggerRouter
 from sluice.topology import REPO_TOPOLOGY, Topology, parse_topology
 
@@ -123,6 +124,7 @@ class Deployment:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.topology_path = self.dir / "topology.yaml"
         self.topology_path.write_text(yaml.safe_dump(self.topology.model_dump(mode="json")))
+        self.scheduler = Scheduler(self.project, self.topology.schedules)
         self.server_ports = {
             name: self.ports.get(name) or free_port() for name in ("provider", "graph")
         }
@@ -196,11 +198,13 @@ class Deployment:
             fn.wait_ready()
         self.create_subscriptions()
         self.register_triggers()
+        self.scheduler.start()
 
     def stop(self) -> None:
         if self in self.cloud.deployments:
             self.cloud.deployments.remove(self)
         self.cloud.router.unroute(self.project)
+        self.scheduler.stop()
         with ThreadPoolExecutor() as pool:  # each waits for its own grace period: in parallel
             list(pool.map(lambda fn: fn.stop(), self.functions.values()))
             for proc in self._servers.values():
@@ -222,8 +226,8 @@ class Deployment:
         subscriber = pubsub_v1.SubscriberClient()
         publisher = pubsub_v1.PublisherClient()
         for name, sub in self.topology.subscriptions.items():
-            dead_letter = self.topology.topics[sub.topic].dead_letter
-            request = {
+            topic = self.topology.topics.get(sub.topic)
+            request: dict[str, Any] = {
                 "name": subscriber.subscription_path(self.project, name),
                 "topic": publisher.topic_path(self.project, sub.topic),
                 "push_config": PushConfig(push_endpoint=self.push_endpoint(sub.push_to, sub.topic)),
@@ -232,12 +236,13 @@ class Deployment:
                     minimum_backoff=Duration(seconds=sub.retry.minimum_backoff_seconds),
                     maximum_backoff=Duration(seconds=sub.retry.maximum_backoff_seconds),
                 ),
-                "dead_letter_policy": DeadLetterPolicy(
-                    dead_letter_topic=publisher.topic_path(self.project, dead_letter),
-                    max_delivery_attempts=sub.max_delivery_attempts,
-                ),
                 "enable_message_ordering": sub.ordering,
             }
+            if topic is not None and topic.dead_letter:
+                request["dead_letter_policy"] = DeadLetterPolicy(
+                    dead_letter_topic=publisher.topic_path(self.project, topic.dead_letter),
+                    max_delivery_attempts=sub.max_delivery_attempts,
+                )
             with contextlib.suppress(AlreadyExists):
                 subscriber.create_subscription(request=request)
         subscriber.close()

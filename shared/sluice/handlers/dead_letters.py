@@ -1,0 +1,68 @@
+"""What Pub/Sub gave up on: each dead-lettered message is recorded as failed, with the reason.
+
+A message lands on its topic's dead-letter topic after its subscription's max_delivery_attempts
+failed pushes. Its work will not be done, so the item (or the callback) it carried fails, saying
+why, rather than staying `queued` for ever; retry-failed can then send it again. Recording is
+idempotent: a finished item is left as it is, and so is one a live lease shows another delivery
+of it is working on.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from sluice.adapters.jobs_store import JobStore, now
+from sluice.domain.items import dead_lettered
+from sluice.events import PubSubMessage
+from sluice.handlers.processor import Outcome
+from sluice.handlers.whatsapp import WhatsAppDeps, record_message
+from sluice.messages import (
+    BATCH_EVENTS,
+    WHATSAPP_EVENTS,
+    WORK_ITEMS,
+    BatchCompleted,
+    WhatsAppEventMessage,
+    WorkItem,
+)
+
+log = logging.getLogger(__name__)
+
+
+def reason_of(message: PubSubMessage, source: str) -> str:
+    # Pub/Sub's own attributes on a dead-lettered message say where it came from and how often
+    # its push was tried.
+    attempts = message.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount", "?")
+    subscription = message.attributes.get("CloudPubSubDeadLetterSourceSubscription", source)
+    return f"dead-lettered: {subscription} gave up after {attempts} deliveries"
+
+
+def fail_item(store: JobStore, job_id: str, item_id: str, reason: str) -> Outcome:
+    change = store.change_item(job_id, item_id, partial(dead_lettered, reason=reason, now=now()))
+    if change is None:
+        return Outcome(item_id, "unchanged", f"{reason} (already settled)")
+    completed = store.complete_if_done(job_id)
+    return Outcome(item_id, change.after.value, reason, completed=completed, job=job_id)
+
+
+def handle_dead_letter(
+    store: JobStore, whatsapp: WhatsAppDeps, source: str, message: PubSubMessage
+) -> Outcome | None:
+    """`source` is the topic the message was first published on. Raises ValidationError for a
+    message that is not what that topic carries."""
+    reason = reason_of(message, source)
+    log.error("%s: %s", reason, message.data[:200])
+    if source == WORK_ITEMS:
+        work = WorkItem.model_validate_json(message.data)
+        return fail_item(store, work.job_id, work.item_id, reason)
+    if source == WHATSAPP_EVENTS:
+        event = WhatsAppEventMessage.model_validate_json(message.data)
+        if event.kind != "message":
+            return None  # a status or an error lost: nothing was owed to anyone
+        recorded = record_message(whatsapp, event)
+        return None if recorded is None else fail_item(store, *recorded, reason)
+    if source == BATCH_EVENTS:
+        done = BatchCompleted.model_validate_json(message.data)
+        store.mark_callback(done.job_id, done.completion, "failed", error=reason)
+        return Outcome(done.job_id, "callback", reason)
+    return None

@@ -1,0 +1,61 @@
+"""The sweeper, fired by the scheduler: it moves on whatever no live message will.
+
+- an item `running` under a lease that expired (its worker died) gets a new message, which takes
+  it over (Pub/Sub would redeliver the old one too; the sweeper does not rely on it);
+- the queued items of a batch that made no progress for `stall` get new messages: a requeue whose
+  publish failed (retry-failed answered 503) leaves items no message will ever reach;
+- a completion whose callback is still pending after `stall` gets its batch-events message again.
+
+Every message it sends may duplicate a live one; that is harmless, since a delivery claims its item
+in a transaction and a finished item or a settled callback acknowledges a repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sluice.adapters.jobs_store import JobStore
+from sluice.adapters.publisher import Publisher
+from sluice.domain.items import ItemState, lease_live, stalled
+from sluice.handlers.processor import Outcome
+from sluice.messages import BATCH_EVENTS, WORK_ITEMS, BatchCompleted, WorkItem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    taken_over: int = 0
+    requeued: int = 0
+    callbacks: int = 0
+
+
+def sweep(store: JobStore, publisher: Publisher, *, now: datetime, stall: timedelta) -> Outcome:
+    taken_over = requeued = 0
+    for job_id in store.open_batches():
+        orphans = [
+            item_id
+            for item_id, item in store.items_in(job_id, ItemState.RUNNING.value)
+            if not lease_live(item, now)
+        ]
+        taken_over += len(orphans)
+        if stalled(store.last_progress(job_id), now=now, stall=stall):
+            queued = [item_id for item_id, _ in store.items_in(job_id, ItemState.QUEUED.value)]
+            requeued += len(queued)
+            orphans += queued
+        if orphans:
+            publisher.publish(
+                WORK_ITEMS, (WorkItem(job_id=job_id, item_id=i).model_dump() for i in orphans)
+            )
+    callbacks = store.pending_callbacks(before=now - stall)
+    if callbacks:
+        publisher.publish(
+            BATCH_EVENTS,
+            (BatchCompleted(job_id=job, completion=n).model_dump() for job, n in callbacks),
+        )
+    report = SweepReport(taken_over, requeued, len(callbacks))
+    if report != SweepReport():
+        log.warning("sweep republished %s", report)
+    return Outcome("sweep", "done", str(report))

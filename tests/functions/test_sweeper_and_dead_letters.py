@@ -1,0 +1,171 @@
+"""The sweeper and the dead-letter consumers, through functions-framework on the emulators:
+real push bodies in, Firestore documents and published messages out."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import yaml
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+from sluice.adapters.jobs_store import JobStore, NewItem
+from sluice.localcloud.cloud import merge
+from sluice.topology import REPO_TOPOLOGY
+from tests.functions.test_processor_function import push_body
+
+TOPICS = ["work-items", "batch-events"]
+
+
+@pytest.fixture
+def taps(project):
+    """A pull subscription on each topic the processor publishes to: what it sent, by topic."""
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    for topic in TOPICS:
+        publisher.create_topic(name=publisher.topic_path(project, topic))
+        subscriber.create_subscription(
+            name=subscriber.subscription_path(project, f"tap-{topic}"),
+            topic=publisher.topic_path(project, topic),
+        )
+
+    def sent(topic: str) -> list[dict]:
+        response = subscriber.pull(
+            subscription=subscriber.subscription_path(project, f"tap-{topic}"),
+            max_messages=100,
+            timeout=10,
+        )
+        return sorted(
+            (json.loads(m.message.data) for m in response.received_messages),
+            key=lambda m: json.dumps(m, sort_keys=True),
+        )
+
+    yield sent
+    subscriber.close()
+
+
+@pytest.fixture
+def store(db) -> JobStore:
+    store = JobStore(db, shards=2)
+    job = {"tenant": "t", "total": 3, "state": "open", "intake": "published", "params": {},
+           "fingerprint": "f"}  # fmt: skip
+    store.create_job("job1", job)
+    items = [NewItem(f"item{n}", n, f"input {n}") for n in range(3)]
+    store.write_items("job1", items, at=datetime.now(UTC))
+    return store
+
+
+@pytest.fixture
+def stall_one_second(tmp_path, monkeypatch):
+    topology = merge(yaml.safe_load(REPO_TOPOLOGY.read_text()), {"work": {"stall_seconds": 1}})
+    (tmp_path / "topology.yaml").write_text(yaml.safe_dump(topology))
+    monkeypatch.setenv("SLUICE_TOPOLOGY", str(tmp_path / "topology.yaml"))
+
+
+def post(client, project: str, topic: str, payload: dict, attributes: dict | None = None) -> int:
+    body = push_body(json.dumps(payload).encode())
+    body["message"]["attributes"] = attributes or {}
+    return client.post(f"/projects/{project}/topics/{topic}", json=body).status_code
+
+
+DEAD_LETTERED = {
+    "CloudPubSubDeadLetterSourceDeliveryCount": "20",
+    "CloudPubSubDeadLetterSourceSubscription": "work-items-to-processor",
+}
+
+
+def test_a_dead_lettered_item_fails_with_the_reason_and_can_complete_its_batch(
+    function_client, project, store, taps
+):
+    for n in (1, 2):
+        store.item_ref("job1", f"item{n}").update({"state": "succeeded", "result": {}})
+    store.shard_refs("job1")[0].set({"queued": -2, "succeeded": 2}, merge=True)
+    client = function_client("batch-item-processor")
+
+    message = {"job_id": "job1", "item_id": "item0"}
+    assert post(client, project, "work-items-dead-letter", message, DEAD_LETTERED) == 200
+
+    item = store.item_ref("job1", "item0").get().to_dict()
+    assert item["state"] == "failed"
+    assert item["error"] == "dead-lettered: work-items-to-processor gave up after 20 deliveries"
+    job = store.get_job("job1")
+    assert job["state"] == "completed"
+    assert taps("batch-events") == [{"type": "batch.completed", "job_id": "job1", "completion": 1}]
+
+    # The same dead letter again changes nothing and announces nothing.
+    assert post(client, project, "work-items-dead-letter", message, DEAD_LETTERED) == 200
+    assert store.item_ref("job1", "item0").get().to_dict() == item
+    assert taps("batch-events") == []
+
+
+def test_a_dead_letter_leaves_finished_and_live_leased_items_alone(function_client, project, store):
+    until = datetime.now(UTC) + timedelta(minutes=5)
+    store.item_ref("job1", "item0").update({"state": "succeeded", "result": {"content": "x"}})
+    store.item_ref("job1", "item1").update(
+        {"state": "running", "attempts": 1, "lease": {"token": "w", "until": until}}
+    )
+    client = function_client("batch-item-processor")
+    for item_id in ("item0", "item1"):
+        message = {"job_id": "job1", "item_id": item_id}
+        assert post(client, project, "work-items-dead-letter", message, DEAD_LETTERED) == 200
+    assert store.item_ref("job1", "item0").get().to_dict()["state"] == "succeeded"
+    assert store.item_ref("job1", "item1").get().to_dict()["lease"]["token"] == "w"
+
+
+def test_a_dead_lettered_callback_is_recorded_failed(function_client, project, store):
+    store.job_ref("job1").update(
+        {"state": "completed", "callback": {"completion": 1, "state": "pending"}}
+    )
+    attributes = {"CloudPubSubDeadLetterSourceDeliveryCount": "50",
+                  "CloudPubSubDeadLetterSourceSubscription": "batch-events-to-processor"}  # fmt: skip
+    client = function_client("batch-item-processor")
+    message = {"type": "batch.completed", "job_id": "job1", "completion": 1}
+    assert post(client, project, "batch-events-dead-letter", message, attributes) == 200
+    callback = store.get_job("job1")["callback"]
+    assert callback["state"] == "failed"
+    assert (
+        callback["error"] == "dead-lettered: batch-events-to-processor gave up after 50 deliveries"
+    )
+
+
+def test_the_sweeper_takes_over_dead_workers_items_and_leaves_a_moving_batch_alone(
+    function_client, project, store, taps
+):
+    now = datetime.now(UTC)
+    store.item_ref("job1", "item0").update(
+        {"state": "running", "attempts": 1, "lease": {"token": "dead", "until": now}}
+    )
+    store.item_ref("job1", "item1").update(
+        {
+            "state": "running",
+            "attempts": 1,
+            "lease": {"token": "alive", "until": now + timedelta(minutes=5)},
+        }
+    )
+    client = function_client("batch-item-processor")
+    assert post(client, project, "sweeps", {"type": "sweep"}) == 200
+    # The expired lease gets a new message; the live one and the queued item of a batch that
+    # progressed within stall_seconds (120 s) do not.
+    assert taps("work-items") == [{"job_id": "job1", "item_id": "item0"}]
+
+
+def test_the_sweeper_republishes_a_stalled_batchs_queued_items_and_pending_callbacks(
+    function_client, project, store, taps, stall_one_second, db
+):
+    other = JobStore(db, shards=2)
+    other.create_job("done", {"tenant": "t", "total": 1, "state": "completed",
+                              "completed_at": datetime.now(UTC), "fingerprint": "f",
+                              "callback": {"completion": 2, "state": "pending"}})  # fmt: skip
+    # Neither of these is the sweeper's: an intake answered 503 and a WhatsApp day.
+    other.create_job("unpublished", {"tenant": "t", "total": 1, "state": "open",
+                                     "intake": "items_written", "fingerprint": "f"})  # fmt: skip
+    other.write_items("unpublished", [NewItem("i", 0, "x")], at=datetime.now(UTC))
+    other.create_job("day", {"tenant": "t", "total": 0, "state": "open", "open_ended": True,
+                             "intake": "published", "fingerprint": "f"})  # fmt: skip
+    other.write_items("day", [NewItem("m", 0, "x")], at=datetime.now(UTC))
+    time.sleep(1.2)  # no progress for stall_seconds
+    client = function_client("batch-item-processor")
+    assert post(client, project, "sweeps", {"type": "sweep"}) == 200
+    assert taps("work-items") == [{"job_id": "job1", "item_id": f"item{n}"} for n in range(3)]
+    assert taps("batch-events") == [{"type": "batch.completed", "job_id": "done", "completion": 2}]
