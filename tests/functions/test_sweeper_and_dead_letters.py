@@ -117,8 +117,10 @@ def test_a_dead_lettered_callback_is_recorded_failed(function_client, project, s
     store.job_ref("job1").update(
         {"state": "completed", "callback": {"completion": 1, "state": "pending"}}
     )
-    attributes = {"CloudPubSubDeadLetterSourceDeliveryCount": "50",
-                  "CloudPubSubDeadLetterSourceSubscription": "batch-events-to-processor"}  # fmt: skip
+    attributes = {
+        "CloudPubSubDeadLetterSourceDeliveryCount": "50",
+        "CloudPubSubDeadLetterSourceSubscription": "batch-events-to-processor",
+    }
     client = function_client("batch-item-processor")
     message = {"type": "batch.completed", "job_id": "job1", "completion": 1}
     assert post(client, project, "batch-events-dead-letter", message, attributes) == 200
