@@ -84,6 +84,7 @@ def limiter(provider: str) -> Limiter:
         s.topology.providers[provider],
         shards=work.rate_shards,
         recovery_seconds=work.recovery_seconds,
+        backlog=job_store().tenant_backlogs,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.e2e.test_batch_path import items_of, submit, wait_done
@@ -32,3 +34,62 @@ def test_the_declared_rate_and_concurrency_hold_across_instances(http, deploy, m
     items = items_of(http, accepted["status_url"], tenant.api_key)
     assert {i["attempts"] for i in items} == {1}
     assert "deferred" in (d.dir / "batch-item-processor.log").read_text()
+
+
+def test_under_5xx_timeouts_and_429_bursts_every_item_settles_once(http, deploy, make_tenant):
+    d = deploy(
+        topology_overrides={
+            # Declared 4 at once, but the provider takes 2: the rest get 429 bursts.
+            "providers": {"ai": {"max_concurrent": 4, "timeout_seconds": 2}},
+            "subscriptions": {"work-items-to-processor": {"retry": {"maximum_backoff_seconds": 4}}},
+        },
+        provider_args=["--latency-ms", "100", "--failure-rate", "0.1", "--timeout-rate", "0.05",
+                       "--timeout-sleep-s", "4", "--max-concurrent", "2", "--seed", "7"],
+    )  # fmt: skip
+    tenant = make_tenant()
+    accepted = submit(http, d, tenant.api_key, 60)
+    polls = wait_done(http, accepted["status_url"], tenant.api_key, timeout=240)
+
+    stats = http.get(d.provider_url + "/_sluice/stats").json()
+    assert stats["by_status"]["500"] > 0 and stats["by_status"]["429"] > 0  # the faults happened
+    counts = polls[-1]["counts"]
+    assert counts["succeeded"] + counts["failed"] == 60  # none lost
+    items = items_of(http, accepted["status_url"], tenant.api_key)
+    assert len({i["id"] for i in items}) == 60
+    for item in items:
+        if item["state"] == "succeeded":
+            # Its own answer, once: an item has one result, from the call that held its lease.
+            echoed = item["result"]["content"].removeprefix("echo: ")
+            assert json.loads(echoed) == item["input"]
+        else:
+            assert item["state"] == "failed" and item["error"]
+        # Waiting for capacity (or a 429) never cost an attempt or sent an item to dead letters.
+        assert item["attempts"] <= 5
+        assert "dead-lettered" not in (item["error"] or "")
+
+
+def test_a_provider_accepting_half_the_declared_rate_slows_every_instance(
+    http, deploy, make_tenant
+):
+    d = deploy(
+        topology_overrides={
+            "providers": {"ai": {"requests_per_minute": 24, "max_concurrent": 4}},
+            "functions": {"batch-item-processor": {"local_instances": 2}},
+        },
+        provider_args=["--latency-ms", "50", "--rate-limit-per-minute", "12"],
+    )
+    tenant = make_tenant()
+    accepted = submit(http, d, tenant.api_key, 16)
+    polls = wait_done(http, accepted["status_url"], tenant.api_key, timeout=240)
+
+    assert polls[-1]["counts"]["succeeded"] == 16  # no item failed because of it
+    items = items_of(http, accepted["status_url"], tenant.api_key)
+    assert {i["attempts"] for i in items} == {1}  # and no attempt was spent on a 429
+    calls = http.get(d.provider_url + "/_sluice/requests", params={"limit": 1000}).json()
+    refused = [c["at"] for c in calls if c["status"] == 429]
+    # The provider refused only the calls already on their way when it first said 429 (at most
+    # one per concurrent slot, all within a few seconds); after that every instance held back
+    # until it accepted again, instead of spending the rest of the minute on 429s.
+    assert 0 < len(refused) <= 4, calls
+    assert max(refused) - min(refused) <= 5, calls
+    assert len(calls) - len(refused) == 16

@@ -13,8 +13,10 @@ from sluice.domain.limits import (
     candidate_shards,
     candidate_slots,
     current_factor,
+    fair_share,
     shard_caps,
     usable_slots,
+    yields_turn,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -63,13 +65,33 @@ def test_bulk_work_leaves_a_reserve_to_interactive_work():
     assert candidate_shards([5, 5, 5, 5, 5], interactive=False) == [0, 1, 2, 3]
 
 
-def test_a_tenant_holds_no_more_than_its_share_while_another_waits():
-    # Tenant a holds 5 of the 8 bulk slots: b may take one, a must wait for its share.
-    held = slots("a", "a", "a", "a", "a", None, None, None, None, None)
-    assert candidate_slots(held, now=T0, usable=10, tenant="a", interactive=False) == [5, 6, 7]
-    assert candidate_slots(held, now=T0, usable=10, tenant="b", interactive=False) == [5, 6, 7]
-    held = slots("a", "a", "a", "a", "b", None, None, None, None, None)
-    assert candidate_slots(held, now=T0, usable=10, tenant="a", interactive=False) == []
+def test_the_largest_backlog_yields_its_turn_once_it_holds_its_share():
+    # 8 bulk slots, two tenants waiting: a's share is 4.
+    backlog = {"a": 9000, "b": 20}
+    held = slots("a", "a", "a", "a", None, None, None, None, None, None)
+    assert yields_turn(held, now=T0, usable=10, tenant="a", backlog=backlog)
+    assert candidate_slots(held, now=T0, usable=10, tenant="a", interactive=False,
+                           backlog=backlog) == []  # fmt: skip
+    # Below its share it takes a slot; the smaller backlog never yields, whatever it holds.
+    held = slots("a", "a", "a", "b", "b", "b", "b", "b", None, None)
+    assert not yields_turn(held, now=T0, usable=10, tenant="a", backlog=backlog)
+    assert not yields_turn(held, now=T0, usable=10, tenant="b", backlog=backlog)
+    assert (
+        candidate_slots(held, now=T0, usable=10, tenant="b", interactive=False, backlog=backlog)
+        == []
+    )  # fmt: skip
+    # Alone, a tenant never yields: there is nobody to yield to.
+    alone = slots(*["a"] * 7, None, None, None)
+    assert not yields_turn(alone, now=T0, usable=10, tenant="a", backlog={"a": 9000})
+    assert candidate_slots(alone, now=T0, usable=10, tenant="a", interactive=False,
+                           backlog={"a": 9000}) == [7]  # fmt: skip
+
+
+def test_fair_shares_split_the_bulk_slots_among_holders_and_waiting_tenants():
+    held = slots("a", "b", None, None, None, None, None, None, None, None)
+    assert fair_share(held, now=T0, usable=10, tenant="a", backlog={"c": 5}) == (1, 3)
+    assert fair_share(held, now=T0, usable=10, tenant="a", backlog={}) == (1, 4)
+    assert fair_share(slots(None), now=T0, usable=1, tenant="a", backlog={"b": 1}) == (0, 1)
 
 
 def test_expired_slots_of_dead_holders_are_free_again():

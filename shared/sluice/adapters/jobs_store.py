@@ -334,6 +334,20 @@ class JobStore:
             if doc.get("intake") == "published" and not doc.get("open_ended")
         ]
 
+    def tenant_backlogs(self) -> dict[str, int]:
+        """Each tenant's queued items over its open CRM batches: what bulk capacity is shared by.
+        (1 + shards reads per open batch; callers cache it for a few seconds.)"""
+        query = self._db.collection("jobs").where(filter=FieldFilter("state", "==", "open"))
+        backlog: Counter[str] = Counter()
+        for snap in query.select(["tenant", "open_ended"]).stream():
+            doc = snap.to_dict() or {}
+            if doc.get("open_ended") or not doc.get("tenant"):
+                continue
+            found = self.job_with_counts(snap.id)
+            if found is not None:
+                backlog[str(doc["tenant"])] += found[1].by_state.get("queued", 0)
+        return dict(backlog)
+
     def last_progress(self, job_id: str) -> datetime:
         """When the job or any of its items' counts last changed (the documents' own times)."""
         snaps = self._db.get_all([self.job_ref(job_id), *self.shard_refs(job_id)])

@@ -11,6 +11,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 BACKOFF_CACHE_SECONDS = 0.5
 # A crashed holder's slot frees itself after its call's timeout plus this.
 SLOT_GRACE_SECONDS = 15.0
+# How long the tenants' backlogs are trusted before they are read again.
+BACKLOG_CACHE_SECONDS = 2.0
 
 
 def utcnow() -> datetime:
@@ -40,9 +43,13 @@ class Permit:
 class Limiter:
     def __init__(
         self, db: firestore.Client, name: str, provider: Provider, *, shards: int,
-        recovery_seconds: float,
+        recovery_seconds: float, backlog: Callable[[], dict[str, int]] = dict,
     ) -> None:  # fmt: skip
+        """`backlog` gives each tenant's queued bulk items: the largest backlog yields its turn
+        once it holds its share of the slots while others wait (see limits.yields_turn)."""
         self.name = name
+        self._backlog = backlog
+        self._backlog_cache: tuple[float, dict[str, int]] | None = None
         self._db = db
         self._provider = provider
         self._shards = shards
@@ -80,6 +87,13 @@ class Limiter:
         self._backoff_read = time.monotonic()
         log.warning("%s answered 429: usable share now %.2f, paused until %s", self.name,
                     self._backoff.factor, self._backoff.paused_until)  # fmt: skip
+
+    def backlog(self) -> dict[str, int]:
+        cached = self._backlog_cache
+        if cached is None or time.monotonic() - cached[0] > BACKLOG_CACHE_SECONDS:
+            cached = (time.monotonic(), self._backlog())
+            self._backlog_cache = cached
+        return cached[1]
 
     # -- permits ----------------------------------------------------------------------------------
 
@@ -131,9 +145,15 @@ class Limiter:
                     (_slot(int(snap.id), snap.to_dict()) for snap in self._db.get_all(self._slots)),
                     key=lambda s: s.index,
                 )
+                backlog = {} if interactive else self.backlog()
+                if not interactive and limits.yields_turn(
+                    snapshot, now=now, usable=usable, tenant=tenant, backlog=backlog
+                ):
+                    return None
                 free = limits.candidate_slots(
-                    snapshot, now=now, usable=usable, tenant=tenant, interactive=interactive
-                )
+                    snapshot, now=now, usable=usable, tenant=tenant, interactive=interactive,
+                    backlog=backlog,
+                )  # fmt: skip
                 random.shuffle(free)
                 for index in free[:3]:
                     if self._claim_slot(index, token, tenant, now):

@@ -10,13 +10,15 @@ processor instance through Firestore, spread over several documents so none is a
 - learning: a 429 halves the usable share of both for every instance, pauses calls for its
   Retry-After, and the share recovers linearly afterwards.
 
-Interactive work (WhatsApp replies) may use every slot and shard; bulk work leaves a reserve to it,
-and a bulk tenant holds at most its fair share of the bulk slots while others are waiting.
+Interactive work (WhatsApp replies) may use every slot and shard; bulk work leaves a reserve to it.
+Between bulk tenants, the one with the largest backlog yields its turn once it holds its fair share
+of the bulk slots while others have work waiting (see `yields_turn`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -87,22 +89,55 @@ class Slot:
         return self.holder is None or self.until is None or self.until <= now
 
 
-def candidate_slots(
-    slots: list[Slot], *, now: datetime, usable: int, tenant: str, interactive: bool
-) -> list[int]:
-    """The free slots this caller may take, in the order to try them.
+def _live(slots: list[Slot], now: datetime, usable: int) -> list[Slot]:
+    return [s for s in slots[:usable] if not s.free(now)]
 
-    Bulk work uses the first `usable - reserve` slots, and a tenant takes no more than an even
-    split of them among the tenants holding slots (itself included), so a second tenant's small
-    batch is not stuck behind a first tenant's large one.
+
+def fair_share(
+    slots: list[Slot], *, now: datetime, usable: int, tenant: str, backlog: Mapping[str, int]
+) -> tuple[int, int]:
+    """(how many bulk slots `tenant` holds, how many it may hold): an even split of the bulk slots
+    among the tenants holding slots or with work waiting (itself included)."""
+    allowed = usable - reserve(usable)
+    live = _live(slots, now, usable)
+    tenants = {s.tenant for s in live} | {t for t, n in backlog.items() if n > 0} | {tenant}
+    held = sum(1 for s in live if s.tenant == tenant)
+    return held, max(1, math.ceil(allowed / len(tenants)))
+
+
+def yields_turn(
+    slots: list[Slot], *, now: datetime, usable: int, tenant: str, backlog: Mapping[str, int]
+) -> bool:
+    """Whether a bulk delivery steps aside at once (deferred to the back of the queue, the
+    attempt not counted) so that other tenants' messages come up.
+
+    Only the tenant with the largest backlog yields, and only once it holds its share: its
+    messages fill the queue, so holding a push while waiting for a slot would keep the others'
+    messages from ever being delivered. A smaller backlog never yields: it takes any free slot.
     """
+    others = [n for t, n in backlog.items() if t != tenant and n > 0]
+    if not others or backlog.get(tenant, 0) < max(others):
+        return False
+    held, share = fair_share(slots, now=now, usable=usable, tenant=tenant, backlog=backlog)
+    return held >= share
+
+
+def candidate_slots(
+    slots: list[Slot],
+    *,
+    now: datetime,
+    usable: int,
+    tenant: str,
+    interactive: bool,
+    backlog: Mapping[str, int] | None = None,
+) -> list[int]:
+    """The free slots this caller may take, in the order to try them: bulk work uses the first
+    `usable - reserve` slots, and none while it must yield its turn to other tenants."""
     allowed = usable if interactive else usable - reserve(usable)
-    live = [s for s in slots[:usable] if not s.free(now)]
-    if not interactive:
-        tenants = {s.tenant for s in live} | {tenant}
-        share = math.ceil(allowed / len(tenants))
-        if sum(1 for s in live if s.tenant == tenant) >= share:
-            return []
+    if not interactive and yields_turn(
+        slots, now=now, usable=usable, tenant=tenant, backlog=backlog or {}
+    ):
+        return []
     return [s.index for s in slots[:allowed] if s.free(now)]
 
 

@@ -1,0 +1,64 @@
+"""Priority and fairness under saturation, on the local cloud: a WhatsApp reply goes ahead of bulk
+work, and a second tenant's small batch is not stuck behind a first tenant's big one.
+
+Both are measured in provider calls, from the provider server's own log, not in seconds."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from sluice.adapters.tenants_store import TenantStore
+from tests.conftest import bearer
+from tests.e2e.test_batch_path import wait_done
+from tests.e2e.test_whatsapp import wait_for, webhook
+from tests.whatsapp_payloads import change, delivery, signed, text_message
+
+pytestmark = pytest.mark.cloud
+
+QUESTION = "Is my order on its way?"
+
+
+def submit_texts(http, d, key: str, texts: list[str]) -> dict:
+    body = {"kind": "summarize", "items": [{"input": t} for t in texts]}
+    answer = http.post(d.url("webhook-ingest") + "/v1/batches", json=body, headers=bearer(key))
+    assert answer.status_code == 202, answer.text
+    return answer.json()
+
+
+def test_a_whatsapp_reply_and_a_small_batch_overtake_a_saturating_bulk_batch(
+    http, deploy, make_tenant, db
+):
+    d = deploy(
+        topology_overrides={"providers": {"ai": {"requests_per_minute": 600, "max_concurrent": 3}}},
+        provider_args=["--latency-ms", "300"],
+    )
+    bulk, small = make_tenant("bulk"), make_tenant("small")
+    TenantStore(db).create("shop")
+    TenantStore(db).add_phone("shop", d.whatsapp["phone_number_id"])
+
+    big = submit_texts(http, d, bulk.api_key, [f"bulk {n}" for n in range(200)])
+    # Wait until the bulk batch holds the provider.
+    wait_for(lambda: http.get(d.provider_url + "/_sluice/stats").json()["requests"] >= 30,
+             what="the bulk batch to saturate the provider")  # fmt: skip
+
+    message = text_message("16315551181", QUESTION)
+    body, headers = signed(delivery(change(d.whatsapp["phone_number_id"], messages=[message])),
+                           d.whatsapp["app_secret"])  # fmt: skip
+    posted_at = time.time()
+    assert http.post(webhook(d), content=body, headers=headers).status_code == 200
+    few = submit_texts(http, d, small.api_key, [f"small {n}" for n in range(20)])
+
+    wait_done(http, few["status_url"], small.api_key, timeout=120)
+    big_status = http.get(big["status_url"], headers=bearer(bulk.api_key)).json()
+    wait_for(lambda: http.get(d.graph_url + "/_sluice/messages").json(), what="the reply")
+    calls = http.get(d.provider_url + "/_sluice/requests", params={"limit": 1000}).json()
+
+    # The reply's AI call came after only a few of the bulk calls that arrived after it was posted.
+    order = [c["content"] for c in calls if c["at"] >= posted_at]
+    ahead = order.index(QUESTION)
+    assert ahead <= 8, order[: ahead + 1]
+    # The small batch finished while most of the big one was still waiting.
+    assert big_status["finished"] <= 120, big_status
+    assert sum(1 for c in calls if c["content"].startswith("small")) == 20
