@@ -84,7 +84,9 @@ def limiter(provider: str) -> Limiter:
         s.topology.providers[provider],
         shards=work.rate_shards,
         recovery_seconds=work.recovery_seconds,
-        backlog=job_store().tenant_backlogs,
+        # Tenants' queued items are what the AI provider's bulk capacity is shared by; a
+        # callback or a WhatsApp send has no backlog of that kind to yield to.
+        backlog=job_store().tenant_backlogs if provider == "ai" else dict,
     )
 
 

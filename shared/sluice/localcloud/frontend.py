@@ -39,6 +39,10 @@ class Frontend(BackgroundServer):
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         deadline = time.monotonic() + STARTUP_WAIT_SECONDS
         while True:
+            if self._http.is_closed:
+                # The deployment is stopping: requests still arriving get what Cloud Run gives
+                # a deleted service's callers.
+                return 503, [], b"the function is shutting down"
             try:
                 r = self._http.request(method, self.backend + path, headers=headers, content=body)
                 out = [(k, v) for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP]
@@ -51,6 +55,10 @@ class Frontend(BackgroundServer):
             except httpx.HTTPError:
                 # The instance died while handling the request.
                 return 503, [], b"the instance handling the request was lost"
+            except RuntimeError:
+                if not self._http.is_closed:
+                    raise
+                # Closed between the check above and the request.
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         frontend = self
