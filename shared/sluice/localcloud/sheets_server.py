@@ -1,0 +1,375 @@
+"""A local Google Sheets API (v4 REST), for local runs and tests of the Sheets export.
+
+It answers the calls Sluice makes through `google-api-python-client`, at the same paths and with
+the same bodies: `spreadsheets.create`, `spreadsheets.get`, `spreadsheets.batchUpdate`
+(`appendDimension`), `spreadsheets.values.update`, `values.batchUpdate` and `values.get`. The
+real API's rules that shape a writer are kept: a new sheet has 1000 rows and 26 columns and a
+write outside the grid is a 400 ("exceeds grid limits"); a spreadsheet holds at most 10 million
+cells; write requests past the per-minute quota get a 429 `RESOURCE_EXHAUSTED`. A share of writes
+can also be refused with a 429 at random (`throttle_rate`), as the real API does now and then.
+
+`GET /_sluice/stats` counts write requests and what they carried; `GET`/`POST /_sluice/config`
+read and change the behaviour at runtime. Run it with
+`python -m sluice.localcloud.sheets_server --port 0`; it prints `listening on http://HOST:PORT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import flask
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from werkzeug.exceptions import HTTPException
+
+from sluice.localcloud.local_server import (
+    RuntimeConfig,
+    SlidingWindow,
+    add_control_routes,
+    json_response,
+    serve,
+)
+
+NEW_SHEET_ROWS = 1000
+NEW_SHEET_COLUMNS = 26
+MAX_CELLS = 10_000_000
+
+
+class Behaviour(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    # Google: 60 write requests a minute per user (and 300 per project).
+    write_requests_per_minute: int | None = Field(default=60, ge=0)
+    throttle_rate: float = Field(default=0.0, ge=0, le=1)
+    latency_ms: float = Field(default=0.0, ge=0)
+    seed: int | None = None
+
+
+class SheetsConfig(RuntimeConfig[Behaviour]):
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(Behaviour, fields)
+
+    def throttle(self) -> tuple[Behaviour, bool]:
+        return self._draw(lambda b, rng: rng.random() < b.throttle_rate)
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, status: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+
+    def response(self) -> flask.Response:
+        body = {"error": {"code": self.code, "message": self.message, "status": self.status}}
+        return json_response(body, self.code)
+
+
+@dataclass
+class Sheet:
+    sheet_id: int
+    title: str
+    rows: int = NEW_SHEET_ROWS
+    columns: int = NEW_SHEET_COLUMNS
+    cells: dict[tuple[int, int], Any] = field(default_factory=dict)  # (row, col), 0-based
+
+    def properties(self) -> dict[str, Any]:
+        grid = {"rowCount": self.rows, "columnCount": self.columns}
+        return {"sheetId": self.sheet_id, "title": self.title, "index": 0,
+                "sheetType": "GRID", "gridProperties": grid}  # fmt: skip
+
+
+@dataclass
+class Spreadsheet:
+    spreadsheet_id: str
+    title: str
+    url: str
+    sheets: list[Sheet]
+
+    def sheet(self, title: str | None) -> Sheet:
+        for sheet in self.sheets:
+            if title is None or sheet.title == title:
+                return sheet
+        raise ApiError(400, "INVALID_ARGUMENT", f"Unable to parse range: {title}")
+
+    def cell_count(self) -> int:
+        return sum(s.rows * s.columns for s in self.sheets)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "spreadsheetId": self.spreadsheet_id,
+            "properties": {"title": self.title, "locale": "en_US", "timeZone": "Etc/GMT"},
+            "sheets": [{"properties": s.properties()} for s in self.sheets],
+            "spreadsheetUrl": self.url,
+        }
+
+
+A1 = re.compile(r"^(?:(?:'((?:[^']|'')+)'|([^!]+))!)?([A-Z]+)(\d+)(?::([A-Z]+)(\d+)?)?$")
+
+
+def column_index(letters: str) -> int:
+    n = 0
+    for ch in letters:
+        n = n * 26 + (ord(ch) - 64)
+    return n - 1
+
+
+def column_letters(index: int) -> str:
+    letters, n = "", index + 1
+    while n:
+        n, rem = divmod(n - 1, 26)
+        letters = chr(65 + rem) + letters
+    return letters
+
+
+def parse_range(text: str) -> tuple[str | None, int, int, int | None, int | None]:
+    """`'My sheet'!B2:D9` as (sheet title, first row, first column, last row, last column),
+    0-based; the last two are None when open-ended."""
+    m = A1.match(text)
+    if not m:
+        raise ApiError(400, "INVALID_ARGUMENT", f"Unable to parse range: {text}")
+    quoted, bare, c1, r1, c2, r2 = m.groups()
+    title = quoted.replace("''", "'") if quoted else bare
+    end_col = column_index(c2) if c2 else None
+    end_row = int(r2) - 1 if r2 else None
+    return title, int(r1) - 1, column_index(c1), end_row, end_col
+
+
+class Store:
+    def __init__(self, base_url: str) -> None:
+        self._lock = threading.Lock()
+        self._base_url = base_url
+        self.spreadsheets: dict[str, Spreadsheet] = {}
+        self.writes = SlidingWindow(60.0)
+        self.stats: dict[str, int] = {}
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    def create(self, body: dict[str, Any]) -> Spreadsheet:
+        title = (body.get("properties") or {}).get("title") or "Untitled spreadsheet"
+        sheet_specs = body.get("sheets") or [{"properties": {"title": "Sheet1"}}]
+        sheets = []
+        for i, spec in enumerate(sheet_specs):
+            props = spec.get("properties") or {}
+            grid = props.get("gridProperties") or {}
+            sheets.append(Sheet(i, props.get("title") or f"Sheet{i + 1}",
+                                int(grid.get("rowCount", NEW_SHEET_ROWS)),
+                                int(grid.get("columnCount", NEW_SHEET_COLUMNS))))  # fmt: skip
+        sid = uuid.uuid4().hex + uuid.uuid4().hex[:12]
+        spreadsheet = Spreadsheet(sid, title, f"{self._base_url}/spreadsheets/d/{sid}/edit", sheets)
+        with self._lock:
+            self.spreadsheets[sid] = spreadsheet
+        return spreadsheet
+
+    def get(self, spreadsheet_id: str) -> Spreadsheet:
+        found = self.spreadsheets.get(spreadsheet_id)
+        if found is None:
+            raise ApiError(404, "NOT_FOUND", "Requested entity was not found.")
+        return found
+
+    def write(self, spreadsheet_id: str, range_: str, values: list[list[Any]]) -> dict[str, Any]:
+        spreadsheet = self.get(spreadsheet_id)
+        title, row, col, _, _ = parse_range(range_)
+        with self._lock:
+            sheet = spreadsheet.sheet(title)
+            height = len(values)
+            width = max((len(r) for r in values), default=0)
+            if row + height > sheet.rows or col + width > sheet.columns:
+                raise ApiError(
+                    400, "INVALID_ARGUMENT",
+                    f"Range ('{sheet.title}'!{range_.split('!')[-1]}) exceeds grid limits. "
+                    f"Max rows: {sheet.rows}, max columns: {sheet.columns}",
+                )  # fmt: skip
+            for r, line in enumerate(values):
+                for c, value in enumerate(line):
+                    if value is None:
+                        continue  # as in the API: null leaves the cell as it is
+                    sheet.cells[(row + r, col + c)] = value
+            self.count("rows_written", height)
+            self.count("cells_written", sum(len(r) for r in values))
+        last = f"{column_letters(col + max(width - 1, 0))}{row + max(height, 1)}"
+        return {"spreadsheetId": spreadsheet_id,
+                "updatedRange": f"'{sheet.title}'!{column_letters(col)}{row + 1}:{last}",
+                "updatedRows": height, "updatedColumns": width,
+                "updatedCells": sum(len(r) for r in values)}  # fmt: skip
+
+    def read(self, spreadsheet_id: str, range_: str) -> dict[str, Any]:
+        spreadsheet = self.get(spreadsheet_id)
+        title, row, col, end_row, end_col = parse_range(range_)
+        with self._lock:
+            sheet = spreadsheet.sheet(title)
+            last_row = sheet.rows - 1 if end_row is None else end_row
+            last_col = sheet.columns - 1 if end_col is None else end_col
+            rows: list[list[Any]] = []
+            for r in range(row, min(last_row, sheet.rows - 1) + 1):
+                line = [sheet.cells.get((r, c), "") for c in range(col, last_col + 1)]
+                while line and line[-1] == "":
+                    line.pop()
+                rows.append(line)
+        while rows and not rows[-1]:
+            rows.pop()
+        body: dict[str, Any] = {"range": range_, "majorDimension": "ROWS"}
+        if rows:
+            body["values"] = rows
+        return body
+
+    def batch_update(self, spreadsheet_id: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
+        spreadsheet = self.get(spreadsheet_id)
+        with self._lock:
+            for request in requests:
+                append = request.get("appendDimension")
+                if append is None:
+                    raise ApiError(400, "INVALID_ARGUMENT",
+                                   f"Unsupported request: {sorted(request)}")  # fmt: skip
+                sheet = next((s for s in spreadsheet.sheets
+                              if s.sheet_id == append.get("sheetId", 0)), None)  # fmt: skip
+                if sheet is None:
+                    raise ApiError(400, "INVALID_ARGUMENT", "No grid with id: "
+                                   f"{append.get('sheetId')}")  # fmt: skip
+                length = int(append.get("length", 0))
+                rows = append.get("dimension") == "ROWS"
+                added = length * (sheet.columns if rows else sheet.rows)
+                if spreadsheet.cell_count() + added > MAX_CELLS:
+                    raise ApiError(400, "INVALID_ARGUMENT",
+                                   "This action would increase the number of cells in the "
+                                   f"workbook above the limit of {MAX_CELLS} cells.")  # fmt: skip
+                if rows:
+                    sheet.rows += length
+                else:
+                    sheet.columns += length
+        return {"spreadsheetId": spreadsheet_id, "replies": [{} for _ in requests]}
+
+
+def create_app(config: SheetsConfig, *, base_url: str = "") -> flask.Flask:
+    app = flask.Flask(__name__)
+    store = Store(base_url)
+
+    class Counters:
+        def snapshot(self) -> dict[str, Any]:
+            with store._lock:
+                return {"spreadsheets": len(store.spreadsheets), **store.stats}
+
+        def reset(self) -> None:
+            with store._lock:
+                store.stats.clear()
+
+    def admit_write() -> None:
+        """A write request counts against the per-minute quota, and may be throttled at random."""
+        behaviour, throttled = config.throttle()
+        if behaviour.latency_ms:
+            time.sleep(behaviour.latency_ms / 1000)
+        with store._lock:
+            now = time.monotonic()
+            limit = behaviour.write_requests_per_minute
+            over = limit is not None and store.writes.count(now) >= limit
+            if throttled or over:
+                store.count("throttled")
+                raise ApiError(
+                    429, "RESOURCE_EXHAUSTED",
+                    "Quota exceeded for quota metric 'Write requests' and limit 'Write requests "
+                    "per minute per user' of service 'sheets.googleapis.com'.",
+                )  # fmt: skip
+            store.writes.add(now)
+            store.count("write_requests")
+
+    def body() -> dict[str, Any]:
+        data = flask.request.get_json(force=True, silent=True)
+        if not isinstance(data, dict):
+            raise ApiError(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+        return data
+
+    def values_of(data: dict[str, Any]) -> list[list[Any]]:
+        values = data.get("values", [])
+        if not isinstance(values, list) or not all(isinstance(r, list) for r in values):
+            raise ApiError(400, "INVALID_ARGUMENT", "'values' must be a list of rows.")
+        return values
+
+    def input_option() -> None:
+        option = flask.request.args.get("valueInputOption")
+        if option not in ("RAW", "USER_ENTERED"):
+            raise ApiError(400, "INVALID_ARGUMENT", "'valueInputOption' is required.")
+
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError) -> flask.Response:
+        return error.response()
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> flask.Response:
+        return ApiError(error.code or 500, "NOT_FOUND", error.description or "").response()
+
+    @app.post("/v4/spreadsheets")
+    def create() -> flask.Response:
+        admit_write()
+        return json_response(store.create(body()).body())
+
+    @app.get("/v4/spreadsheets/<spreadsheet_id>")
+    def get(spreadsheet_id: str) -> flask.Response:
+        return json_response(store.get(spreadsheet_id).body())
+
+    @app.post("/v4/spreadsheets/<spreadsheet_id>:batchUpdate")
+    def batch_update(spreadsheet_id: str) -> flask.Response:
+        admit_write()
+        return json_response(store.batch_update(spreadsheet_id, body().get("requests") or []))
+
+    @app.put("/v4/spreadsheets/<spreadsheet_id>/values/<path:range_>")
+    def update(spreadsheet_id: str, range_: str) -> flask.Response:
+        input_option()
+        data = body()
+        admit_write()
+        return json_response(store.write(spreadsheet_id, range_, values_of(data)))
+
+    @app.post("/v4/spreadsheets/<spreadsheet_id>/values:batchUpdate")
+    def values_batch_update(spreadsheet_id: str) -> flask.Response:
+        data = body()
+        if data.get("valueInputOption") not in ("RAW", "USER_ENTERED"):
+            raise ApiError(400, "INVALID_ARGUMENT", "'valueInputOption' is required.")
+        ranges = data.get("data") or []
+        admit_write()
+        replies = [store.write(spreadsheet_id, r["range"], values_of(r)) for r in ranges]
+        total = sum(r["updatedRows"] for r in replies)
+        return json_response(
+            {"spreadsheetId": spreadsheet_id, "responses": replies, "totalUpdatedRows": total}
+        )
+
+    @app.get("/v4/spreadsheets/<spreadsheet_id>/values/<path:range_>")
+    def read(spreadsheet_id: str, range_: str) -> flask.Response:
+        return json_response(store.read(spreadsheet_id, range_))
+
+    add_control_routes(app, config, Counters(), lambda m: ApiError(400, "INVALID_ARGUMENT",
+                                                                   m).response())  # fmt: skip
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--write-requests-per-minute", type=int, default=60)
+    p.add_argument("--throttle-rate", type=float, default=0.0)
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--log-requests", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        config = SheetsConfig(write_requests_per_minute=args.write_requests_per_minute,
+                              throttle_rate=args.throttle_rate, latency_ms=args.latency_ms,
+                              seed=args.seed)  # fmt: skip
+    except ValidationError as e:
+        p.error(str(e))
+    return serve(
+        lambda stopping: create_app(config, base_url=f"http://{args.host}"),
+        args.host,
+        args.port,
+        name="sheets-server",
+        log_requests=args.log_requests,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
