@@ -1,0 +1,84 @@
+"""The Sheets export as decisions over plain data: columns, rows, who writes what, and where.
+
+Exactly once comes from two rules. The partition: a result that finished before the export's
+`created_at` is the backfill's, any other is the incremental writer's, so the two never both
+take one. Fixed rows: a result gets its row number once, in the transaction that records it,
+and every write of it goes to that row, so a repeated write lands on the same cells.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+# Google Sheets keeps at most 50,000 characters in a cell.
+MAX_CELL_CHARS = 50_000
+HEADER_ROW = 1
+GRID_STEP = 1000
+
+BATCH_COLUMNS = ["item_id", "input", "result", "state", "finished_at"]
+WHATSAPP_COLUMNS = ["item_id", "from", "message", "reply", "state", "finished_at"]
+
+
+def columns(kind: str) -> list[str]:
+    return WHATSAPP_COLUMNS if kind == "whatsapp" else BATCH_COLUMNS
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
+
+
+def row_of(kind: str, item_id: str, item: Mapping[str, Any]) -> list[str]:
+    """One result as its row: the columns of `columns(kind)`, in order."""
+    result = item.get("result") or {}
+    finished = item.get("finished_at")
+    if kind == "whatsapp":
+        message = item.get("input") or {}
+        cells = [item_id, message.get("from"), message.get("text"), result.get("reply"),
+                 item.get("state"), finished]  # fmt: skip
+    else:
+        main = result.get("content", result) if isinstance(result, dict) else result
+        cells = [item_id, item.get("input"), main, item.get("state"), finished]
+    return [_cell(c) for c in cells]
+
+
+def exported(item: Mapping[str, Any]) -> bool:
+    """Only succeeded results go to the sheet."""
+    return item.get("state") == "succeeded" and item.get("finished_at") is not None
+
+
+def backfill_owns(finished_at: datetime, created_at: datetime) -> bool:
+    """The partition: before the export existed, the backfill's; from then on, the writer's."""
+    return finished_at < created_at
+
+
+def allocate(
+    taken: Mapping[str, int], wanted: Sequence[str], next_row: int
+) -> tuple[dict[str, int], int]:
+    """Rows for `wanted` items: the row an item already has, else the next free one in order.
+
+    Returns (item -> row for every wanted item, the next free row afterwards).
+    """
+    rows: dict[str, int] = {}
+    for item_id in wanted:
+        if item_id in taken:
+            rows[item_id] = taken[item_id]
+        elif item_id not in rows:
+            rows[item_id] = next_row
+            next_row += 1
+    return rows, next_row
+
+
+def rows_to_add(highest_row: int, grid_rows: int) -> int:
+    """How many rows to add so `highest_row` fits, in steps of GRID_STEP (few resize calls)."""
+    if highest_row <= grid_rows:
+        return 0
+    missing = highest_row - grid_rows
+    return -(-missing // GRID_STEP) * GRID_STEP
