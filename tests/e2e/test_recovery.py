@@ -19,7 +19,8 @@ def test_the_scheduled_sweeper_and_the_dead_letter_topic_settle_every_item(
     d = deploy(
         topology_overrides={
             "schedules": {"sweeper": {"every_seconds": 2}},
-            "work": {"stall_seconds": 3, "max_attempts": 50},
+            # Longer than the retry backoff below, as it must be (see the sweeper).
+            "work": {"stall_seconds": 8, "max_attempts": 50},
             "subscriptions": {
                 "work-items-to-processor": {
                     "max_delivery_attempts": 5,
@@ -45,7 +46,10 @@ def test_the_scheduled_sweeper_and_the_dead_letter_topic_settle_every_item(
     assert wait_done(http, status_url, tenant.api_key, timeout=60)[-1]["counts"]["succeeded"] == 4
 
     # A provider failing every call while items may be tried 50 times: the subscription gives up
-    # after 5 deliveries, and the dead-letter consumer fails each item with that reason.
+    # after 5 deliveries, and the dead-letter consumer fails each item with that reason. (The
+    # scheduler is paused, as one pauses a Cloud Scheduler job: under the emulator's growing push
+    # backoff the sweeper would add fresh messages, each with its own 5 deliveries to go.)
+    d.scheduler.stop()
     http.post(d.provider_url + "/_sluice/config", json={"failure_rate": 1.0}).raise_for_status()
     accepted = submit(http, d, tenant.api_key, 3)
     polls = wait_done(http, accepted["status_url"], tenant.api_key, timeout=120)

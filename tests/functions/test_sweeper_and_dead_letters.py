@@ -171,3 +171,6 @@ def test_the_sweeper_republishes_a_stalled_batchs_queued_items_and_pending_callb
     assert post(client, project, "sweeps", {"type": "sweep"}) == 200
     assert taps("work-items") == [{"job_id": "job1", "item_id": f"item{n}"} for n in range(3)]
     assert taps("batch-events") == [{"type": "batch.completed", "job_id": "done", "completion": 2}]
+    # The items it sent messages for are stamped: the next sweep leaves them to those messages.
+    assert post(client, project, "sweeps", {"type": "sweep"}) == 200
+    assert taps("work-items") == []

@@ -318,6 +318,22 @@ class JobStore:
         for snap in query.select(["state", "attempts", "lease"]).stream():
             yield snap.id, ItemRecord.from_doc(snap.to_dict() or {})
 
+    def queued_untouched_since(self, job_id: str, before: datetime) -> list[str]:
+        """Queued items not changed since `before`: no delivery has reached them since then."""
+        query = self.job_ref(job_id).collection("items").where(
+            filter=FieldFilter("state", "==", "queued")
+        )
+        docs = ((snap.id, snap.to_dict() or {}) for snap in query.select(["updated_at"]).stream())
+        return [i for i, doc in docs if doc.get("updated_at") is None or doc["updated_at"] < before]
+
+    def touch_queued(self, job_id: str, item_ids: Sequence[str], at: datetime) -> None:
+        """Stamp items the sweeper sent a message for, so the next sweep leaves them a while."""
+        for start in range(0, len(item_ids), WRITE_BATCH):
+            batch = self._db.batch()
+            for item_id in item_ids[start : start + WRITE_BATCH]:
+                batch.update(self.item_ref(job_id, item_id), {"updated_at": at})
+            batch.commit()
+
     # -- what the sweeper looks at --------------------------------------------------------------
 
     def open_batches(self) -> list[str]:

@@ -2,8 +2,10 @@
 
 - an item `running` under a lease that expired (its worker died) gets a new message, which takes
   it over (Pub/Sub would redeliver the old one too; the sweeper does not rely on it);
-- the queued items of a batch that made no progress for `stall` get new messages: a requeue whose
-  publish failed (retry-failed answered 503) leaves items no message will ever reach;
+- the queued items of a batch that made no progress for `stall`, and that no delivery touched for
+  as long, get new messages: a requeue whose publish failed (retry-failed answered 503) leaves
+  items no message will ever reach. `stall` must exceed the subscription's longest retry backoff,
+  or items waiting out their backoff would get duplicate messages;
 - a completion whose callback is still pending after `stall` gets its batch-events message again.
 
 Every message it sends may duplicate a live one; that is harmless, since a delivery claims its item
@@ -42,9 +44,13 @@ def sweep(store: JobStore, publisher: Publisher, *, now: datetime, stall: timede
         ]
         taken_over += len(orphans)
         if stalled(store.last_progress(job_id), now=now, stall=stall):
-            queued = [item_id for item_id, _ in store.items_in(job_id, ItemState.QUEUED.value)]
+            # Only items no delivery has touched for as long: one whose message is in Pub/Sub's
+            # retry backoff is claimed (and so touched) at every delivery.
+            queued = store.queued_untouched_since(job_id, now - stall)
             requeued += len(queued)
             orphans += queued
+            # Touched now: however long an outage lasts, one extra message per item per stall.
+            store.touch_queued(job_id, queued, now)
         if orphans:
             publisher.publish(
                 WORK_ITEMS, (WorkItem(job_id=job_id, item_id=i).model_dump() for i in orphans)
