@@ -320,8 +320,10 @@ class JobStore:
 
     def queued_untouched_since(self, job_id: str, before: datetime) -> list[str]:
         """Queued items not changed since `before`: no delivery has reached them since then."""
-        query = self.job_ref(job_id).collection("items").where(
-            filter=FieldFilter("state", "==", "queued")
+        query = (
+            self.job_ref(job_id)
+            .collection("items")
+            .where(filter=FieldFilter("state", "==", "queued"))
         )
         docs = ((snap.id, snap.to_dict() or {}) for snap in query.select(["updated_at"]).stream())
         return [i for i, doc in docs if doc.get("updated_at") is None or doc["updated_at"] < before]
