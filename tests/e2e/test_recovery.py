@@ -52,7 +52,8 @@ def test_the_scheduled_sweeper_and_the_dead_letter_topic_settle_every_item(
     d.scheduler.stop()
     http.post(d.provider_url + "/_sluice/config", json={"failure_rate": 1.0}).raise_for_status()
     accepted = submit(http, d, tenant.api_key, 3)
-    polls = wait_done(http, accepted["status_url"], tenant.api_key, timeout=120)
+    # The emulator's redelivery of nacked messages slows down under load: give it time.
+    polls = wait_done(http, accepted["status_url"], tenant.api_key, timeout=360)
     assert polls[-1]["counts"]["failed"] == 3
     for item in items_of(http, accepted["status_url"], tenant.api_key):
         assert item["state"] == "failed"

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import yaml
-from google.api_core.exceptions import AlreadyExists
+from google.api_core.exceptions import AlreadyExists, GoogleAPICallError
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.protobuf.duration_pb2 import Duration
 from google.pubsub_v1.types import DeadLetterPolicy, PushConfig, RetryPolicy
@@ -205,6 +205,7 @@ class Deployment:
             self.cloud.deployments.remove(self)
         self.cloud.router.unroute(self.project)
         self.scheduler.stop()
+        self.delete_subscriptions()
         with ThreadPoolExecutor() as pool:  # each waits for its own grace period: in parallel
             list(pool.map(lambda fn: fn.stop(), self.functions.values()))
             for proc in self._servers.values():
@@ -246,6 +247,20 @@ class Deployment:
             with contextlib.suppress(AlreadyExists):
                 subscriber.create_subscription(request=request)
         subscriber.close()
+
+    def delete_subscriptions(self) -> None:
+        """Tear the project's push subscriptions down with its functions: the emulator keeps
+        pushing to an endpoint that no longer answers, and those stuck pushes slow every other
+        project's deliveries."""
+        subscriber = pubsub_v1.SubscriberClient()
+        try:
+            for name in self.topology.subscriptions:
+                with contextlib.suppress(GoogleAPICallError):
+                    subscriber.delete_subscription(
+                        subscription=subscriber.subscription_path(self.project, name), timeout=10
+                    )
+        finally:
+            subscriber.close()
 
     def register_triggers(self) -> None:
         firestore = f"http://{self.cloud.emulators.firestore_host}"
