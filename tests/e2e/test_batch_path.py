@@ -17,8 +17,18 @@ from tests.conftest import bearer, logs_of
 pytestmark = pytest.mark.cloud
 
 
-def submit(http: httpx.Client, d: Deployment, key: str, n: int, **extra: object) -> dict:
-    body = {"kind": "summarize", "items": [{"input": {"text": f"doc {i}"}} for i in range(n)]}
+def submit(
+    http: httpx.Client,
+    d: Deployment,
+    key: str,
+    n: int = 0,
+    *,
+    inputs: list | None = None,
+    **extra: object,
+) -> dict:
+    """Submit a batch of `inputs`, or of n documents `{"text": "doc i"}`."""
+    inputs = inputs if inputs is not None else [{"text": f"doc {i}"} for i in range(n)]
+    body = {"kind": "summarize", "items": [{"input": x} for x in inputs]}
     body.update(extra)
     r = http.post(d.url("webhook-ingest") + "/v1/batches", json=body, headers=bearer(key))
     assert r.status_code == 202, r.text

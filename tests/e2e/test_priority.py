@@ -11,20 +11,13 @@ import pytest
 
 from sluice.adapters.tenants_store import TenantStore
 from tests.conftest import bearer
-from tests.e2e.test_batch_path import wait_done
+from tests.e2e.test_batch_path import submit, wait_done
 from tests.e2e.test_whatsapp import wait_for, webhook
 from tests.whatsapp_payloads import change, delivery, signed, text_message
 
 pytestmark = pytest.mark.cloud
 
 QUESTION = "Is my order on its way?"
-
-
-def submit_texts(http, d, key: str, texts: list[str]) -> dict:
-    body = {"kind": "summarize", "items": [{"input": t} for t in texts]}
-    answer = http.post(d.url("webhook-ingest") + "/v1/batches", json=body, headers=bearer(key))
-    assert answer.status_code == 202, answer.text
-    return answer.json()
 
 
 def test_a_whatsapp_reply_and_a_small_batch_overtake_a_saturating_bulk_batch(
@@ -38,7 +31,7 @@ def test_a_whatsapp_reply_and_a_small_batch_overtake_a_saturating_bulk_batch(
     TenantStore(db).create("shop")
     TenantStore(db).add_phone("shop", d.whatsapp["phone_number_id"])
 
-    big = submit_texts(http, d, bulk.api_key, [f"bulk {n}" for n in range(200)])
+    big = submit(http, d, bulk.api_key, inputs=[f"bulk {n}" for n in range(200)])
     # Wait until the bulk batch holds the provider.
     wait_for(lambda: http.get(d.provider_url + "/_sluice/stats").json()["requests"] >= 30,
              what="the bulk batch to saturate the provider")  # fmt: skip
@@ -48,7 +41,7 @@ def test_a_whatsapp_reply_and_a_small_batch_overtake_a_saturating_bulk_batch(
                            d.whatsapp["app_secret"])  # fmt: skip
     posted_at = time.time()
     assert http.post(webhook(d), content=body, headers=headers).status_code == 200
-    few = submit_texts(http, d, small.api_key, [f"small {n}" for n in range(20)])
+    few = submit(http, d, small.api_key, inputs=[f"small {n}" for n in range(20)])
 
     wait_done(http, few["status_url"], small.api_key, timeout=120)
     big_status = http.get(big["status_url"], headers=bearer(bulk.api_key)).json()

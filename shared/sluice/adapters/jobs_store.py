@@ -338,30 +338,25 @@ class JobStore:
 
     # -- what the sweeper looks at --------------------------------------------------------------
 
+    def _open_batches(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Open CRM batches (a WhatsApp day is open-ended, not a batch), with intake and tenant."""
+        query = self._db.collection("jobs").where(filter=FieldFilter("state", "==", "open"))
+        for snap in query.select(["intake", "open_ended", "tenant"]).stream():
+            doc = snap.to_dict() or {}
+            if not doc.get("open_ended"):
+                yield snap.id, doc
+
     def open_batches(self) -> list[str]:
         """Open CRM batches whose items were all published once (a WhatsApp day's items each
         have the live message that created them; an unfinished intake was answered 503)."""
-        query = self._db.collection("jobs").where(filter=FieldFilter("state", "==", "open"))
-        docs = (
-            (snap.id, snap.to_dict() or {})
-            for snap in query.select(["intake", "open_ended"]).stream()
-        )
-        return [
-            id_
-            for id_, doc in docs
-            if doc.get("intake") == "published" and not doc.get("open_ended")
-        ]
+        return [job_id for job_id, doc in self._open_batches() if doc.get("intake") == "published"]
 
     def tenant_backlogs(self) -> dict[str, int]:
         """Each tenant's queued items over its open CRM batches: what bulk capacity is shared by.
         (1 + shards reads per open batch; callers cache it for a few seconds.)"""
-        query = self._db.collection("jobs").where(filter=FieldFilter("state", "==", "open"))
         backlog: Counter[str] = Counter()
-        for snap in query.select(["tenant", "open_ended"]).stream():
-            doc = snap.to_dict() or {}
-            if doc.get("open_ended") or not doc.get("tenant"):
-                continue
-            found = self.job_with_counts(snap.id)
+        for job_id, doc in self._open_batches():
+            found = self.job_with_counts(job_id) if doc.get("tenant") else None
             if found is not None:
                 backlog[str(doc["tenant"])] += found[1].by_state.get("queued", 0)
         return dict(backlog)

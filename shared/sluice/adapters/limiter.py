@@ -150,10 +150,10 @@ class Limiter:
                     snapshot, now=now, usable=usable, tenant=tenant, backlog=backlog
                 ):
                     return None
+                # Not yielding (decided just above): any free slot it is allowed will do.
                 free = limits.candidate_slots(
-                    snapshot, now=now, usable=usable, tenant=tenant, interactive=interactive,
-                    backlog=backlog,
-                )  # fmt: skip
+                    snapshot, now=now, usable=usable, tenant=tenant, interactive=interactive
+                )
                 random.shuffle(free)
                 for index in free[:3]:
                     if self._claim_slot(index, token, tenant, now):

@@ -21,6 +21,7 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
 from sluice.adapters.outside import ProviderError, retry_after_seconds
+from sluice.domain.sheets import column_letters
 
 SCOPES = ["https://www.googleapis.com/auth/spreadsheets"]
 
@@ -31,14 +32,6 @@ class Created:
     url: str
     sheet_id: int
     rows: int
-
-
-def column_letters(index: int) -> str:
-    letters, n = "", index + 1
-    while n:
-        n, rem = divmod(n - 1, 26)
-        letters = chr(65 + rem) + letters
-    return letters
 
 
 def runs(rows: Mapping[int, Sequence[Any]]) -> list[tuple[int, list[Sequence[Any]]]]:

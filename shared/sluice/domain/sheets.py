@@ -22,6 +22,15 @@ BATCH_COLUMNS = ["item_id", "input", "result", "state", "finished_at"]
 WHATSAPP_COLUMNS = ["item_id", "from", "message", "reply", "state", "finished_at"]
 
 
+def column_letters(index: int) -> str:
+    """A 0-based column index in A1 notation: 0 -> A, 25 -> Z, 26 -> AA."""
+    letters, n = "", index + 1
+    while n:
+        n, rem = divmod(n - 1, 26)
+        letters = chr(65 + rem) + letters
+    return letters
+
+
 def columns(kind: str) -> list[str]:
     return WHATSAPP_COLUMNS if kind == "whatsapp" else BATCH_COLUMNS
 

@@ -24,7 +24,6 @@ class Scheduler:
             threading.Thread(target=self._run, args=(name, s), daemon=True, name=f"cron-{name}")
             for name, s in schedules.items()
         ]
-        self.fired: dict[str, int] = dict.fromkeys(schedules, 0)
 
     def start(self) -> None:
         for thread in self._threads:
@@ -44,7 +43,6 @@ class Scheduler:
         while not self._stopped.wait(schedule.every_seconds):
             try:
                 publisher.publish(topic, data).result(timeout=10)
-                self.fired[name] += 1
             except (GoogleAPICallError, TimeoutError) as exc:
                 # Cloud Scheduler logs a failed run and tries again at the next tick.
                 log.warning("schedule %s could not publish: %s", name, exc)

@@ -29,6 +29,7 @@ import flask
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
+from sluice.domain.sheets import column_letters
 from sluice.localcloud.local_server import (
     RuntimeConfig,
     SlidingWindow,
@@ -117,14 +118,6 @@ def column_index(letters: str) -> int:
     for ch in letters:
         n = n * 26 + (ord(ch) - 64)
     return n - 1
-
-
-def column_letters(index: int) -> str:
-    letters, n = "", index + 1
-    while n:
-        n, rem = divmod(n - 1, 26)
-        letters = chr(65 + rem) + letters
-    return letters
 
 
 def parse_range(text: str) -> tuple[str | None, int, int, int | None, int | None]:
