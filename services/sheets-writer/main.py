@@ -5,7 +5,7 @@ import logging
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from sluice import logs
+from sluice import logs, wiring
 from sluice.events import BadEvent, document_change
 from sluice.handlers.exports import on_item_written
 
@@ -21,4 +21,4 @@ def sheets_writer(cloud_event: CloudEvent) -> None:
     except BadEvent as exc:
         log.error("acknowledging an undecodable event %s: %s", cloud_event["id"], exc)
         return
-    log.info("%s", on_item_written(change))
+    log.info("%s", on_item_written(wiring.sheets_deps(), change))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudevents.http import CloudEvent
+from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.events.cloud.firestore import DocumentEventData
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
@@ -79,6 +80,9 @@ def _plain(value: dict[str, Any]) -> Any:
         return None
     if kind == "integer_value":
         return int(inner)
+    if kind == "timestamp_value":
+        # As the Firestore client reads it, so a value is the same whichever way it arrived.
+        return DatetimeWithNanoseconds.from_rfc3339(inner)
     if kind == "map_value":
         return {k: _plain(v) for k, v in inner.get("fields", {}).items()}
     if kind == "array_value":

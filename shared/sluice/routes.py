@@ -9,6 +9,7 @@ from sluice.domain.batches import parse_batch, validate_idempotency_key
 from sluice.domain.paging import page_size
 from sluice.domain.whatsapp import verify_handshake
 from sluice.handlers.auth import authenticate
+from sluice.handlers.exports import configure_sheets, export_status, features
 from sluice.handlers.ingest import submit_batch
 from sluice.handlers.status import (
     batch_items,
@@ -80,6 +81,22 @@ def get_batch_items(request: flask.Request, batch_id: str) -> flask.Response:
     return json_response(page)
 
 
+def post_sheets(request: flask.Request, batch_id: str) -> flask.Response:
+    tenant = authenticate(wiring.job_store(), request.headers.get("Authorization"))
+    export, created = configure_sheets(wiring.sheets_deps(), tenant, batch_id)
+    return json_response(export, 201 if created else 200)
+
+
+def get_sheets(request: flask.Request, batch_id: str) -> flask.Response:
+    tenant = authenticate(wiring.job_store(), request.headers.get("Authorization"))
+    return json_response(export_status(wiring.sheets_deps(), tenant, batch_id))
+
+
+def get_me(request: flask.Request) -> flask.Response:
+    tenant = authenticate(wiring.job_store(), request.headers.get("Authorization"))
+    return json_response(features(tenant))
+
+
 def get_health(request: flask.Request) -> flask.Response:
     health = wiring.health()()
     return json_response(health.body(), 200 if health.ok else 503, {"Cache-Control": "no-store"})
@@ -122,5 +139,8 @@ status = Router(
         ("GET", "/v1/batches/<batch_id>/items"): get_batch_items,
         ("POST", "/v1/batches/<batch_id>/retry-failed"): post_retry_failed,
         ("POST", "/v1/batches/<batch_id>/cancel"): post_cancel,
+        ("POST", "/v1/batches/<batch_id>/sheets"): post_sheets,
+        ("GET", "/v1/batches/<batch_id>/sheets"): get_sheets,
+        ("GET", "/v1/me"): get_me,
     }
 )

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     whatsapp_access_token: SecretStr
     whatsapp_graph_url: str = "https://graph.facebook.com"
     whatsapp_api_version: str = "v21.0"
+    # Google Sheets: unset in the cloud (sheets.googleapis.com, with the function's service
+    # account); the local Sheets server's URL in local runs.
+    sheets_endpoint: str | None = None
 
     @property
     def topology(self) -> Topology:

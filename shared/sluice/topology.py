@@ -104,6 +104,17 @@ class Api(_Strict):
     health_cache_seconds: float = Field(ge=0, le=300)
 
 
+class Exports(_Strict):
+    """The Sheets export: how many rows one write call carries (the backfill's chunk, the writer's
+    largest flush), how long a writer or backfill owns its lease, and how long one backfill
+    invocation runs before it hands over to the next (an event function runs at most 9 minutes)."""
+
+    sheet_title: str = Field(min_length=1, max_length=100)
+    rows_per_call: int = Field(ge=1, le=500)
+    lease_seconds: int = Field(ge=5)
+    backfill_budget_seconds: int = Field(ge=1)
+
+
 class Topology(_Strict):
     functions: dict[str, Function]
     topics: dict[str, Topic]
@@ -113,6 +124,7 @@ class Topology(_Strict):
     providers: dict[str, Provider]
     work: Work
     api: Api
+    exports: Exports
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Topology:

@@ -8,10 +8,13 @@ from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.callback_sender import CallbackSender
 from sluice.adapters.clients import firestore_client, http_client, publisher_client
 from sluice.adapters.conversations_store import ConversationStore
+from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter
 from sluice.adapters.publisher import Publisher
+from sluice.adapters.sheets_api import SheetsAPI
 from sluice.adapters.whatsapp_api import WhatsAppAPI
+from sluice.handlers.exports import SheetsDeps
 from sluice.handlers.health import HealthCheck
 from sluice.handlers.processor import Capacity
 from sluice.handlers.whatsapp import WhatsAppDeps
@@ -114,4 +117,24 @@ def health() -> HealthCheck:
         },
         timeout=api.health_timeout_seconds,
         cache_seconds=api.health_cache_seconds,
+    )
+
+
+@cache
+def export_store() -> ExportStore:
+    return ExportStore(firestore_client(settings().project))
+
+
+@cache
+def sheets_deps() -> SheetsDeps:
+    s = settings()
+    return SheetsDeps(
+        exports=export_store(),
+        jobs=job_store(),
+        sheets=SheetsAPI(
+            endpoint=s.sheets_endpoint, timeout=s.topology.providers["sheets"].timeout_seconds
+        ),
+        limiter=limiter("sheets"),
+        settings=s.topology.exports,
+        capacity_wait_seconds=s.topology.work.capacity_wait_seconds,
     )

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sluice.adapters.exports_store import ExportStore
+from sluice.adapters.exports_store import ExportStore, LeaseLost
 
 T0 = datetime(2026, 11, 21, tzinfo=UTC)
 
@@ -16,24 +16,40 @@ T0 = datetime(2026, 11, 21, tzinfo=UTC)
 @pytest.fixture
 def exports(db) -> ExportStore:
     store = ExportStore(db)
-    assert store.create("job", {"spreadsheet_id": "s1", "created_at": T0}, grid_rows=1000)
+    assert store.create("job", {"spreadsheet_id": "s1"}, grid_rows=1000)
     return store
 
 
+def numbers(assignment) -> dict[str, int]:
+    return {item: row.number for item, row in assignment.rows.items()}
+
+
 def test_a_job_has_one_export_whoever_configures_it_again(exports):
-    assert not exports.create("job", {"spreadsheet_id": "s2", "created_at": T0}, grid_rows=1000)
-    assert exports.get("job")["spreadsheet_id"] == "s1"
+    assert not exports.create("job", {"spreadsheet_id": "s2"}, grid_rows=1000)
+    export = exports.get("job")
+    assert export["spreadsheet_id"] == "s1"
+    assert export["created_at"] > T0  # the commit time, from Firestore's clock
     assert exports.progress("job")["next_row"] == 2  # row 1 is the header
 
 
 def test_rows_are_given_once_and_kept_by_every_later_writer(exports):
     first = exports.assign_rows("job", {"a": ["a", "1"], "b": ["b", "2"]})
-    assert first == {"a": 2, "b": 3}
+    assert numbers(first) == {"a": 2, "b": 3}
     again = exports.assign_rows("job", {"b": ["b", "changed"], "c": ["c", "3"]})
-    assert again == {"b": 3, "c": 4}
-    assert exports.unwritten("job", 10) == {
-        "a": (2, ["a", "1"]), "b": (3, ["b", "2"]), "c": (4, ["c", "3"]),
-    }  # fmt: skip
+    assert numbers(again) == {"b": 3, "c": 4}
+    assert again.rows["b"].values == ["b", "2"]  # the values it was given first
+    assert again.grid_rows == 1000
+    assert exports.unwritten("job", 10) == {"a": ["a", "1"], "b": ["b", "2"], "c": ["c", "3"]}
+
+
+def test_a_queued_result_is_queued_once_and_numbered_by_the_next_assignment(exports):
+    assert exports.enqueue("job", "q", ["q", "first"])
+    assert not exports.enqueue("job", "q", ["q", "again"])  # a repeated event
+    assert exports.unwritten("job", 10) == {"q": ["q", "first"]}
+    exports.assign_rows("job", {"a": ["a"]})
+    assigned = exports.assign_rows("job", exports.unwritten("job", 10))
+    assert numbers(assigned) == {"a": 2, "q": 3}
+    assert assigned.rows["q"].values == ["q", "first"]
 
 
 def test_concurrent_writers_never_give_two_items_one_row_nor_one_item_two(exports):
@@ -42,7 +58,7 @@ def test_concurrent_writers_never_give_two_items_one_row_nor_one_item_two(export
 
     # Two at a time, as when a flush lease is taken over: rows are assigned by lease holders.
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda c: exports.assign_rows("job", c), chunks))
+        results = list(pool.map(lambda c: numbers(exports.assign_rows("job", c)), chunks))
     rows: dict[str, int] = {}
     for result in results:
         for item, row in result.items():
@@ -52,24 +68,53 @@ def test_concurrent_writers_never_give_two_items_one_row_nor_one_item_two(export
 
 
 def test_more_rows_than_one_transaction_holds_are_assigned_in_chunks(exports):
-    rows = exports.assign_rows("job", {f"i{n:04d}": [n] for n in range(1200)})
+    rows = numbers(exports.assign_rows("job", {f"i{n:04d}": [n] for n in range(1200)}))
     assert sorted(rows.values()) == list(range(2, 1202))
 
 
-def test_written_rows_leave_the_unwritten_set_and_are_counted(exports):
+def test_written_rows_leave_the_unwritten_set_and_are_counted_once(exports):
     exports.assign_rows("job", {"a": ["a"], "b": ["b"]})
-    exports.mark_written("job", ["a"])
+    assert exports.mark_written("job", ["a"]) == 1
+    assert exports.mark_written("job", ["a"]) == 0  # written twice (a race): counted once
     assert set(exports.unwritten("job", 10)) == {"b"}
     assert exports.progress("job")["written"] == 1
+    assert exports.assign_rows("job", {"a": ["a"]}).rows["a"].written
 
 
-def test_one_flusher_at_a_time_and_an_expired_lease_is_taken_over(exports):
-    token = exports.take_flush("job", now=T0, seconds=60)
+@pytest.mark.parametrize("name", ["flush", "backfill"])
+def test_one_holder_at_a_time_and_an_expired_lease_is_taken_over(exports, name):
+    def take(after: float) -> str | None:
+        return exports.take_lease("job", name, now=T0 + timedelta(seconds=after), seconds=60)
+
+    token = take(0)
     assert token is not None
-    assert exports.take_flush("job", now=T0 + timedelta(seconds=59), seconds=60) is None
-    taken_over = exports.take_flush("job", now=T0 + timedelta(seconds=61), seconds=60)
+    assert take(59) is None
+    taken_over = take(61)
     assert taken_over is not None
-    exports.release_flush("job", token)  # the old holder's release changes nothing
-    assert exports.take_flush("job", now=T0 + timedelta(seconds=62), seconds=60) is None
-    exports.release_flush("job", taken_over)
-    assert exports.take_flush("job", now=T0 + timedelta(seconds=62), seconds=60) is not None
+    exports.release_lease("job", name, token)  # the old holder's release changes nothing
+    with pytest.raises(LeaseLost):
+        exports.renew_lease("job", name, token, now=T0, seconds=60)
+    assert take(62) is None
+    exports.renew_lease("job", name, taken_over, now=T0, seconds=60, fields={"cursor": {"x": 1}})
+    if name == "backfill":
+        assert exports.backfill_record("job")["cursor"] == {"x": 1}
+    exports.release_lease("job", name, taken_over)
+    assert take(62) is not None
+
+
+def test_the_sweeper_finds_a_stalled_backfill_and_a_queue_left_behind(exports, db):
+    now = datetime.now(UTC)
+    exports.update("job", {"backfill_state": "running"})
+    assert exports.stalled_backfills(now=now, idle_since=now) == {"job"}  # no live lease
+    token = exports.take_lease("job", "backfill", now=now, seconds=60)
+    assert exports.stalled_backfills(now=now, idle_since=now) == set()
+    exports.release_lease("job", "backfill", token)
+    exports.update("job", {"backfill_state": "completed"})
+    assert exports.stalled_backfills(now=now, idle_since=now) == set()
+
+    exports.enqueue("job", "q", ["q"])
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert exports.stranded_rows(queued_before=now - timedelta(seconds=60)) == set()
+    assert exports.stranded_rows(queued_before=later) == {"job"}
+    exports.mark_written("job", ["q"])
+    assert exports.stranded_rows(queued_before=later) == set()

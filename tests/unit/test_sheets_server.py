@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from werkzeug.serving import make_server
 
@@ -84,3 +85,21 @@ def test_rows_become_runs_of_consecutive_rows():
     assert runs({5: ["e"], 2: ["b"], 3: ["c"], 9: ["i"]}) == [
         (2, [["b"], ["c"]]), (5, [["e"]]), (9, [["i"]]),
     ]  # fmt: skip
+
+
+def test_a_spreadsheet_and_its_header_cost_one_write_request(server, api):
+    made = api.create("one", "Results", ["item_id", "state"])
+    stats = httpx.get(server[0] + "_sluice/stats").json()
+    assert stats["write_requests"] == 1
+    assert api.read(made.spreadsheet_id, "'Results'!A1:B2") == [["item_id", "state"]]
+
+
+def test_a_spreadsheet_whose_access_was_removed_refuses_writes_for_good(server, api):
+    made = api.create("gone", "Results", ["id"])
+    url = f"{server[0]}_sluice/spreadsheets/{made.spreadsheet_id}/access"
+    httpx.post(url, json={"writable": False}).raise_for_status()
+    with pytest.raises(ProviderError, match="403") as refused:
+        api.write_rows(made.spreadsheet_id, "Results", {2: ["a"]})
+    assert refused.value.permanent
+    httpx.post(url, json={"writable": True}).raise_for_status()
+    assert api.write_rows(made.spreadsheet_id, "Results", {2: ["a"]}) == 1

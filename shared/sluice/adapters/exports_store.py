@@ -1,20 +1,25 @@
 """A job's Sheets export in Firestore: its settings, its fixed rows, and who may write when.
 
-- `jobs/{job}/exports/sheets`: the export (spreadsheet, `created_at`, backfill state and cursor).
-  Its writes are what trigger the backfill function.
-- `jobs/{job}/exports/sheets/rows/{item}`: the row an item's result was given, its values and
-  whether they have reached the sheet. Created once, in the transaction that takes the row number.
-- `jobs/{job}/exports/sheets/state/rows`: the next free row, the sheet's grid size, the rows
-  written and the flush lease. A document below the export, so changing it triggers nothing.
+- `jobs/{job}/exports/sheets`: the export (spreadsheet, `created_at`, backfill state). Its writes
+  trigger the backfill function, so it changes only when the backfill's state does.
+- `jobs/{job}/exports/sheets/rows/{item}`: an item's row: its values, the row number it was given
+  (None until a writer numbers it) and whether it has reached the sheet. Created once per item,
+  whoever sees the result first: this document is what makes a second row impossible.
+- `jobs/{job}/exports/sheets/state/rows`: the next free row, the sheet's grid size, rows written.
+- `.../state/flush` and `.../state/backfill`: the leases of the one writer that drains a job's
+  queued rows and of the one backfill run; the backfill's also holds its cursor.
+  Documents below the export: changing them triggers nothing.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from google.api_core.exceptions import AlreadyExists
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
@@ -24,6 +29,25 @@ from sluice.domain.sheets import HEADER_ROW, allocate
 ASSIGN_CHUNK = 499
 
 
+@dataclass(frozen=True)
+class Row:
+    number: int
+    values: list[Any]
+    written: bool
+
+
+@dataclass(frozen=True)
+class Assignment:
+    rows: dict[str, Row]
+    # The sheet's grid as last recorded: rows above it need the grid grown first.
+    grid_rows: int
+
+
+class LeaseLost(Exception):
+    """Another worker took this lease over (this one was presumed dead): stop, and let the
+    event be delivered again."""
+
+
 class ExportStore:
     def __init__(self, db: firestore.Client) -> None:
         self._db = db
@@ -31,8 +55,8 @@ class ExportStore:
     def export_ref(self, job_id: str) -> firestore.DocumentReference:
         return self._db.collection("jobs").document(job_id).collection("exports").document("sheets")
 
-    def _alloc_ref(self, job_id: str) -> firestore.DocumentReference:
-        return self.export_ref(job_id).collection("state").document("rows")
+    def _state_ref(self, job_id: str, name: str) -> firestore.DocumentReference:
+        return self.export_ref(job_id).collection("state").document(name)
 
     def _row_ref(self, job_id: str, item_id: str) -> firestore.DocumentReference:
         return self.export_ref(job_id).collection("rows").document(item_id)
@@ -44,16 +68,16 @@ class ExportStore:
         return snap.to_dict() if snap.exists else None
 
     def create(self, job_id: str, export: dict[str, Any], grid_rows: int) -> bool:
-        """Record the export once: False if the job already had one (which is left as it was)."""
-        ref, alloc = self.export_ref(job_id), self._alloc_ref(job_id)
+        """Record the export once, its `created_at` the commit time (the instant from which every
+        result's write is seen with the export in place). False if the job already had one."""
+        ref, alloc = self.export_ref(job_id), self._state_ref(job_id, "rows")
 
         @firestore.transactional
         def run(tx: firestore.Transaction) -> bool:
             if ref.get(transaction=tx).exists:
                 return False
-            tx.create(ref, export)
-            tx.set(alloc, {"next_row": HEADER_ROW + 1, "grid_rows": grid_rows, "written": 0,
-                           "flush": None})  # fmt: skip
+            tx.create(ref, {**export, "created_at": firestore.SERVER_TIMESTAMP})
+            tx.set(alloc, {"next_row": HEADER_ROW + 1, "grid_rows": grid_rows, "written": 0})
             return True
 
         return bool(run(self._db.transaction()))
@@ -61,90 +85,206 @@ class ExportStore:
     def update(self, job_id: str, fields: dict[str, Any]) -> None:
         self.export_ref(job_id).update(fields)
 
+    def reschedule_failed(self, job_id: str, *, now: datetime) -> bool:
+        """A failed backfill becomes pending again (which triggers it); any other state stays."""
+        ref = self.export_ref(job_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> bool:
+            snap = ref.get(transaction=tx)
+            if not snap.exists or snap.get("backfill_state") != "failed":
+                return False
+            tx.update(ref, {"backfill_state": "pending", "backfill_error": None,
+                            "updated_at": now})  # fmt: skip
+            return True
+
+        return bool(run(self._db.transaction()))
+
     def progress(self, job_id: str) -> dict[str, Any]:
-        return self._alloc_ref(job_id).get().to_dict() or {}
+        """The allocator and the backfill's record: rows written, grid size, cursor."""
+        refs = [self._state_ref(job_id, "rows"), self._state_ref(job_id, "backfill")]
+        docs = {s.id: s.to_dict() or {} for s in self._db.get_all(refs)}  # in no set order
+        return {**docs.get("rows", {}), "backfill": docs.get("backfill", {})}
 
-    # -- fixed rows ------------------------------------------------------------------------------
+    # -- rows ------------------------------------------------------------------------------------
 
-    def assign_rows(self, job_id: str, values: Mapping[str, Sequence[Any]]) -> dict[str, int]:
-        """Give each item its row, once: an item that has a row keeps it (and its values)."""
-        rows: dict[str, int] = {}
+    def enqueue(self, job_id: str, item_id: str, values: Sequence[Any]) -> bool:
+        """Queue a result for the writer, once: False if the item already has its row document."""
+        try:
+            self._row_ref(job_id, item_id).create(
+                {"row": None, "values": list(values), "written": False,
+                 "queued_at": firestore.SERVER_TIMESTAMP}
+            )  # fmt: skip
+        except AlreadyExists:
+            return False
+        return True
+
+    def assign_rows(self, job_id: str, values: Mapping[str, Sequence[Any]]) -> Assignment:
+        """Give each item its row, once. An item that has its row document keeps its values and
+        its number (or is numbered now); one that has none gets it, with `values`."""
+        rows: dict[str, Row] = {}
+        grid = 0
         items = list(values)
         for start in range(0, len(items), ASSIGN_CHUNK):
-            rows |= self._assign(
-                job_id, {i: values[i] for i in items[start : start + ASSIGN_CHUNK]}
-            )
-        return rows
+            chunk = {i: values[i] for i in items[start : start + ASSIGN_CHUNK]}
+            assigned = self._assign(job_id, chunk)
+            rows |= assigned.rows
+            grid = assigned.grid_rows
+        return Assignment(rows, grid)
 
-    def _assign(self, job_id: str, values: Mapping[str, Sequence[Any]]) -> dict[str, int]:
-        alloc = self._alloc_ref(job_id)
+    def _assign(self, job_id: str, values: Mapping[str, Sequence[Any]]) -> Assignment:
+        alloc = self._state_ref(job_id, "rows")
         refs = {item_id: self._row_ref(job_id, item_id) for item_id in values}
 
         @firestore.transactional
-        def run(tx: firestore.Transaction) -> dict[str, int]:
+        def run(tx: firestore.Transaction) -> Assignment:
             state = alloc.get(transaction=tx).to_dict() or {}
-            taken = {
-                snap.id: int(snap.get("row"))
-                for snap in tx.get_all(list(refs.values()))
-                if snap.exists
-            }
-            rows, next_row = allocate(taken, list(values), int(state.get("next_row", 2)))
-            for item_id, row in rows.items():
-                if item_id not in taken:
-                    tx.create(refs[item_id], {"row": row, "values": list(values[item_id]),
+            found = {s.id: s.to_dict() or {} for s in tx.get_all(list(refs.values())) if s.exists}
+            numbered = {i: int(doc["row"]) for i, doc in found.items() if doc.get("row")}
+            next_row = int(state.get("next_row", HEADER_ROW + 1))
+            numbers, after = allocate(numbered, list(values), next_row)
+            rows: dict[str, Row] = {}
+            for item_id, number in numbers.items():
+                doc = found.get(item_id)
+                if doc is None:
+                    tx.create(refs[item_id], {"row": number, "values": list(values[item_id]),
                                               "written": False})  # fmt: skip
-            if next_row != state.get("next_row"):
-                tx.update(alloc, {"next_row": next_row})
-            return rows
+                    rows[item_id] = Row(number, list(values[item_id]), False)
+                    continue
+                if item_id not in numbered:
+                    tx.update(refs[item_id], {"row": number})
+                rows[item_id] = Row(number, list(doc["values"]), bool(doc.get("written")))
+            if after != next_row:
+                tx.update(alloc, {"next_row": after})
+            return Assignment(rows, int(state.get("grid_rows", 0)))
 
-        result: dict[str, int] = run(self._db.transaction())
+        result: Assignment = run(self._db.transaction())
         return result
 
-    def unwritten(self, job_id: str, limit: int) -> dict[str, tuple[int, list[Any]]]:
-        """Rows given but not yet confirmed written: item -> (row, values)."""
+    def unwritten(self, job_id: str, limit: int) -> dict[str, list[Any]]:
+        """Queued or numbered rows not yet confirmed in the sheet: item -> values."""
         query = (
             self.export_ref(job_id).collection("rows")
             .where(filter=FieldFilter("written", "==", False)).limit(limit)
         )  # fmt: skip
-        return {
-            snap.id: (int(snap.get("row")), list(snap.get("values"))) for snap in query.stream()
-        }
+        return {snap.id: list(snap.get("values")) for snap in query.stream()}
 
-    def mark_written(self, job_id: str, item_ids: Sequence[str]) -> None:
-        if not item_ids:
-            return
-        batch = self._db.batch()
-        for item_id in item_ids:
-            batch.update(self._row_ref(job_id, item_id), {"written": True})
-        batch.set(self._alloc_ref(job_id), {"written": firestore.Increment(len(item_ids))},
-                  merge=True)  # fmt: skip
-        batch.commit()
+    def mark_written(self, job_id: str, item_ids: Sequence[str]) -> int:
+        """Record rows as in the sheet; only the ones not recorded yet are counted."""
+        counted = 0
+        for start in range(0, len(item_ids), ASSIGN_CHUNK):
+            counted += self._mark(job_id, item_ids[start : start + ASSIGN_CHUNK])
+        return counted
+
+    def _mark(self, job_id: str, item_ids: Sequence[str]) -> int:
+        alloc = self._state_ref(job_id, "rows")
+        refs = [self._row_ref(job_id, item_id) for item_id in item_ids]
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> int:
+            fresh = [s.reference for s in tx.get_all(refs) if s.exists and not s.get("written")]
+            for ref in fresh:
+                tx.update(ref, {"written": True})
+            # A write got through: whatever stopped the export before is over.
+            tx.update(alloc, {"written": firestore.Increment(len(fresh)), "last_error": None})
+            return len(fresh)
+
+        return int(run(self._db.transaction()))
 
     def set_grid_rows(self, job_id: str, rows: int) -> None:
-        self._alloc_ref(job_id).update({"grid_rows": rows})
+        self._state_ref(job_id, "rows").update({"grid_rows": rows})
 
-    # -- the flush lease: one writer at a time drains a job's unwritten rows ----------------------
+    # -- leases: one flusher and one backfill run per job at a time --------------------------------
 
-    def take_flush(self, job_id: str, *, now: datetime, seconds: float) -> str | None:
-        alloc, token = self._alloc_ref(job_id), uuid.uuid4().hex
+    def take_lease(self, job_id: str, name: str, *, now: datetime, seconds: float) -> str | None:
+        """The lease `name` for `seconds`, if nobody holds it or its holder let it expire."""
+        ref, token = self._state_ref(job_id, name), uuid.uuid4().hex
 
         @firestore.transactional
         def run(tx: firestore.Transaction) -> bool:
-            lease = (alloc.get(transaction=tx).to_dict() or {}).get("flush") or {}
-            if lease.get("until") is not None and lease["until"] > now:
+            until = (ref.get(transaction=tx).to_dict() or {}).get("until")
+            if until is not None and until > now:
                 return False
-            tx.update(alloc, {"flush": {"token": token, "until": now + timedelta(seconds=seconds)}})
+            tx.set(ref, {"token": token, "until": now + timedelta(seconds=seconds)}, merge=True)
             return True
 
         return token if run(self._db.transaction()) else None
 
-    def release_flush(self, job_id: str, token: str) -> None:
-        alloc = self._alloc_ref(job_id)
+    def renew_lease(
+        self, job_id: str, name: str, token: str, *, now: datetime, seconds: float,
+        fields: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """Extend the lease, recording `fields` with it; LeaseLost if another took it over."""
+        ref = self._state_ref(job_id, name)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> bool:
+            if (ref.get(transaction=tx).to_dict() or {}).get("token") != token:
+                return False
+            tx.update(ref, {**(fields or {}), "until": now + timedelta(seconds=seconds)})
+            return True
+
+        if not run(self._db.transaction()):
+            raise LeaseLost(f"the {name} lease of job {job_id} was taken over")
+
+    def release_lease(self, job_id: str, name: str, token: str) -> None:
+        ref = self._state_ref(job_id, name)
 
         @firestore.transactional
         def run(tx: firestore.Transaction) -> None:
-            lease = (alloc.get(transaction=tx).to_dict() or {}).get("flush") or {}
-            if lease.get("token") == token:
-                tx.update(alloc, {"flush": None})
+            if (ref.get(transaction=tx).to_dict() or {}).get("token") == token:
+                tx.update(ref, {"token": None, "until": None})
 
         run(self._db.transaction())
+
+    def backfill_record(self, job_id: str) -> dict[str, Any]:
+        """The backfill's cursor ({finished_at, item_id} of the last row it wrote) and rows."""
+        return self._state_ref(job_id, "backfill").get().to_dict() or {}
+
+    def set_last_error(self, job_id: str, message: str) -> None:
+        self._state_ref(job_id, "rows").update({"last_error": message})
+
+    # -- for the sweeper: exports whose worker died ------------------------------------------------
+
+    def stranded_rows(self, *, queued_before: datetime, limit: int = 500) -> set[str]:
+        """Jobs with results queued for the writer before `queued_before` and still unwritten:
+        their flusher died (a live one drains a queue within seconds)."""
+        query = (
+            self._db.collection_group("rows")
+            .where(filter=FieldFilter("written", "==", False))
+            .where(filter=FieldFilter("queued_at", "<", queued_before))
+            .limit(limit)
+        )
+        return {_job_of(snap.reference) for snap in query.stream()}
+
+    def stalled_backfills(self, *, now: datetime, idle_since: datetime) -> set[str]:
+        """Jobs whose backfill is `running` with an expired lease, or `pending` with no run since
+        `idle_since` (the trigger that should have started it was lost)."""
+        query = self._db.collection_group("exports").where(
+            filter=FieldFilter("backfill_state", "in", ["pending", "running"])
+        )
+        exports = {_job_of(snap.reference): snap.to_dict() or {} for snap in query.stream()}
+        if not exports:
+            return set()
+        leases = {
+            _job_of(snap.reference): snap.to_dict() or {}
+            for snap in self._db.get_all([self._state_ref(j, "backfill") for j in exports])
+        }
+        stalled = set()
+        for job_id, export in exports.items():
+            until = leases.get(job_id, {}).get("until")
+            if until is not None and until > now:
+                continue
+            changed = export.get("updated_at") or export.get("created_at")
+            if export.get("backfill_state") == "running" or changed is None or changed < idle_since:
+                stalled.add(job_id)
+        return stalled
+
+    def nudge(self, job_id: str, now: datetime) -> None:
+        """Touch the export: its trigger runs the backfill function, which resumes what stalled."""
+        self.export_ref(job_id).update({"nudged_at": now})
+
+
+def _job_of(ref: firestore.DocumentReference) -> str:
+    """The job id of a document anywhere below `jobs/{job}`."""
+    return ref.path.split("/")[1]

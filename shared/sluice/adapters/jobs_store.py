@@ -237,6 +237,22 @@ class JobStore:
             query = query.start_after({"__name__": self.item_ref(job_id, after)})
         return [(snap.id, snap.to_dict() or {}) for snap in query.stream()]
 
+    def succeeded_before(
+        self, job_id: str, before: datetime, *, after: dict[str, Any] | None, limit: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Succeeded items that finished before `before`, in (finished_at, id) order, from just
+        after the cursor `after` ({finished_at, item_id}): a stable order a restart resumes."""
+        query = (
+            self.job_ref(job_id).collection("items")
+            .where(filter=FieldFilter("state", "==", "succeeded"))
+            .where(filter=FieldFilter("finished_at", "<", before))
+            .order_by("finished_at").order_by("__name__").limit(limit)
+        )  # fmt: skip
+        if after:
+            last = self.item_ref(job_id, after["item_id"])
+            query = query.start_after({"finished_at": after["finished_at"], "__name__": last})
+        return [(snap.id, snap.to_dict() or {}) for snap in query.stream()]
+
     # -- item state changes ---------------------------------------------------------------------
 
     def _apply(

@@ -80,13 +80,17 @@ class SheetsAPI:
             raise ProviderError(f"Sheets API unreachable: {exc}", permanent=False) from None
 
     def create(self, title: str, sheet_title: str, header: Sequence[str]) -> Created:
-        body = {"properties": {"title": title}, "sheets": [{"properties": {"title": sheet_title}}]}
+        """A spreadsheet with one sheet whose first row is `header`: one write request."""
+        cells = [{"userEnteredValue": {"stringValue": str(h)}} for h in header]
+        sheet = {
+            "properties": {"title": sheet_title},
+            "data": [{"startRow": 0, "startColumn": 0, "rowData": [{"values": cells}]}],
+        }
+        body = {"properties": {"title": title}, "sheets": [sheet]}  # fmt: skip
         made = self._run(self._service().spreadsheets().create(body=body))
         props = made["sheets"][0]["properties"]
-        created = Created(made["spreadsheetId"], made["spreadsheetUrl"], int(props["sheetId"]),
-                          int(props["gridProperties"]["rowCount"]))  # fmt: skip
-        self.write_rows(created.spreadsheet_id, sheet_title, {1: list(header)})
-        return created
+        return Created(made["spreadsheetId"], made["spreadsheetUrl"], int(props["sheetId"]),
+                       int(props["gridProperties"]["rowCount"]))  # fmt: skip
 
     def row_count(self, spreadsheet_id: str, sheet_title: str) -> int:
         got = self._run(self._service().spreadsheets().get(spreadsheetId=spreadsheet_id))

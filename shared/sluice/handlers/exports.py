@@ -1,34 +1,338 @@
-"""The Firestore-triggered functions of the Sheets export: they react to item and export writes.
+"""The Sheets export: configure it (status-api), write new results (sheets-writer) and the ones
+that came before it (backfill).
 
-The export itself (configure-sheets, the incremental writer and the backfill) is not built yet:
-until a job has an export document nothing is written anywhere, which is what these do today.
+Exactly once, whatever is delivered twice or dies half-way:
+- every result gets one row document (`ExportStore`), created by whoever sees it first, and one
+  row number, given once; every write goes to that fixed row, so a repeat lands on the same cells;
+- the partition: the backfill takes the results that finished before the export's `created_at`
+  (the commit time of the export); the writer takes every result whose write it sees once the
+  export exists. A result that finished just before `created_at` but whose write committed after
+  it (its transaction was in flight) reaches both: its row document makes that harmless, and
+  without the writer it could be missed, since the backfill's query may already have passed it.
+- one flusher per job drains the queued rows, up to `rows_per_call` per write: under load the
+  rows queued while one call is in flight go out together in the next.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from sluice import wiring
+from sluice.adapters.exports_store import ExportStore, Row
+from sluice.adapters.jobs_store import JobStore
+from sluice.adapters.limiter import Limiter
+from sluice.adapters.outside import ProviderError
+from sluice.adapters.sheets_api import SheetsAPI
+from sluice.domain.sheets import columns, exported, row_of, rows_to_add
 from sluice.events import DocumentChange
+from sluice.handlers.auth import Tenant, own_job
+from sluice.problems import Problem
+from sluice.topology import Exports
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+FEATURES = ("batches", "whatsapp", "sheets_export", "completion_callbacks")
+
 
 @dataclass(frozen=True)
-class Skipped:
+class SheetsDeps:
+    exports: ExportStore
+    jobs: JobStore
+    sheets: SheetsAPI
+    # The Sheets write quota, shared by every writer, backfill and configure call.
+    limiter: Limiter
+    settings: Exports
+    capacity_wait_seconds: float
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Outcome:
     path: str
-    reason: str
+    action: str
+    detail: str = ""
 
 
-def on_item_written(change: DocumentChange) -> Skipped:
+class NoCapacity(Exception):
+    """No Sheets write slot came free in time: deliver the event again later."""
+
+
+def _write_call(deps: SheetsDeps, call: Callable[[], T], *, tenant: str, interactive: bool) -> T:
+    """One write request under the Sheets quota. A 429 slows every instance down, then raises,
+    like any transient error, for the event to be delivered again."""
+    permit = deps.limiter.acquire(
+        tenant=tenant, interactive=interactive, wait=deps.capacity_wait_seconds
+    )
+    if permit is None:
+        raise NoCapacity("no Sheets write capacity came free in time")
+    try:
+        return call()
+    except ProviderError as error:
+        if error.rate_limited:
+            deps.limiter.rate_limited(error.retry_after)
+        raise
+    finally:
+        deps.limiter.release(permit)
+
+
+# -- status-api ------------------------------------------------------------------------------------
+
+
+def features(tenant: Tenant) -> dict[str, Any]:
+    """What a frontend asks before it shows a button: which features this tenant has."""
+    enabled = {
+        "batches": True,
+        "whatsapp": bool(tenant.doc.get("phone_number_ids")),
+        "sheets_export": bool(tenant.doc.get("sheets_enabled")),
+        "completion_callbacks": bool(tenant.doc.get("callback_url")),
+    }
+    return {"tenant": tenant.id, "name": tenant.doc.get("name"), "features": enabled}
+
+
+def _require_sheets(tenant: Tenant) -> None:
+    if not tenant.doc.get("sheets_enabled"):
+        raise Problem(
+            403, "Sheets export not enabled",
+            f"Google Sheets export is not enabled for tenant {tenant.id}; "
+            "ask the Sluice operator to enable it (sluice tenants create --sheets)",
+        )  # fmt: skip
+
+
+def export_view(job_id: str, export: dict[str, Any], progress: dict[str, Any]) -> dict[str, Any]:
+    backfill = progress.get("backfill") or {}
+    return {
+        "batch_id": job_id,
+        "spreadsheet_id": export.get("spreadsheet_id"),
+        "spreadsheet_url": export.get("spreadsheet_url"),
+        "spreadsheet_name": export.get("spreadsheet_name"),
+        "created_at": export.get("created_at"),
+        "backfill_state": export.get("backfill_state"),
+        "backfill_error": export.get("backfill_error"),
+        "backfill_rows": backfill.get("rows", 0),
+        "rows_written": progress.get("written", 0),
+        "last_error": progress.get("last_error"),
+    }
+
+
+def configure_sheets(deps: SheetsDeps, tenant: Tenant, job_id: str) -> tuple[dict[str, Any], bool]:
+    """Create the job's spreadsheet with its header row and record the export; the backfill
+    starts from the export's trigger, after this has answered. Again: the same spreadsheet, and a
+    failed backfill scheduled once more. Returns the export and whether it is new."""
+    _require_sheets(tenant)
+    job = own_job(deps.jobs.get_job(job_id), tenant, job_id)
+    created = False
+    if deps.exports.get(job_id) is None:
+        created = _create_export(deps, tenant, job_id, job)
+    elif not deps.exports.reschedule_failed(job_id, now=deps.clock()):
+        # Whatever else stopped (a queue left by a writer that lost access) runs again.
+        deps.exports.nudge(job_id, deps.clock())
+    export = deps.exports.get(job_id) or {}
+    return export_view(job_id, export, deps.exports.progress(job_id)), created
+
+
+def _create_export(deps: SheetsDeps, tenant: Tenant, job_id: str, job: dict[str, Any]) -> bool:
+    kind = str(job.get("kind") or "batch")
+    name = f"Sluice {kind} {job_id}"
+    title = deps.settings.sheet_title
+    try:
+        made = _write_call(
+            deps, lambda: deps.sheets.create(name, title, columns(kind)),
+            tenant=tenant.id, interactive=True,
+        )  # fmt: skip
+    except NoCapacity:
+        raise Problem(503, "Sheets busy", "the Sheets write quota is in use; try again",
+                      headers={"Retry-After": "10"}) from None  # fmt: skip
+    except ProviderError as error:
+        if error.permanent:
+            raise Problem(502, "Google Sheets refused", str(error)) from None
+        retry = str(int(error.retry_after or 5))
+        raise Problem(503, "Google Sheets unavailable", str(error),
+                      headers={"Retry-After": retry}) from None  # fmt: skip
+    now = deps.clock()
+    export = {
+        "tenant": tenant.id,
+        "kind": kind,
+        "spreadsheet_id": made.spreadsheet_id,
+        "spreadsheet_url": made.url,
+        "spreadsheet_name": name,
+        "sheet_title": title,
+        "sheet_id": made.sheet_id,
+        "backfill_state": "pending",
+        "backfill_error": None,
+        "updated_at": now,
+    }
+    if deps.exports.create(job_id, export, grid_rows=made.rows):
+        return True
+    # Configured twice at once: the other call's export stands; this spreadsheet is left unused.
+    log.warning("job %s: spreadsheet %s unused, another export won", job_id, made.spreadsheet_id)
+    return False
+
+
+def export_status(deps: SheetsDeps, tenant: Tenant, job_id: str) -> dict[str, Any]:
+    _require_sheets(tenant)
+    own_job(deps.jobs.get_job(job_id), tenant, job_id)
+    export = deps.exports.get(job_id)
+    if export is None:
+        raise Problem(404, "Not Found", f"batch {job_id} has no Sheets export; POST to configure")
+    return export_view(job_id, export, deps.exports.progress(job_id))
+
+
+# -- writing rows ----------------------------------------------------------------------------------
+
+
+def _write(deps: SheetsDeps, job_id: str, export: dict[str, Any], rows: dict[str, Row],
+           grid_rows: int) -> int:  # fmt: skip
+    """Write numbered rows to their fixed ranges (growing the grid first if they need it) and
+    record them; returns how many were new."""
+    if not rows:
+        return 0
+    tenant, spreadsheet = str(export.get("tenant")), str(export["spreadsheet_id"])
+    sheet_id = int(export["sheet_id"])
+    highest = max(r.number for r in rows.values())
+    if highest > grid_rows:
+        # The recorded size may be stale (another writer grew it): ask the sheet itself.
+        actual = deps.sheets.row_count(spreadsheet, export["sheet_title"])
+        add = rows_to_add(highest, actual)
+        if add:
+            _write_call(deps, lambda: deps.sheets.add_rows(spreadsheet, sheet_id, add),
+                        tenant=tenant, interactive=False)  # fmt: skip
+        deps.exports.set_grid_rows(job_id, actual + add)
+    by_number = {r.number: r.values for r in rows.values()}
+    _write_call(deps, lambda: deps.sheets.write_rows(spreadsheet, export["sheet_title"], by_number),
+                tenant=tenant, interactive=False)  # fmt: skip
+    return deps.exports.mark_written(job_id, list(rows))
+
+
+def flush(deps: SheetsDeps, job_id: str, export: dict[str, Any]) -> int:
+    """Drain the job's queued rows, if no other writer is: a live flusher looks again after it
+    lets go, so a row queued while it held the lease is never left behind. Returns rows written."""
+    settings, written = deps.settings, 0
+    while True:
+        token = deps.exports.take_lease(
+            job_id, "flush", now=deps.clock(), seconds=settings.lease_seconds
+        )
+        if token is None:
+            return written
+        try:
+            while queued := deps.exports.unwritten(job_id, settings.rows_per_call):
+                assigned = deps.exports.assign_rows(job_id, queued)
+                written += _write(deps, job_id, export, assigned.rows, assigned.grid_rows)
+                deps.exports.renew_lease(
+                    job_id, "flush", token, now=deps.clock(), seconds=settings.lease_seconds
+                )
+        finally:
+            deps.exports.release_lease(job_id, "flush", token)
+        if not deps.exports.unwritten(job_id, 1):
+            return written
+
+
+def _record_permanent(deps: SheetsDeps, job_id: str, error: ProviderError) -> None:
+    """The sheet refuses for good (deleted, access removed): keep the queue, say why, and wait
+    for the user to configure again."""
+    log.error("job %s: Sheets export stopped: %s", job_id, error)
+    deps.exports.set_last_error(job_id, str(error))
+
+
+def on_item_written(deps: SheetsDeps, change: DocumentChange) -> Outcome:
+    """sheets-writer: a result's write, seen after its job's export exists, goes to the sheet."""
+    job_id, item_id = change.parts[1], change.parts[3]
+    if change.after is None or not exported(change.after):
+        return Outcome(change.path, "skipped", "not a succeeded result")
+    export = deps.exports.get(job_id)
+    if export is None:
+        return Outcome(change.path, "skipped", "the job has no Sheets export")
+    values = row_of(str(export.get("kind")), item_id, change.after)
+    queued = deps.exports.enqueue(job_id, item_id, values)
+    try:
+        written = flush(deps, job_id, export)
+    except ProviderError as error:
+        if not error.permanent:
+            raise
+        _record_permanent(deps, job_id, error)
+        return Outcome(change.path, "failed", str(error))
+    return Outcome(change.path, "queued" if queued else "seen before", f"{written} rows written")
+
+
+# -- backfill --------------------------------------------------------------------------------------
+
+
+def on_export_written(deps: SheetsDeps, change: DocumentChange) -> Outcome:
+    """backfill: runs (or resumes) the backfill while it is pending or running, then drains any
+    rows a dead writer left queued (the sweeper touches the export for both)."""
     job_id = change.parts[1]
-    if not wiring.job_store().job_ref(job_id).collection("exports").document("sheets").get().exists:
-        return Skipped(change.path, "the job has no Sheets export")
-    log.warning("job %s has a Sheets export, which this version does not write", job_id)
-    return Skipped(change.path, "Sheets writing is not part of this version")
+    export = deps.exports.get(job_id)  # as it is now: events arrive in no particular order
+    if export is None:
+        return Outcome(change.path, "skipped", "the export no longer exists")
+    action = "idle"
+    if export.get("backfill_state") in ("pending", "running"):
+        try:
+            action = backfill(deps, job_id, export)
+        except ProviderError as error:
+            if not error.permanent:
+                raise
+            deps.exports.update(job_id, {"backfill_state": "failed", "backfill_error": str(error),
+                                         "updated_at": deps.clock()})  # fmt: skip
+            return Outcome(change.path, "backfill failed", str(error))
+    try:
+        written = flush(deps, job_id, export)
+    except ProviderError as error:
+        if not error.permanent:
+            raise
+        _record_permanent(deps, job_id, error)
+        return Outcome(change.path, "failed", str(error))
+    return Outcome(change.path, action, f"{written} queued rows written")
 
 
-def on_export_written(change: DocumentChange) -> Skipped:
-    log.warning("export %s written; backfill is not part of this version", change.path)
-    return Skipped(change.path, "backfill is not part of this version")
+def backfill(deps: SheetsDeps, job_id: str, export: dict[str, Any]) -> str:
+    """Write the results that finished before the export, `rows_per_call` per write, recording a
+    cursor after each so a restart resumes there. After `backfill_budget_seconds` it hands over to
+    a fresh invocation (an event function runs at most 9 minutes)."""
+    settings = deps.settings
+    token = deps.exports.take_lease(
+        job_id, "backfill", now=deps.clock(), seconds=settings.lease_seconds
+    )
+    if token is None:
+        return "running elsewhere"
+    state = "completed"
+    try:
+        if export.get("backfill_state") != "running":
+            deps.exports.update(job_id, {"backfill_state": "running", "updated_at": deps.clock()})
+        record = deps.exports.backfill_record(job_id)
+        cursor, done = record.get("cursor"), int(record.get("rows") or 0)
+        started, kind = time.monotonic(), str(export.get("kind"))
+        while page := deps.jobs.succeeded_before(
+            job_id, export["created_at"], after=cursor, limit=settings.rows_per_call
+        ):
+            assigned = deps.exports.assign_rows(
+                job_id, {item_id: row_of(kind, item_id, item) for item_id, item in page}
+            )
+            unwritten = {i: r for i, r in assigned.rows.items() if not r.written}
+            _write(deps, job_id, export, unwritten, assigned.grid_rows)
+            last_id, last = page[-1]
+            cursor = {"finished_at": last["finished_at"], "item_id": last_id}
+            done += len(page)
+            deps.exports.renew_lease(
+                job_id, "backfill", token, now=deps.clock(), seconds=settings.lease_seconds,
+                fields={"cursor": cursor, "rows": done},
+            )  # fmt: skip
+            if len(page) < settings.rows_per_call:
+                break
+            if time.monotonic() - started > settings.backfill_budget_seconds:
+                state = "pending"
+                break
+    finally:
+        deps.exports.release_lease(job_id, "backfill", token)
+    # Only once the lease is let go: a "pending" hand-over triggers the next invocation, which
+    # must find the lease free.
+    now = deps.clock()
+    fields: dict[str, Any] = {"backfill_state": state, "updated_at": now}
+    if state == "completed":
+        fields["backfill_completed_at"] = now
+    deps.exports.update(job_id, fields)
+    return f"backfill {state}"

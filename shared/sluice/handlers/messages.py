@@ -67,8 +67,10 @@ def _dispatch(message: PubSubMessage) -> Outcome | None:
         return sweep(
             wiring.job_store(),
             wiring.publisher(),
+            wiring.export_store(),
             now=now(),
             stall=timedelta(seconds=limits.stall_seconds),
+            export_lease=timedelta(seconds=topology.exports.lease_seconds),
         )
     source = topology.dead_letter_source(message.topic)
     if source is not None:

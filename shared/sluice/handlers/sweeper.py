@@ -6,7 +6,10 @@
   as long, get new messages: a requeue whose publish failed (retry-failed answered 503) leaves
   items no message will ever reach. `stall` must exceed the subscription's longest retry backoff,
   or items waiting out their backoff would get duplicate messages;
-- a completion whose callback is still pending after `stall` gets its batch-events message again.
+- a completion whose callback is still pending after `stall` gets its batch-events message again;
+- a Sheets export whose backfill or writer died (its lease expired with work left: a backfill
+  still `running`, or results queued and unwritten) is touched, which triggers the backfill
+  function to resume it.
 
 Every message it sends may duplicate a live one; that is harmless, since a delivery claims its item
 in a transaction and a finished item or a settled callback acknowledges a repeat.
@@ -18,6 +21,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
 from sluice.domain.items import ItemState, lease_live, stalled
@@ -32,9 +36,18 @@ class SweepReport:
     taken_over: int = 0
     requeued: int = 0
     callbacks: int = 0
+    exports: int = 0
 
 
-def sweep(store: JobStore, publisher: Publisher, *, now: datetime, stall: timedelta) -> Outcome:
+def sweep(
+    store: JobStore,
+    publisher: Publisher,
+    exports: ExportStore,
+    *,
+    now: datetime,
+    stall: timedelta,
+    export_lease: timedelta,
+) -> Outcome:
     taken_over = requeued = 0
     for job_id in store.open_batches():
         orphans = [
@@ -61,7 +74,13 @@ def sweep(store: JobStore, publisher: Publisher, *, now: datetime, stall: timede
             BATCH_EVENTS,
             (BatchCompleted(job_id=job, completion=n).model_dump() for job, n in callbacks),
         )
-    report = SweepReport(taken_over, requeued, len(callbacks))
+    # Twice the lease: a live writer renews it after every write call and drains within seconds.
+    idle = now - 2 * export_lease
+    resumed = exports.stalled_backfills(now=now, idle_since=idle)
+    resumed |= exports.stranded_rows(queued_before=idle)
+    for job_id in sorted(resumed):
+        exports.nudge(job_id, now)
+    report = SweepReport(taken_over, requeued, len(callbacks), len(resumed))
     if report != SweepReport():
         log.warning("sweep republished %s", report)
     return Outcome("sweep", "done", str(report))

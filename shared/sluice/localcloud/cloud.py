@@ -111,6 +111,7 @@ class Deployment:
     topology_overrides: dict[str, Any] = field(default_factory=dict)
     provider_args: list[str] = field(default_factory=list)
     graph_args: list[str] = field(default_factory=list)
+    sheets_args: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     functions: dict[str, FunctionProcess] = field(default_factory=dict)
     _servers: dict[str, Any] = field(default_factory=dict)
@@ -126,7 +127,7 @@ class Deployment:
         self.topology_path.write_text(yaml.safe_dump(self.topology.model_dump(mode="json")))
         self.scheduler = Scheduler(self.project, self.topology.schedules)
         self.server_ports = {
-            name: self.ports.get(name) or free_port() for name in ("provider", "graph")
+            name: self.ports.get(name) or free_port() for name in ("provider", "graph", "sheets")
         }
         # WhatsApp secrets of this deployment (passed to the Graph server as --flag=value: a
         # token may start with "-"): Meta's app secret, the verify token, the token
@@ -147,6 +148,10 @@ class Deployment:
     def graph_url(self) -> str:
         return f"http://127.0.0.1:{self.server_ports['graph']}"
 
+    @property
+    def sheets_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_ports['sheets']}"
+
     def url(self, function: str) -> str:
         return self.functions[function].url
 
@@ -158,6 +163,7 @@ class Deployment:
             "SLUICE_STATUS_API_URL": self.url("status-api"),
             "SLUICE_AI_PROVIDER_URL": self.provider_url,
             "SLUICE_WHATSAPP_GRAPH_URL": self.graph_url,
+            "SLUICE_SHEETS_ENDPOINT": self.sheets_url,
             "SLUICE_WHATSAPP_APP_SECRET": self.whatsapp["app_secret"],
             "SLUICE_WHATSAPP_VERIFY_TOKEN": self.whatsapp["verify_token"],
             "SLUICE_WHATSAPP_ACCESS_TOKEN": self.whatsapp["access_token"],
@@ -170,6 +176,7 @@ class Deployment:
             "provider": ("provider_server", self.provider_args),
             "graph": ("graph_server", [f"--access-token={self.whatsapp['access_token']}",
                                        *self.graph_args]),
+            "sheets": ("sheets_server", self.sheets_args),
         }  # fmt: skip
         for name, (module, args) in servers.items():
             self._servers[name] = spawn(
@@ -286,7 +293,12 @@ class Deployment:
             "functions": {name: fn.url for name, fn in self.functions.items()},
             "emulators": self.cloud.emulators.env(),
             "trigger_router": f"http://{self.cloud.router.host}",
-            "servers": {"ai_provider": self.provider_url, "whatsapp_graph": self.graph_url},
+            "servers": {
+                "ai_provider": self.provider_url,
+                "whatsapp_graph": self.graph_url,
+                # Read what an export wrote with the real client: SheetsAPI(endpoint=this URL).
+                "sheets": self.sheets_url,
+            },
             "whatsapp": self.whatsapp,
             "logs": str(self.dir),
         }

@@ -140,6 +140,8 @@ class Store:
         self.spreadsheets: dict[str, Spreadsheet] = {}
         self.writes = SlidingWindow(60.0)
         self.stats: dict[str, int] = {}
+        # Spreadsheets whose owner removed the caller's access: every write is a 403.
+        self.revoked: set[str] = set()
 
     def count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
@@ -151,9 +153,16 @@ class Store:
         for i, spec in enumerate(sheet_specs):
             props = spec.get("properties") or {}
             grid = props.get("gridProperties") or {}
-            sheets.append(Sheet(i, props.get("title") or f"Sheet{i + 1}",
-                                int(grid.get("rowCount", NEW_SHEET_ROWS)),
-                                int(grid.get("columnCount", NEW_SHEET_COLUMNS))))  # fmt: skip
+            sheet = Sheet(i, props.get("title") or f"Sheet{i + 1}",
+                          int(grid.get("rowCount", NEW_SHEET_ROWS)),
+                          int(grid.get("columnCount", NEW_SHEET_COLUMNS)))  # fmt: skip
+            # Initial contents (GridData from A1): how a header row is written with the create.
+            for data in spec.get("data") or []:
+                for r, row in enumerate(data.get("rowData") or []):
+                    for c, cell in enumerate(row.get("values") or []):
+                        value = (cell.get("userEnteredValue") or {}).values()
+                        sheet.cells[(r, c)] = next(iter(value), "")
+            sheets.append(sheet)
         sid = uuid.uuid4().hex + uuid.uuid4().hex[:12]
         spreadsheet = Spreadsheet(sid, title, f"{self._base_url}/spreadsheets/d/{sid}/edit", sheets)
         with self._lock:
@@ -166,8 +175,14 @@ class Store:
             raise ApiError(404, "NOT_FOUND", "Requested entity was not found.")
         return found
 
+    def writable(self, spreadsheet_id: str) -> Spreadsheet:
+        found = self.get(spreadsheet_id)
+        if spreadsheet_id in self.revoked:
+            raise ApiError(403, "PERMISSION_DENIED", "The caller does not have permission")
+        return found
+
     def write(self, spreadsheet_id: str, range_: str, values: list[list[Any]]) -> dict[str, Any]:
-        spreadsheet = self.get(spreadsheet_id)
+        spreadsheet = self.writable(spreadsheet_id)
         title, row, col, _, _ = parse_range(range_)
         with self._lock:
             sheet = spreadsheet.sheet(title)
@@ -213,7 +228,7 @@ class Store:
         return body
 
     def batch_update(self, spreadsheet_id: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
-        spreadsheet = self.get(spreadsheet_id)
+        spreadsheet = self.writable(spreadsheet_id)
         with self._lock:
             for request in requests:
                 append = request.get("appendDimension")
@@ -334,6 +349,14 @@ def create_app(config: SheetsConfig, *, base_url: str = "") -> flask.Flask:
     def read(spreadsheet_id: str, range_: str) -> flask.Response:
         return json_response(store.read(spreadsheet_id, range_))
 
+    @app.post("/_sluice/spreadsheets/<spreadsheet_id>/access")
+    def access(spreadsheet_id: str) -> flask.Response:
+        """Test control: `{"writable": false}` is the owner removing Sluice's access."""
+        writable = (flask.request.get_json(silent=True) or {}).get("writable", True)
+        with store._lock:
+            (store.revoked.discard if writable else store.revoked.add)(spreadsheet_id)
+        return json_response({"spreadsheet_id": spreadsheet_id, "writable": bool(writable)})
+
     add_control_routes(app, config, Counters(), lambda m: ApiError(400, "INVALID_ARGUMENT",
                                                                    m).response())  # fmt: skip
     return app
@@ -356,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as e:
         p.error(str(e))
     return serve(
-        lambda stopping: create_app(config, base_url=f"http://{args.host}"),
+        lambda stopping: create_app(config, base_url=f"http://{args.host}:{args.port}"),
         args.host,
         args.port,
         name="sheets-server",
