@@ -95,9 +95,8 @@ def test_one_holder_at_a_time_and_an_expired_lease_is_taken_over(exports, name):
     with pytest.raises(LeaseLost):
         exports.renew_lease("job", name, token, now=T0, seconds=60)
     assert take(62) is None
-    exports.renew_lease("job", name, taken_over, now=T0, seconds=60, fields={"cursor": {"x": 1}})
-    if name == "backfill":
-        assert exports.backfill_record("job")["cursor"] == {"x": 1}
+    exports.renew_lease("job", name, taken_over, now=T0 + timedelta(seconds=62), seconds=60)
+    assert take(100) is None  # renewed until 122
     exports.release_lease("job", name, taken_over)
     assert take(62) is not None
 
@@ -118,3 +117,16 @@ def test_the_sweeper_finds_a_stalled_backfill_and_a_queue_left_behind(exports, d
     assert exports.stranded_rows(queued_before=later) == {"job"}
     exports.mark_written("job", ["q"])
     assert exports.stranded_rows(queued_before=later) == set()
+
+
+def test_many_concurrent_takers_get_one_lease_without_waiting_on_a_lock(exports):
+    def take(_: int) -> str | None:
+        return exports.take_lease("job", "flush", now=T0, seconds=60)
+
+    with ThreadPoolExecutor(16) as pool:
+        assert sum(t is not None for t in pool.map(take, range(32))) == 1
+    later = T0 + timedelta(seconds=61)  # expired: many try to take it over, one does
+    with ThreadPoolExecutor(16) as pool:
+        tokens = list(pool.map(lambda _: exports.take_lease("job", "flush", now=later,
+                                                             seconds=60), range(32)))  # fmt: skip
+    assert sum(t is not None for t in tokens) == 1

@@ -13,13 +13,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from google.api_core.exceptions import AlreadyExists
+from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
@@ -195,47 +196,58 @@ class ExportStore:
         self._state_ref(job_id, "rows").update({"grid_rows": rows})
 
     # -- leases: one flusher and one backfill run per job at a time --------------------------------
+    # Single-document writes with preconditions, not transactions: every item event of a busy job
+    # asks for the flush lease, and a transaction per ask would queue them all on one lock.
+
+    def _lease_ref(self, job_id: str, name: str) -> firestore.DocumentReference:
+        return self.export_ref(job_id).collection("leases").document(name)
 
     def take_lease(self, job_id: str, name: str, *, now: datetime, seconds: float) -> str | None:
         """The lease `name` for `seconds`, if nobody holds it or its holder let it expire."""
-        ref, token = self._state_ref(job_id, name), uuid.uuid4().hex
+        ref, token = self._lease_ref(job_id, name), uuid.uuid4().hex
+        lease = {"token": token, "until": now + timedelta(seconds=seconds), "taken_at": now}
+        for _ in range(2):
+            try:
+                ref.create(lease)
+                return token
+            except AlreadyExists:
+                pass
+            snap = ref.get()
+            if snap.exists and snap.get("until") > now:
+                return None
+            if snap.exists:
+                # Expired: remove exactly that lease (another taker may have done it first).
+                with contextlib.suppress(FailedPrecondition, NotFound):
+                    ref.delete(option=self._db.write_option(last_update_time=snap.update_time))
+        return None
 
-        @firestore.transactional
-        def run(tx: firestore.Transaction) -> bool:
-            until = (ref.get(transaction=tx).to_dict() or {}).get("until")
-            if until is not None and until > now:
-                return False
-            tx.set(ref, {"token": token, "until": now + timedelta(seconds=seconds)}, merge=True)
-            return True
-
-        return token if run(self._db.transaction()) else None
-
-    def renew_lease(
-        self, job_id: str, name: str, token: str, *, now: datetime, seconds: float,
-        fields: Mapping[str, Any] | None = None,
-    ) -> None:  # fmt: skip
-        """Extend the lease, recording `fields` with it; LeaseLost if another took it over."""
-        ref = self._state_ref(job_id, name)
-
-        @firestore.transactional
-        def run(tx: firestore.Transaction) -> bool:
-            if (ref.get(transaction=tx).to_dict() or {}).get("token") != token:
-                return False
-            tx.update(ref, {**(fields or {}), "until": now + timedelta(seconds=seconds)})
-            return True
-
-        if not run(self._db.transaction()):
+    def renew_lease(self, job_id: str, name: str, token: str, *, now: datetime,
+                    seconds: float) -> None:  # fmt: skip
+        """Extend the lease; LeaseLost if another took it over (this holder was presumed dead)."""
+        ref = self._lease_ref(job_id, name)
+        snap = ref.get()
+        if not snap.exists or snap.get("token") != token:
             raise LeaseLost(f"the {name} lease of job {job_id} was taken over")
+        try:
+            ref.update({"until": now + timedelta(seconds=seconds)},
+                       option=self._db.write_option(last_update_time=snap.update_time))  # fmt: skip
+        except (FailedPrecondition, NotFound):
+            raise LeaseLost(f"the {name} lease of job {job_id} was taken over") from None
 
     def release_lease(self, job_id: str, name: str, token: str) -> None:
-        ref = self._state_ref(job_id, name)
+        ref = self._lease_ref(job_id, name)
+        snap = ref.get()
+        if snap.exists and snap.get("token") == token:
+            with contextlib.suppress(FailedPrecondition, NotFound):
+                ref.delete(option=self._db.write_option(last_update_time=snap.update_time))
 
-        @firestore.transactional
-        def run(tx: firestore.Transaction) -> None:
-            if (ref.get(transaction=tx).to_dict() or {}).get("token") == token:
-                tx.update(ref, {"token": None, "until": None})
+    def lease_live(self, job_id: str, name: str, now: datetime) -> bool:
+        snap = self._lease_ref(job_id, name).get()
+        return bool(snap.exists and snap.get("until") > now)
 
-        run(self._db.transaction())
+    def record_backfill(self, job_id: str, cursor: dict[str, Any], rows: int) -> None:
+        """Where the backfill got to: the last row it wrote, and how many rows so far."""
+        self._state_ref(job_id, "backfill").set({"cursor": cursor, "rows": rows})
 
     def backfill_record(self, job_id: str) -> dict[str, Any]:
         """The backfill's cursor ({finished_at, item_id} of the last row it wrote) and rows."""
@@ -268,7 +280,7 @@ class ExportStore:
             return set()
         leases = {
             _job_of(snap.reference): snap.to_dict() or {}
-            for snap in self._db.get_all([self._state_ref(j, "backfill") for j in exports])
+            for snap in self._db.get_all([self._lease_ref(j, "backfill") for j in exports])
         }
         stalled = set()
         for job_id, export in exports.items():

@@ -318,9 +318,9 @@ def backfill(deps: SheetsDeps, job_id: str, export: dict[str, Any]) -> str:
             cursor = {"finished_at": last["finished_at"], "item_id": last_id}
             done += len(page)
             deps.exports.renew_lease(
-                job_id, "backfill", token, now=deps.clock(), seconds=settings.lease_seconds,
-                fields={"cursor": cursor, "rows": done},
-            )  # fmt: skip
+                job_id, "backfill", token, now=deps.clock(), seconds=settings.lease_seconds
+            )
+            deps.exports.record_backfill(job_id, cursor, done)
             if len(page) < settings.rows_per_call:
                 break
             if time.monotonic() - started > settings.backfill_budget_seconds:
