@@ -112,6 +112,8 @@ class Exports(_Strict):
     sheet_title: str = Field(min_length=1, max_length=100)
     rows_per_call: int = Field(ge=1, le=500)
     lease_seconds: int = Field(ge=5)
+    capacity_wait_seconds: float = Field(ge=0)
+    configure_wait_seconds: float = Field(ge=0)
     backfill_budget_seconds: int = Field(ge=1)
 
 
@@ -149,6 +151,9 @@ class Topology(_Strict):
         for name, schedule in self.schedules.items():
             if schedule.topic not in self.topics:
                 problems.append(f"schedule {name}: unknown topic {schedule.topic!r}")
+        backfill = self.functions.get("backfill")
+        if backfill and self.exports.backfill_budget_seconds >= backfill.limits.timeout_seconds:
+            problems.append("exports: backfill_budget_seconds must be below backfill's timeout")
         if dead_letters & set(self.topics):
             problems.append("a dead-letter topic is also declared as a work topic")
         if problems:

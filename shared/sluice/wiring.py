@@ -136,5 +136,4 @@ def sheets_deps() -> SheetsDeps:
         ),
         limiter=limiter("sheets"),
         settings=s.topology.exports,
-        capacity_wait_seconds=s.topology.work.capacity_wait_seconds,
     )

@@ -48,7 +48,6 @@ class SheetsDeps:
     # The Sheets write quota, shared by every writer, backfill and configure call.
     limiter: Limiter
     settings: Exports
-    capacity_wait_seconds: float
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
@@ -66,9 +65,9 @@ class NoCapacity(Exception):
 def _write_call(deps: SheetsDeps, call: Callable[[], T], *, tenant: str, interactive: bool) -> T:
     """One write request under the Sheets quota. A 429 slows every instance down, then raises,
     like any transient error, for the event to be delivered again."""
-    permit = deps.limiter.acquire(
-        tenant=tenant, interactive=interactive, wait=deps.capacity_wait_seconds
-    )
+    settings = deps.settings
+    wait = settings.configure_wait_seconds if interactive else settings.capacity_wait_seconds
+    permit = deps.limiter.acquire(tenant=tenant, interactive=interactive, wait=wait)
     if permit is None:
         raise NoCapacity("no Sheets write capacity came free in time")
     try:
