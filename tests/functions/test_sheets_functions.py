@@ -1,0 +1,144 @@
+"""status-api's Sheets routes, sheets-writer and backfill through functions-framework, on the
+emulators and the local Sheets server: the failure paths one step at a time."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from google.cloud.firestore_v1 import _helpers
+from google.cloud.firestore_v1.types import Document as FirestoreDocument
+from google.events.cloud.firestore import Document, DocumentEventData
+from werkzeug.serving import make_server
+
+from sluice.adapters.jobs_store import JobStore, NewItem
+from sluice.adapters.sheets_api import SheetsAPI
+from sluice.adapters.tenants_store import TenantStore
+from sluice.localcloud.sheets_server import SheetsConfig, create_app
+from tests.conftest import bearer
+
+
+@pytest.fixture
+def sheets_server(monkeypatch) -> Iterator[str]:
+    app = create_app(SheetsConfig(write_requests_per_minute=None), base_url="http://local")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setenv("SLUICE_SHEETS_ENDPOINT", url)
+    yield url
+    server.shutdown()
+
+
+@pytest.fixture
+def batch(db) -> tuple[str, str]:
+    """A tenant on the Sheets whitelist and its batch of two queued items: (api key, job id)."""
+    tenant = TenantStore(db).create("sheety", sheets=True)
+    store = JobStore(db, shards=2)
+    store.create_job("job1", {"tenant": tenant.id, "kind": "batch", "total": 2,
+                              "state": "open", "intake": "published", "params": {}})  # fmt: skip
+    store.write_items("job1", [NewItem(f"i{n}", n, f"doc {n}") for n in range(2)],
+                      at=datetime.now(UTC))  # fmt: skip
+    return tenant.api_key, "job1"
+
+
+def succeed(db, job_id: str, item_id: str) -> dict:
+    fields = {"state": "succeeded", "result": {"content": f"answer {item_id}"},
+              "finished_at": datetime.now(UTC)}  # fmt: skip
+    ref = db.collection("jobs").document(job_id).collection("items").document(item_id)
+    ref.update(fields)
+    return ref.get().to_dict()
+
+
+def firestore_event(project: str, path: str, after: dict) -> tuple[bytes, dict[str, str]]:
+    """A `document.v1.written` CloudEvent in Eventarc's binary mode, with the protobuf body."""
+    name = f"projects/{project}/databases/(default)/documents/{path}"
+    document = FirestoreDocument(name=name, fields=_helpers.encode_dict(after))
+    body = DocumentEventData.serialize(
+        DocumentEventData(value=Document.from_json(FirestoreDocument.to_json(document)))
+    )
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-type": "google.cloud.firestore.document.v1.written",
+        "ce-source": f"//firestore.googleapis.com/projects/{project}/databases/(default)",
+        "ce-id": uuid.uuid4().hex,
+        "ce-subject": f"documents/{path}",
+        "ce-document": path,
+        "Content-Type": "application/protobuf",
+    }
+    return body, headers
+
+
+def deliver(client, project: str, path: str, after: dict) -> int:
+    body, headers = firestore_event(project, path, after)
+    return client.post("/", data=body, headers=headers).status_code
+
+
+def test_configure_while_sheets_is_unreachable_answers_503_and_records_nothing(
+    function_client, batch, monkeypatch
+):
+    monkeypatch.setenv("SLUICE_SHEETS_ENDPOINT", "http://127.0.0.1:9")
+    key, job = batch
+    status = function_client("status-api")
+    answer = status.post(f"/v1/batches/{job}/sheets", headers=bearer(key))
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    assert "unreachable" in answer.get_json()["detail"]
+    assert status.get(f"/v1/batches/{job}/sheets", headers=bearer(key)).status_code == 404
+
+
+def test_sheets_routes_need_a_key_and_an_existing_batch(function_client, sheets_server, batch):
+    key, _ = batch
+    status = function_client("status-api")
+    assert status.post("/v1/batches/job1/sheets").status_code == 401
+    assert status.post("/v1/batches/nope/sheets", headers=bearer(key)).status_code == 404
+    me = status.get("/v1/me", headers=bearer(key)).get_json()
+    assert me["features"]["sheets_export"] is True and me["tenant"] == "sheety"
+    assert httpx.get(sheets_server + "/_sluice/stats").json()["spreadsheets"] == 0
+
+
+def test_a_writer_that_lost_access_says_why_keeps_the_row_and_configuring_again_writes_it(
+    function_client, sheets_server, batch, db, project
+):
+    key, job = batch
+    status, writer = function_client("status-api"), function_client("sheets-writer")
+    backfill = function_client("backfill")
+    export = status.post(f"/v1/batches/{job}/sheets", headers=bearer(key)).get_json()
+    access = f"{sheets_server}/_sluice/spreadsheets/{export['spreadsheet_id']}/access"
+    httpx.post(access, json={"writable": False}).raise_for_status()
+
+    item = succeed(db, job, "i0")
+    # Acknowledged: a refusal for good is recorded, not redelivered for a day.
+    assert deliver(writer, project, f"jobs/{job}/items/i0", item) == 200
+    seen = status.get(f"/v1/batches/{job}/sheets", headers=bearer(key)).get_json()
+    assert "403" in seen["last_error"] and seen["rows_written"] == 0
+
+    httpx.post(access, json={"writable": True}).raise_for_status()
+    assert status.post(f"/v1/batches/{job}/sheets", headers=bearer(key)).status_code == 200
+    # Configuring again touched the export: its trigger runs the backfill function.
+    assert deliver(backfill, project, f"jobs/{job}/exports/sheets", {"x": 1}) == 200
+    seen = status.get(f"/v1/batches/{job}/sheets", headers=bearer(key)).get_json()
+    assert seen["rows_written"] == 1 and seen["last_error"] is None
+    assert seen["backfill_state"] == "completed" and seen["backfill_rows"] == 0
+
+    # The same event again (Eventarc delivers at least once): no second row.
+    assert deliver(writer, project, f"jobs/{job}/items/i0", item) == 200
+    rows = SheetsAPI(endpoint=sheets_server, timeout=5).read(export["spreadsheet_id"], "A1:E")
+    assert [r[0] for r in rows] == ["item_id", "i0"]
+    assert rows[1][2] == "answer i0"
+
+
+def test_a_result_that_is_not_a_success_or_has_no_export_writes_nothing(
+    function_client, sheets_server, batch, db, project
+):
+    _, job = batch
+    writer = function_client("sheets-writer")
+    item = succeed(db, job, "i1")
+    assert deliver(writer, project, f"jobs/{job}/items/i1", item) == 200  # no export yet
+    assert deliver(writer, project, f"jobs/{job}/items/i0", {"state": "running"}) == 200
+    _, headers = firestore_event(project, "jobs/x/items/y", {})
+    assert writer.post("/", data=b"\xff", headers=headers).status_code == 200  # undecodable
+    assert list(db.collection_group("rows").stream()) == []
+    assert httpx.get(sheets_server + "/_sluice/stats").json().get("write_requests", 0) == 0
