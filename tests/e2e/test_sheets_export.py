@@ -67,16 +67,21 @@ def wait_backfill_completed(http, url: str, key: str, rows: int, timeout: float 
     return wait_until(done, timeout, "the export to complete")
 
 
+def configure_mid_run(http, d: Deployment, key: str, *, after: int) -> tuple[dict, dict]:
+    """Submit 1,000 items and configure Sheets once `after` of them have finished."""
+    accepted = submit(http, d, key, 1000)
+    url = accepted["status_url"]
+    wait_until(lambda: status_of(http, url, key)["finished"] >= after, 180, f"{after} done")
+    configured = http.post(url + "/sheets", headers=bearer(key))
+    assert configured.status_code == 201, configured.text
+    return accepted, configured.json()
+
+
 def test_configured_mid_batch_every_result_is_in_the_sheet_exactly_once(http, deploy, make_tenant):
     d = deploy(topology_overrides=FAST_AI)
     tenant = make_tenant("sheety", sheets=True)
-    accepted = submit(http, d, tenant.api_key, 1000)
+    accepted, export = configure_mid_run(http, d, tenant.api_key, after=250)
     url = accepted["status_url"]
-    wait_until(lambda: status_of(http, url, tenant.api_key)["finished"] >= 250, 180, "250 done")
-
-    configured = http.post(url + "/sheets", headers=bearer(tenant.api_key))
-    assert configured.status_code == 201, configured.text
-    export = configured.json()
     assert export["backfill_state"] == "pending"
     assert export["spreadsheet_url"].endswith(f"/spreadsheets/d/{export['spreadsheet_id']}/edit")
     assert accepted["batch_id"] in export["spreadsheet_name"]
@@ -110,12 +115,8 @@ def test_killed_writers_and_429s_still_give_every_result_exactly_once(http, depl
         sheets_args=["--latency-ms", "150", "--throttle-rate", "0.15", "--seed", "11"],
     )
     tenant = make_tenant("sheety", sheets=True)
-    accepted = submit(http, d, tenant.api_key, 1000)
+    accepted, export = configure_mid_run(http, d, tenant.api_key, after=400)
     url = accepted["status_url"]
-    wait_until(lambda: status_of(http, url, tenant.api_key)["finished"] >= 400, 180, "400 done")
-    configured = http.post(url + "/sheets", headers=bearer(tenant.api_key))
-    assert configured.status_code == 201, configured.text
-    export = configured.json()
 
     rng, kills = random.Random(5), 0
     deadline = time.monotonic() + 240

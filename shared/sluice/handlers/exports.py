@@ -231,11 +231,18 @@ def flush(deps: SheetsDeps, job_id: str, export: dict[str, Any]) -> int:
             return written
 
 
-def _record_permanent(deps: SheetsDeps, job_id: str, error: ProviderError) -> None:
-    """The sheet refuses for good (deleted, access removed): keep the queue, say why, and wait
-    for the user to configure again."""
-    log.error("job %s: Sheets export stopped: %s", job_id, error)
-    deps.exports.set_last_error(job_id, str(error))
+def drain(deps: SheetsDeps, job_id: str, export: dict[str, Any]) -> tuple[int, str | None]:
+    """`flush`, except that a sheet refusing for good (deleted, access removed) is recorded and
+    acknowledged: the queue stays, the export says why, and configuring again drains it.
+    Returns (rows written, the refusal)."""
+    try:
+        return flush(deps, job_id, export), None
+    except ProviderError as error:
+        if not error.permanent:
+            raise
+        log.error("job %s: Sheets export stopped: %s", job_id, error)
+        deps.exports.set_last_error(job_id, str(error))
+        return 0, str(error)
 
 
 def on_item_written(deps: SheetsDeps, change: DocumentChange) -> Outcome:
@@ -248,13 +255,9 @@ def on_item_written(deps: SheetsDeps, change: DocumentChange) -> Outcome:
         return Outcome(change.path, "skipped", "the job has no Sheets export")
     values = row_of(str(export.get("kind")), item_id, change.after)
     queued = deps.exports.enqueue(job_id, item_id, values)
-    try:
-        written = flush(deps, job_id, export)
-    except ProviderError as error:
-        if not error.permanent:
-            raise
-        _record_permanent(deps, job_id, error)
-        return Outcome(change.path, "failed", str(error))
+    written, refused = drain(deps, job_id, export)
+    if refused:
+        return Outcome(change.path, "failed", refused)
     return Outcome(change.path, "queued" if queued else "seen before", f"{written} rows written")
 
 
@@ -278,13 +281,9 @@ def on_export_written(deps: SheetsDeps, change: DocumentChange) -> Outcome:
             deps.exports.update(job_id, {"backfill_state": "failed", "backfill_error": str(error),
                                          "updated_at": deps.clock()})  # fmt: skip
             return Outcome(change.path, "backfill failed", str(error))
-    try:
-        written = flush(deps, job_id, export)
-    except ProviderError as error:
-        if not error.permanent:
-            raise
-        _record_permanent(deps, job_id, error)
-        return Outcome(change.path, "failed", str(error))
+    written, refused = drain(deps, job_id, export)
+    if refused:
+        return Outcome(change.path, "failed", refused)
     return Outcome(change.path, action, f"{written} queued rows written")
 
 
