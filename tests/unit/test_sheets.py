@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sluice.domain.sheets import (
     BATCH_COLUMNS,
+    GRID_STEP,
     MAX_CELL_CHARS,
     WHATSAPP_COLUMNS,
     allocate,
-    backfill_owns,
     columns,
     exported,
     row_of,
@@ -44,12 +44,10 @@ def test_a_cell_never_exceeds_what_sheets_keeps():
     assert len(row[1]) == MAX_CELL_CHARS
 
 
-def test_only_succeeded_results_are_exported_and_the_partition_is_by_creation_time():
+def test_only_succeeded_results_are_exported():
     assert exported({"state": "succeeded", "finished_at": T0})
     assert not exported({"state": "failed", "finished_at": T0})
     assert not exported({"state": "running"})
-    assert backfill_owns(T0 - timedelta(microseconds=1), T0)
-    assert not backfill_owns(T0, T0)  # at created_at: the writer's
 
 
 @given(
@@ -71,7 +69,15 @@ def test_rows_are_fixed_once_given_and_never_shared(taken, wanted):
     assert again == rows
 
 
-def test_the_grid_grows_in_steps_only_when_needed():
+def test_the_grid_grows_only_when_needed_doubling_in_whole_steps():
     assert rows_to_add(1000, 1000) == 0
     assert rows_to_add(1001, 1000) == 1000
     assert rows_to_add(3500, 1000) == 3000
+    assert rows_to_add(4001, 4000) == 4000  # doubles: few resize calls for a big export
+    assert rows_to_add(200_001, 200_000) == 50_000  # but never by more than 50,000 at once
+
+
+@given(st.integers(1, 2_000_000), st.integers(1, 2_000_000))
+def test_after_growing_the_highest_row_always_fits(highest, grid):
+    added = rows_to_add(highest, grid)
+    assert grid + added >= highest and added % GRID_STEP == 0

@@ -53,10 +53,13 @@ def test_a_write_past_the_grid_is_refused_until_rows_are_added(api):
     assert api.read(made.spreadsheet_id, "'Results'!A1001") == [["x"]]
 
 
-def test_the_ten_million_cell_limit_holds(api):
-    made = api.create("huge", "Results", ["id"])
+def test_the_ten_million_cell_limit_holds_and_a_sheet_has_only_its_columns(api):
+    made = api.create("huge", "Results", ["id", "state"])
+    with pytest.raises(ProviderError, match="exceeds grid limits"):
+        api.write_rows(made.spreadsheet_id, "Results", {2: ["a", "b", "c"]})  # a third column
+    api.add_rows(made.spreadsheet_id, made.sheet_id, 10_000_000 // 2 - 1000)  # just fits
     with pytest.raises(ProviderError, match="above the limit of 10000000 cells"):
-        api.add_rows(made.spreadsheet_id, made.sheet_id, 10_000_000 // 26)
+        api.add_rows(made.spreadsheet_id, made.sheet_id, 1)
 
 
 def test_writes_past_the_quota_are_429s_the_adapter_calls_rate_limits(server, api):

@@ -82,8 +82,10 @@ class SheetsAPI:
     def create(self, title: str, sheet_title: str, header: Sequence[str]) -> Created:
         """A spreadsheet with one sheet whose first row is `header`: one write request."""
         cells = [{"userEnteredValue": {"stringValue": str(h)}} for h in header]
+        # Only the columns it needs: the 10 million cell limit counts every cell of the grid.
+        grid = {"columnCount": len(header)}
         sheet = {
-            "properties": {"title": sheet_title},
+            "properties": {"title": sheet_title, "gridProperties": grid},
             "data": [{"startRow": 0, "startColumn": 0, "rowData": [{"values": cells}]}],
         }
         body = {"properties": {"title": title}, "sheets": [sheet]}  # fmt: skip

@@ -1,8 +1,8 @@
 """The Sheets export as decisions over plain data: columns, rows, who writes what, and where.
 
-Exactly once comes from two rules. The partition: a result that finished before the export's
-`created_at` is the backfill's, any other is the incremental writer's, so the two never both
-take one. Fixed rows: a result gets its row number once, in the transaction that records it,
+Exactly once comes from two rules. The partition (in `handlers/exports.py`): a result that
+finished before the export's `created_at` is the backfill's, any other the incremental writer's.
+Fixed rows: a result gets its row number once, in the transaction that records it,
 and every write of it goes to that row, so a repeated write lands on the same cells.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 MAX_CELL_CHARS = 50_000
 HEADER_ROW = 1
 GRID_STEP = 1000
+MAX_GROWTH = 50_000
 
 BATCH_COLUMNS = ["item_id", "input", "result", "state", "finished_at"]
 WHATSAPP_COLUMNS = ["item_id", "from", "message", "reply", "state", "finished_at"]
@@ -63,11 +64,6 @@ def exported(item: Mapping[str, Any]) -> bool:
     return item.get("state") == "succeeded" and item.get("finished_at") is not None
 
 
-def backfill_owns(finished_at: datetime, created_at: datetime) -> bool:
-    """The partition: before the export existed, the backfill's; from then on, the writer's."""
-    return finished_at < created_at
-
-
 def allocate(
     taken: Mapping[str, int], wanted: Sequence[str], next_row: int
 ) -> tuple[dict[str, int], int]:
@@ -86,8 +82,10 @@ def allocate(
 
 
 def rows_to_add(highest_row: int, grid_rows: int) -> int:
-    """How many rows to add so `highest_row` fits, in steps of GRID_STEP (few resize calls)."""
+    """How many rows to add so `highest_row` fits: at least what is missing and, up to
+    MAX_GROWTH, as many as the grid has (it doubles), in whole GRID_STEPs. A growing export
+    makes a resize call each time its size doubles, not every GRID_STEP rows."""
     if highest_row <= grid_rows:
         return 0
-    missing = highest_row - grid_rows
-    return -(-missing // GRID_STEP) * GRID_STEP
+    wanted = max(highest_row - grid_rows, min(grid_rows, MAX_GROWTH))
+    return -(-wanted // GRID_STEP) * GRID_STEP
