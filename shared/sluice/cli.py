@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     tsub.add_parser("list", help="list tenants")
     rotate = tsub.add_parser("rotate-key", help="replace a tenant's API key; the old one stops")
     rotate.add_argument("name")
+    sheets = tsub.add_parser("sheets", help="turn a tenant's Google Sheets export on or off")
+    sheets.add_argument("name")
+    sheets.add_argument("state", choices=["on", "off"])
     phone = tsub.add_parser("add-phone", help="route a WhatsApp phone number id to a tenant")
     phone.add_argument("name")
     phone.add_argument("phone_number_id")
@@ -68,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "add-phone":
             tenants.add_phone(args.name, args.phone_number_id)
             print(f"phone number id {args.phone_number_id} now routes to {args.name}")
+        elif args.action == "sheets":
+            tenants.set_sheets(args.name, enabled=args.state == "on")
+            print(f"Google Sheets export {args.state} for {args.name}")
         elif args.action == "rotate-key":
             print(f"new api key (shown once): {tenants.rotate_key(args.name)}")
     except (TenantExists, TenantNotFound, ValueError) as exc:

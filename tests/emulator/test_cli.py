@@ -64,3 +64,14 @@ def test_a_whatsapp_phone_number_is_routed_to_a_tenant(local_json, db, capsys):
     assert db.collection("tenants").document("shop").get().get("phone_number_ids") == [
         "100000000000001"
     ]
+
+
+def test_a_tenant_is_put_on_the_sheets_whitelist_and_taken_off(local_json, db, capsys):
+    assert main(["tenant", "create", "shop"]) == 0
+    assert main(["tenant", "sheets", "shop", "on"]) == 0
+    assert db.collection("tenants").document("shop").get().get("sheets_enabled") is True
+    assert main(["tenant", "sheets", "shop", "off"]) == 0
+    assert db.collection("tenants").document("shop").get().get("sheets_enabled") is False
+    assert main(["tenant", "sheets", "nobody", "on"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not db.collection("tenants").document("nobody").get().exists

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from google.api_core.exceptions import AlreadyExists
+from google.api_core.exceptions import AlreadyExists, NotFound
 from google.cloud import firestore
 
 from sluice.domain.callbacks import new_secret
@@ -64,6 +64,14 @@ class TenantStore:
         key = new_api_key()
         ref.update({"api_key_hashes": [hash_api_key(key)], "key_rotated_at": datetime.now(UTC)})
         return key
+
+    def set_sheets(self, name: str, *, enabled: bool) -> None:
+        """Put a tenant on the Sheets export whitelist, or take it off."""
+        ref = self._tenants.document(tenant_id(name))
+        try:
+            ref.update({"sheets_enabled": enabled})
+        except NotFound:
+            raise TenantNotFound(f"tenant {tenant_id(name)!r} does not exist") from None
 
     def add_phone(self, name: str, phone_number_id: str) -> None:
         """Route a WhatsApp business phone number's traffic to this tenant."""

@@ -99,7 +99,7 @@ def _require_sheets(tenant: Tenant) -> None:
         raise Problem(
             403, "Sheets export not enabled",
             f"Google Sheets export is not enabled for tenant {tenant.id}; "
-            "ask the Sluice operator to enable it (sluice tenants create --sheets)",
+            f"ask the Sluice operator to enable it (sluice tenant sheets {tenant.id} on)",
         )  # fmt: skip
 
 

@@ -108,6 +108,7 @@ Sluice is running on the local cloud (project {d.project}).
   webhook-ingest  {ingest}
   status-api      {status}
   AI provider     {d.provider_url}  (open it to see what it received; counters: /_sluice/stats)
+  Google Sheets   {d.sheets_url}  (local Sheets API; a spreadsheet as a workbook: see below)
   Pub/Sub         {d.cloud.emulators.pubsub_host}  (emulator)
   Firestore       {d.cloud.emulators.firestore_host}  (emulator)
   logs            {d.dir}
@@ -120,6 +121,11 @@ Try:
   curl -s -X POST {auth} -H 'Content-Type: application/json' {ingest}/v1/batches \\
        -d '{{"kind":"summarize","items":[{{"input":"hello"}},{{"input":"world"}}]}}'
   .venv/bin/sluice tenant list
+
+Google Sheets export of the demo batch (the demo tenant has it enabled):
+  curl -s -X POST {auth} {batch["status_url"]}/sheets
+  curl -s {auth} {batch["status_url"]}/sheets     (backfill state and rows written)
+  then open the workbook: {d.sheets_url}/_sluice/spreadsheets/SPREADSHEET_ID.xlsx
 
 WhatsApp (phone number id {d.whatsapp["phone_number_id"]} routes to the demo tenant):
   curl -s "{ingest}/whatsapp/webhook?hub.mode=subscribe&hub.challenge=42&hub.verify_token={token}"
