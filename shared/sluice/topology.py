@@ -151,6 +151,13 @@ class Topology(_Strict):
         for name, schedule in self.schedules.items():
             if schedule.topic not in self.topics:
                 problems.append(f"schedule {name}: unknown topic {schedule.topic!r}")
+        sheets = self.providers.get("sheets")
+        call = self.exports.capacity_wait_seconds + (sheets.timeout_seconds if sheets else 0)
+        if self.exports.lease_seconds <= call:
+            problems.append(
+                "exports: lease_seconds must exceed capacity_wait_seconds plus the sheets "
+                "provider's timeout_seconds, or a live writer loses its lease while it waits"
+            )
         backfill = self.functions.get("backfill")
         if backfill and self.exports.backfill_budget_seconds >= backfill.limits.timeout_seconds:
             problems.append("exports: backfill_budget_seconds must be below backfill's timeout")

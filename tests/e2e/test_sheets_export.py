@@ -108,7 +108,8 @@ def test_killed_writers_and_429s_still_give_every_result_exactly_once(http, depl
         topology_overrides={
             **FAST_AI,
             # Smaller chunks and short leases: several backfill calls to kill, quick takeovers.
-            "exports": {"rows_per_call": 100, "lease_seconds": 5},
+            "exports": {"rows_per_call": 100, "lease_seconds": 5, "capacity_wait_seconds": 1},
+            "providers": {**FAST_AI["providers"], "sheets": {"timeout_seconds": 2}},
             "schedules": {"sweeper": {"every_seconds": 2}},
         },
         # Slow writes (so a kill lands mid-call) and one in six refused with a 429.

@@ -46,6 +46,9 @@ def mutated(**changes) -> str:
         ("subscriptions.sweeps-to-processor.topic", "nope-dead-letter", "unknown topic"),
         ("schedules.sweeper.topic", "nope", "schedule sweeper: unknown topic"),
         ("schedules.sweeper.every_seconds", 0, "greater than or equal"),
+        ("exports.lease_seconds", 30, "a live writer loses its lease while it waits"),
+        ("exports.backfill_budget_seconds", 600, "must be below backfill's timeout"),
+        ("exports.rows_per_call", 501, "less than or equal"),
         (
             "firestore_triggers.item-written-to-sheets-writer.function",
             "webhook-ingest",
