@@ -3,10 +3,12 @@ Sheets adapter: the calls Sluice makes, and the API's rules that shape a writer.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 
 import httpx
+import openpyxl
 import pytest
 from werkzeug.serving import make_server
 
@@ -106,3 +108,14 @@ def test_a_spreadsheet_whose_access_was_removed_refuses_writes_for_good(server, 
     assert refused.value.permanent
     httpx.post(url, json={"writable": True}).raise_for_status()
     assert api.write_rows(made.spreadsheet_id, "Results", {2: ["a"]}) == 1
+
+
+def test_a_spreadsheet_opens_as_an_xlsx_workbook(server, api):
+    made = api.create("Batch 7", "results", ["item_id", "result"])
+    api.write_rows(made.spreadsheet_id, "results", {2: ["a", "first"], 4: ["c", "third"]})
+    answer = httpx.get(f"{server[0]}_sluice/spreadsheets/{made.spreadsheet_id}.xlsx")
+    assert answer.status_code == 200
+    book = openpyxl.load_workbook(io.BytesIO(answer.content))
+    rows = list(book["results"].iter_rows(values_only=True))
+    assert rows == [("item_id", "result"), ("a", "first"), (None, None), ("c", "third")]
+    assert httpx.get(f"{server[0]}_sluice/spreadsheets/nope.xlsx").status_code == 404

@@ -16,6 +16,7 @@ read and change the behaviour at runtime. Run it with
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import sys
 import threading
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import flask
+import openpyxl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -254,6 +256,20 @@ class Store:
         return {"spreadsheetId": spreadsheet_id, "replies": [{} for _ in requests]}
 
 
+def to_xlsx(spreadsheet: Spreadsheet) -> bytes:
+    """The spreadsheet's sheets and cells as an .xlsx workbook (openpyxl)."""
+    book = openpyxl.Workbook()
+    book.remove(book.active)
+    for sheet in spreadsheet.sheets:
+        page = book.create_sheet(sheet.title[:31])  # Excel's limit on a sheet's name
+        for (row, col), value in sorted(sheet.cells.items()):
+            page.cell(row=row + 1, column=col + 1, value=value)
+    book.properties.title = spreadsheet.title
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
 def create_app(config: SheetsConfig, *, base_url: str = "") -> flask.Flask:
     app = flask.Flask(__name__)
     store = Store(base_url)
@@ -348,6 +364,17 @@ def create_app(config: SheetsConfig, *, base_url: str = "") -> flask.Flask:
     @app.get("/v4/spreadsheets/<spreadsheet_id>/values/<path:range_>")
     def read(spreadsheet_id: str, range_: str) -> flask.Response:
         return json_response(store.read(spreadsheet_id, range_))
+
+    @app.get("/_sluice/spreadsheets/<spreadsheet_id>.xlsx")
+    def workbook(spreadsheet_id: str) -> flask.Response:
+        """A spreadsheet as an .xlsx workbook, for a person to open (`make run`)."""
+        with store._lock:
+            data = to_xlsx(store.get(spreadsheet_id))
+        return flask.Response(
+            data,
+            mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            headers={"Content-Disposition": f'attachment; filename="{spreadsheet_id}.xlsx"'},
+        )
 
     @app.post("/_sluice/spreadsheets/<spreadsheet_id>/access")
     def access(spreadsheet_id: str) -> flask.Response:
