@@ -3,7 +3,9 @@
 - webhook-ingest's acknowledgement latency for signed WhatsApp deliveries at a steady load,
   beside the same handler doing the AI call and the reply inline;
 - a batch's makespan against its bound under the declared provider limits, with the 429s the
-  provider returned (bench/makespan.py).
+  provider returned (bench/makespan.py);
+- the Sheets export's write calls per 1,000 rows, incremental and backfill, and configure-sheets
+  latency by job size (bench/sheets.py).
 
 Writes bench/results/latest.json and latest.md, and prints the tables.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 import httpx
 from google.cloud import firestore
 
-from bench import makespan
+from bench import makespan, sheets
 from sluice.adapters.tenants_store import TenantStore
 from sluice.localcloud.cloud import Deployment, LocalCloud
 from sluice.localcloud.functions import FunctionProcess
@@ -117,6 +119,7 @@ def main() -> int:
             inline.stop()
             d.stop()
         batch = makespan.run(cloud)
+        export = sheets.run(cloud)
     ratio_p50 = rows[1]["p50_ms"] / rows[0]["p50_ms"]
     ratio_p99 = rows[1]["p99_ms"] / rows[0]["p99_ms"]
     report = {
@@ -127,6 +130,7 @@ def main() -> int:
         "whatsapp_ack_latency": rows,
         "inline_over_sluice": {"p50": round(ratio_p50, 1), "p99": round(ratio_p99, 1)},
         "batch_makespan": batch,
+        "sheets_export": export,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -141,6 +145,7 @@ def main() -> int:
         f"| **inline ÷ Sluice** | **{ratio_p50:.1f}x** | **{ratio_p99:.1f}x** |",
         "",
         *makespan.markdown(batch),
+        *sheets.markdown(export),
     ]
     (RESULTS / "latest.md").write_text("\n".join(md))
     print("\n".join(md))
