@@ -12,13 +12,17 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from sluice.localcloud.frontend import Frontend
-from sluice.localcloud.processes import free_port, http_ok, spawn, stop, wait_until
+from sluice.localcloud.processes import free_port, http_ok, spawn, stop
 from sluice.topology import Function
 
 log = logging.getLogger(__name__)
+
+# An instance that exits this often while starting is broken, not unlucky with its port.
+MAX_START_RESTARTS = 3
 
 # Locally, more threads than this only make two cores thrash.
 MAX_LOCAL_THREADS = 16
@@ -81,14 +85,20 @@ class FunctionProcess:
         self._watcher.start()
 
     def wait_ready(self, timeout: float = 60) -> None:
-        assert self._proc is not None
-        # Any HTTP answer (even 4xx for a GET on an event function) means it is serving.
-        wait_until(
-            http_ok(f"http://127.0.0.1:{self.port}/", any_answer=True),
-            timeout=timeout,
-            what=self.name,
-            proc=self._proc,
-        )
+        """Until an instance serves. One that exits while starting (its private port was taken
+        between choosing and binding it) is started again by the watcher, on a new port."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                proc, port = self._proc, self.port
+            # Any HTTP answer (even 4xx for a GET on an event function) means it is serving.
+            serving = http_ok(f"http://127.0.0.1:{port}/", any_answer=True)
+            if proc is not None and proc.poll() is None and serving():
+                return
+            if self.restarts > MAX_START_RESTARTS:
+                raise RuntimeError(f"{self.name} keeps exiting while starting; see {self.log_path}")
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} did not start within {timeout:.0f}s; see {self.log_path}")
 
     def _watch(self) -> None:
         while not self._stopping.wait(0.2):
@@ -99,6 +109,10 @@ class FunctionProcess:
                 log.warning("%s exited with %s; starting it again", self.name, proc.returncode)
                 stop(proc, grace=0)  # reap whatever is left of its group
                 self.restarts += 1
+                # A fresh private port: the old one may be what made it exit (taken by another
+                # process between free_port() and the bind). Callers keep the front end's URL.
+                self.port = free_port()
+                self.frontend.backend = f"http://127.0.0.1:{self.port}"
                 self._proc = spawn(self._argv(), log_path=self.log_path, env=self.env)
 
     def worker_pids(self) -> list[int]:
