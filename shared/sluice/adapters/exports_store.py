@@ -241,10 +241,6 @@ class ExportStore:
             with contextlib.suppress(FailedPrecondition, NotFound):
                 ref.delete(option=self._db.write_option(last_update_time=snap.update_time))
 
-    def lease_live(self, job_id: str, name: str, now: datetime) -> bool:
-        snap = self._lease_ref(job_id, name).get()
-        return bool(snap.exists and snap.get("until") > now)
-
     def record_backfill(self, job_id: str, cursor: dict[str, Any], rows: int) -> None:
         """Where the backfill got to: the last row it wrote, and how many rows so far."""
         self._state_ref(job_id, "backfill").set({"cursor": cursor, "rows": rows})

@@ -12,13 +12,17 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from google.cloud import firestore
 
+from sluice.adapters.outside import ProviderError
 from sluice.domain import limits
 from sluice.topology import Provider
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,10 @@ BACKLOG_CACHE_SECONDS = 2.0
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class NoCapacity(Exception):
+    """No permit came free within the wait: the caller defers its work, which is not a failure."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,23 @@ class Limiter:
             return Permit(slot, token)
         self.release(Permit(slot, token))
         return None
+
+    def call(self, call: Callable[[], T], *, tenant: str, interactive: bool, wait: float) -> T:
+        """One call to the provider under a permit, released whatever happens. A 429 it answers
+        slows every instance down, and its error comes back marked as told; NoCapacity if no
+        permit came free within `wait`."""
+        permit = self.acquire(tenant=tenant, interactive=interactive, wait=wait)
+        if permit is None:
+            raise NoCapacity(f"no {self.name} capacity came free within {wait:g}s")
+        try:
+            return call()
+        except ProviderError as error:
+            if not error.rate_limited or error.limiter_informed:
+                raise
+            self.rate_limited(error.retry_after)
+            raise replace(error, limiter_informed=True) from None
+        finally:
+            self.release(permit)
 
     def release(self, permit: Permit) -> None:
         ref = self._slots[permit.slot]

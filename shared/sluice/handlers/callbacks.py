@@ -13,6 +13,7 @@ import time
 
 from sluice.adapters.callback_sender import CallbackSender
 from sluice.adapters.jobs_store import JobStore
+from sluice.adapters.limiter import NoCapacity
 from sluice.adapters.outside import ProviderError
 from sluice.domain.callbacks import completed_event, signed_headers, webhook_id
 from sluice.handlers.processor import Capacity, Outcome, RedeliverLater
@@ -38,20 +39,18 @@ def send_completion_callback(
         store.mark_callback(job_id, completion, "no_callback_url")
         return Outcome(job_id, "callback", "no callback URL")
 
-    permit = capacity.limiter.acquire(
-        tenant=str(job.get("tenant")), interactive=False, wait=capacity.wait_seconds
-    )
-    if permit is None:
-        raise RedeliverLater(f"no callback capacity for {job_id}")
-    body = completed_event(job_id, job, counts.by_state)
-    headers = signed_headers(secret, webhook_id(job_id, completion), int(time.time()), body)
-    try:
+    def post() -> None:
+        body = completed_event(job_id, job, counts.by_state)
+        headers = signed_headers(secret, webhook_id(job_id, completion), int(time.time()), body)
         sender.post(url, body, headers)
+
+    try:
+        capacity.limiter.call(
+            post, tenant=str(job.get("tenant")), interactive=False, wait=capacity.wait_seconds
+        )
+    except NoCapacity:
+        raise RedeliverLater(f"no callback capacity for {job_id}") from None
     except ProviderError as error:
-        if error.rate_limited:
-            capacity.limiter.rate_limited(error.retry_after)
         raise RedeliverLater(f"callback for {job_id} not delivered: {error}") from None
-    finally:
-        capacity.limiter.release(permit)
     store.mark_callback(job_id, completion, "sent")
     return Outcome(job_id, "callback", f"sent to {url}")

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from sluice.adapters.exports_store import ExportStore, Row
 from sluice.adapters.jobs_store import JobStore
-from sluice.adapters.limiter import Limiter
+from sluice.adapters.limiter import Limiter, NoCapacity
 from sluice.adapters.outside import ProviderError
 from sluice.adapters.sheets_api import SheetsAPI
 from sluice.domain.sheets import columns, exported, row_of, rows_to_add
@@ -36,8 +36,6 @@ from sluice.topology import Exports
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-FEATURES = ("batches", "whatsapp", "sheets_export", "completion_callbacks")
 
 
 @dataclass(frozen=True)
@@ -58,26 +56,12 @@ class Outcome:
     detail: str = ""
 
 
-class NoCapacity(Exception):
-    """No Sheets write slot came free in time: deliver the event again later."""
-
-
 def _write_call(deps: SheetsDeps, call: Callable[[], T], *, tenant: str, interactive: bool) -> T:
-    """One write request under the Sheets quota. A 429 slows every instance down, then raises,
-    like any transient error, for the event to be delivered again."""
+    """One write request under the Sheets quota. A 429, or no place under the quota in time
+    (NoCapacity), raises for the event to be delivered again."""
     settings = deps.settings
     wait = settings.configure_wait_seconds if interactive else settings.capacity_wait_seconds
-    permit = deps.limiter.acquire(tenant=tenant, interactive=interactive, wait=wait)
-    if permit is None:
-        raise NoCapacity("no Sheets write capacity came free in time")
-    try:
-        return call()
-    except ProviderError as error:
-        if error.rate_limited:
-            deps.limiter.rate_limited(error.retry_after)
-        raise
-    finally:
-        deps.limiter.release(permit)
+    return deps.limiter.call(call, tenant=tenant, interactive=interactive, wait=wait)
 
 
 # -- status-api ------------------------------------------------------------------------------------

@@ -7,12 +7,13 @@ delivery Meta repeats (for up to 7 days) finds the item already there, and alrea
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.conversations_store import ConversationStore, message_key
 from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.limiter import NoCapacity
 from sluice.adapters.outside import ProviderError
 from sluice.adapters.whatsapp_api import WhatsAppAPI
 from sluice.domain.whatsapp import (
@@ -124,18 +125,13 @@ def record_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> tuple[str
 def send_within_limits(deps: WhatsAppDeps, phone_id: str, to: str, text: str, reply_to: str) -> str:
     """Send under the WhatsApp Cloud API's limits; no capacity in time is a rate limit."""
     capacity = deps.send_capacity
-    permit = capacity.limiter.acquire(tenant=phone_id, interactive=True, wait=capacity.wait_seconds)
-    if permit is None:
+    try:
+        return capacity.limiter.call(
+            lambda: deps.whatsapp.send_text(phone_id, to, text, reply_to=reply_to),
+            tenant=phone_id, interactive=True, wait=capacity.wait_seconds,
+        )  # fmt: skip
+    except NoCapacity:
         raise ProviderError(
             "no WhatsApp sending capacity", permanent=False, rate_limited=True,
             limiter_informed=True,
-        )  # fmt: skip
-    try:
-        return deps.whatsapp.send_text(phone_id, to, text, reply_to=reply_to)
-    except ProviderError as error:
-        if not error.rate_limited:
-            raise
-        capacity.limiter.rate_limited(error.retry_after)
-        raise replace(error, limiter_informed=True) from None
-    finally:
-        capacity.limiter.release(permit)
+        ) from None  # fmt: skip
