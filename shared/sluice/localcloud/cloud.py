@@ -30,7 +30,7 @@ from google.pubsub_v1.types import DeadLetterPolicy, PushConfig, RetryPolicy
 
 from sluice.localcloud.emulators import Emulators
 from sluice.localcloud.functions import FunctionProcess
-from sluice.localcloud.processes import free_port, http_ok, spawn, stop, wait_until
+from sluice.localcloud.processes import listening_port, spawn, stop
 from sluice.localcloud.scheduler import Scheduler
 from sluice.localcloud.triggers import TriggerRouter
 from sluice.topology import REPO_TOPOLOGY, Topology, parse_topology
@@ -126,9 +126,9 @@ class Deployment:
         self.topology_path = self.dir / "topology.yaml"
         self.topology_path.write_text(yaml.safe_dump(self.topology.model_dump(mode="json")))
         self.scheduler = Scheduler(self.project, self.topology.schedules)
-        self.server_ports = {
-            name: self.ports.get(name) or free_port() for name in ("provider", "graph", "sheets")
-        }
+        # Filled in by start(): each server binds port 0 (or the port asked for) and reports the
+        # port it got, so no other process can take it between choosing and binding.
+        self.server_ports: dict[str, int] = {}
         # WhatsApp secrets of this deployment (passed to the Graph server as --flag=value: a
         # token may start with "-"): Meta's app secret, the verify token, the token
         # Sluice sends with; local and fresh each time, written to local.json for tools.
@@ -178,12 +178,19 @@ class Deployment:
                                        *self.graph_args]),
             "sheets": ("sheets_server", self.sheets_args),
         }  # fmt: skip
+        logs = {name: self.dir / f"{name}.log" for name in servers}
+        offsets = {name: log.stat().st_size if log.exists() else 0 for name, log in logs.items()}
         for name, (module, args) in servers.items():
             self._servers[name] = spawn(
                 [sys.executable, "-m", f"sluice.localcloud.{module}",
-                 "--port", str(self.server_ports[name]), *args],
-                log_path=self.dir / f"{name}.log",
+                 "--port", str(self.ports.get(name, 0)), *args],
+                log_path=logs[name],
             )  # fmt: skip
+        # The functions' environment holds the servers' URLs: learn the ports first.
+        for name, proc in self._servers.items():
+            self.server_ports[name] = listening_port(
+                logs[name], offset=offsets[name], timeout=30, what=f"{name} server", proc=proc
+            )
         for name, function in self.topology.functions.items():
             self.functions[name] = FunctionProcess(
                 name,
@@ -198,9 +205,6 @@ class Deployment:
             fn.env.update(env)
             fn.start()
         self.create_topics()
-        for name, proc in self._servers.items():
-            url = f"http://127.0.0.1:{self.server_ports[name]}/healthz"
-            wait_until(http_ok(url), timeout=30, what=f"{name} server", proc=proc)
         for fn in self.functions.values():
             fn.wait_ready()
         self.create_subscriptions()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -70,6 +71,28 @@ def wait_until(
             return
         time.sleep(0.1)
     raise TimeoutError(f"{what} was not ready after {timeout} s")
+
+
+def listening_port(
+    log_path: Path, *, offset: int, timeout: float, what: str, proc: subprocess.Popen[bytes]
+) -> int:
+    """The port a server bound, from the `listening on http://HOST:PORT` line it prints once
+    bound (read from its log past `offset`, where this run's output begins)."""
+    found: list[int] = []
+
+    def printed() -> bool:
+        with log_path.open("rb") as log:
+            log.seek(offset)
+            match = LISTENING.search(log.read())
+        if match:
+            found.append(int(match[1]))
+        return bool(match)
+
+    wait_until(printed, timeout=timeout, what=what, proc=proc)
+    return found[0]
+
+
+LISTENING = re.compile(rb"listening on http://\S+:(\d+)")
 
 
 def http_ok(url: str, *, any_answer: bool = False) -> Callable[[], bool]:
