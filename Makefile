@@ -7,10 +7,11 @@ VENV := .venv
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 PY := $(VENV)/bin/python
+DIST ?= dist
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install test lint unit run bench clean
+.PHONY: install test lint unit run bench package clean
 
 install: $(VENV)/.synced
 
@@ -23,8 +24,8 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	touch $@
 
 lint: install
-	$(VENV)/bin/ruff check shared services tests bench
-	$(VENV)/bin/ruff format --check shared services tests bench
+	$(VENV)/bin/ruff check shared services tests bench tools
+	$(VENV)/bin/ruff format --check shared services tests bench tools
 	$(VENV)/bin/mypy
 
 # The whole suite: pure logic, adapters on the emulators, functions, end to end on the local cloud.
@@ -43,5 +44,11 @@ run: install
 bench: install
 	PYTHONPATH=. $(PY) bench/run.py
 
+# One deployable source archive per function (dist/<function>.zip), for terraform/.
+package: install
+	@mkdir -p $(DIST)
+	$(UV) export --frozen --no-dev --no-emit-project --no-header --quiet --output-file $(DIST)/requirements.txt
+	$(PY) tools/package.py --requirements $(DIST)/requirements.txt --out $(DIST)
+
 clean:
-	rm -rf $(VENV) $(TOOLS) .sluice .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .sluice .pytest_cache .mypy_cache .ruff_cache dist

@@ -16,7 +16,7 @@ from sluice.problems import Problem
 
 @functions_framework.http
 def inline_webhook(request: flask.Request) -> flask.Response:
-    secret = wiring.settings().whatsapp_app_secret.get_secret_value()
+    secret = wiring.settings().required("whatsapp_app_secret")
     body = request.get_data()
     try:
         check_signature(body, request.headers.get("X-Hub-Signature-256"), secret)

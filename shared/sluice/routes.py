@@ -40,7 +40,7 @@ def create_batch(request: flask.Request) -> flask.Response:
         tenant=tenant.id,
         batch=batch,
         idempotency_key=key,
-        status_api_url=settings.status_api_url,
+        status_api_url=settings.required("status_api_url"),
     )
     return json_response(accepted.body(), 202, {"Location": accepted.status_url})
 
@@ -103,7 +103,7 @@ def get_health(request: flask.Request) -> flask.Response:
 
 
 def whatsapp_handshake(request: flask.Request) -> flask.Response:
-    token = wiring.settings().whatsapp_verify_token.get_secret_value()
+    token = wiring.settings().required("whatsapp_verify_token")
     challenge = verify_handshake(dict(request.args.items()), token)
     return flask.Response(challenge, 200, mimetype="text/plain")
 
@@ -114,7 +114,7 @@ def whatsapp_delivery(request: flask.Request) -> flask.Response:
         wiring.publisher(),
         body=read_body(request, settings.topology.api.max_whatsapp_body_bytes),
         signature=request.headers.get("X-Hub-Signature-256"),
-        app_secret=settings.whatsapp_app_secret.get_secret_value(),
+        app_secret=settings.required("whatsapp_app_secret"),
     )
     return json_response({"received": received})
 

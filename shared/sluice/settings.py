@@ -1,6 +1,8 @@
 """One typed settings object for every function, read from the environment once per process.
 
-A missing required value fails at start-up with the variable's name, not at the first request.
+Which values a function needs is declared in `topology.yaml` (`needs`): in a function (K_SERVICE
+names it, in the cloud and in the local cloud alike) a missing one fails when the settings are
+first read, with the variable's name; elsewhere `required()` says which one is missing.
 The emulator hosts (PUBSUB_EMULATOR_HOST, FIRESTORE_EMULATOR_HOST) are read by Google's client
 libraries themselves: set them and the same code talks to the emulators.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sluice.topology import REPO_TOPOLOGY, Topology, load_topology
@@ -22,24 +24,53 @@ class Settings(BaseSettings):
     project: str = Field(validation_alias=AliasChoices("GOOGLE_CLOUD_PROJECT", "SLUICE_PROJECT"))
     topology_path: Path = Field(default=REPO_TOPOLOGY, validation_alias="SLUICE_TOPOLOGY")
     # Base URL of status-api, used to build the `status_url` answered for a new batch.
-    status_api_url: str
+    status_api_url: str | None = None
     # An OpenAI-compatible chat completions API (the local provider server in local runs).
-    ai_provider_url: str
-    ai_provider_api_key: SecretStr = SecretStr("")
+    ai_provider_url: str | None = None
+    ai_provider_api_key: SecretStr | None = None
     ai_model: str = "sluice-default"
     # WhatsApp Cloud API: from Secret Manager in the cloud, from the environment locally.
-    whatsapp_app_secret: SecretStr
-    whatsapp_verify_token: SecretStr
-    whatsapp_access_token: SecretStr
+    whatsapp_app_secret: SecretStr | None = None
+    whatsapp_verify_token: SecretStr | None = None
+    whatsapp_access_token: SecretStr | None = None
     whatsapp_graph_url: str = "https://graph.facebook.com"
     whatsapp_api_version: str = "v21.0"
     # Google Sheets: unset in the cloud (sheets.googleapis.com, with the function's service
     # account); the local Sheets server's URL in local runs.
     sheets_endpoint: str | None = None
 
+    # The function this process serves (Cloud Run sets K_SERVICE; so does the local cloud).
+    function: str | None = Field(default=None, validation_alias="K_SERVICE")
+
     @property
     def topology(self) -> Topology:
         return load_topology(self.topology_path)
+
+    @model_validator(mode="after")
+    def _function_needs(self) -> Settings:
+        spec = self.topology.functions.get(self.function or "")
+        if spec is not None:
+            missing = [env_name(n) for n in spec.needs if getattr(self, n, None) in (None, "")]
+            if missing:
+                raise ValueError(f"{self.function} cannot start: {', '.join(missing)} not set")
+        return self
+
+    def required(self, name: str) -> str:
+        """The value of setting `name` (a secret's plain text); raises MissingSetting if unset."""
+        value = getattr(self, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value in (None, ""):
+            raise MissingSetting(f"{env_name(name)} is not set")
+        return str(value)
+
+
+class MissingSetting(RuntimeError):
+    """A value this code path needs was not given to the process."""
+
+
+def env_name(setting: str) -> str:
+    return f"SLUICE_{setting.upper()}"
 
 
 @cache

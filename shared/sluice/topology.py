@@ -13,7 +13,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-REPO_TOPOLOGY = Path(__file__).resolve().parents[2] / "topology.yaml"
+_HERE = Path(__file__).resolve()
+# In the repository the file is at its root; in a function's deployed archive (`make package`), it
+# lies beside the package.
+REPO_TOPOLOGY = next(
+    (p for p in (_HERE.parents[2] / "topology.yaml", _HERE.parents[1] / "topology.yaml") if p.is_file()),
+    _HERE.parents[2] / "topology.yaml",
+)
 
 
 class _Strict(BaseModel):
@@ -33,6 +39,11 @@ class Function(_Strict):
     public: bool = False
     limits: FunctionLimits
     local_instances: int = Field(default=1, ge=1, le=8)
+    # The topics it publishes to: in the cloud its service account may publish to these only.
+    publishes: list[str] = Field(default_factory=list)
+    # Settings it cannot start without (SLUICE_<NAME>); Terraform passes each one, from Secret
+    # Manager when it is a secret, and no others.
+    needs: list[str] = Field(default_factory=list)
 
     @property
     def signature_type(self) -> str:
@@ -117,6 +128,12 @@ class Exports(_Strict):
     backfill_budget_seconds: int = Field(ge=1)
 
 
+class Retention(_Strict):
+    """How long records kept only to recognise a repeat live (Firestore TTL deletes them after)."""
+
+    whatsapp_message_days: int = Field(ge=8)  # Meta re-delivers a webhook for up to 7 days
+
+
 class Topology(_Strict):
     functions: dict[str, Function]
     topics: dict[str, Topic]
@@ -127,6 +144,7 @@ class Topology(_Strict):
     work: Work
     api: Api
     exports: Exports
+    retention: Retention
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Topology:
@@ -144,6 +162,12 @@ class Topology(_Strict):
                 problems.append(f"subscription {name}: {sub.push_to} is not a pubsub function")
             if sub.retry.minimum_backoff_seconds > sub.retry.maximum_backoff_seconds:
                 problems.append(f"subscription {name}: minimum backoff exceeds maximum")
+        for name, function in self.functions.items():
+            problems += [
+                f"function {name}: publishes to unknown topic {t!r}"
+                for t in function.publishes
+                if t not in self.topics
+            ]
         for name, trig in self.firestore_triggers.items():
             fn = self.functions.get(trig.function)
             if fn is None or fn.trigger != "firestore":

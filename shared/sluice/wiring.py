@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cache
 
 from sluice.adapters.ai_provider import AIProvider
@@ -44,8 +45,8 @@ def ai_provider() -> AIProvider:
     limits = s.topology.providers["ai"]
     return AIProvider(
         http_client(),
-        base_url=s.ai_provider_url,
-        api_key=s.ai_provider_api_key.get_secret_value(),
+        base_url=s.required("ai_provider_url"),
+        api_key=s.required("ai_provider_api_key"),
         model=s.ai_model,
         timeout=limits.timeout_seconds,
     )
@@ -58,7 +59,7 @@ def whatsapp_api() -> WhatsAppAPI:
         http_client(),
         base_url=s.whatsapp_graph_url,
         version=s.whatsapp_api_version,
-        token=s.whatsapp_access_token.get_secret_value(),
+        token=s.required("whatsapp_access_token"),
         timeout=s.topology.providers["whatsapp"].timeout_seconds,
     )
 
@@ -67,7 +68,10 @@ def whatsapp_api() -> WhatsAppAPI:
 def whatsapp_deps() -> WhatsAppDeps:
     return WhatsAppDeps(
         store=job_store(),
-        conversations=ConversationStore(firestore_client(settings().project)),
+        conversations=ConversationStore(
+            firestore_client(settings().project),
+            keep=timedelta(days=settings().topology.retention.whatsapp_message_days),
+        ),
         ai=ai_provider(),
         whatsapp=whatsapp_api(),
         # Replies are interactive: they go ahead of bulk work for the AI provider's capacity.

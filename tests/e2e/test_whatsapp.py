@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
@@ -174,6 +175,9 @@ def test_statuses_out_of_order_leave_the_message_read(http, deployment, phone, d
              what="the last status")  # fmt: skip
     doc = ConversationStore(db).message_ref(phone, user, wamid).get().to_dict()
     assert doc["status"] == "read"
+    # The TTL policy's field: the record goes once Meta can no longer repeat the status.
+    keep = timedelta(days=deployment.topology.retention.whatsapp_message_days)
+    assert abs(doc["expires_at"] - (datetime.now(UTC) + keep)) < timedelta(minutes=5)
 
 
 def test_a_failed_status_keeps_its_error(http, deployment, phone, db):

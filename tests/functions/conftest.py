@@ -29,6 +29,7 @@ def function_client(
     monkeypatch.setenv("SLUICE_STATUS_API_URL", "http://status.invalid")
     # Nothing listens here: a test that reaches the provider fails loudly.
     monkeypatch.setenv("SLUICE_AI_PROVIDER_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SLUICE_AI_PROVIDER_API_KEY", "sk-test")
     monkeypatch.setenv("SLUICE_WHATSAPP_GRAPH_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("SLUICE_WHATSAPP_APP_SECRET", APP_SECRET)
     monkeypatch.setenv("SLUICE_WHATSAPP_VERIFY_TOKEN", VERIFY_TOKEN)

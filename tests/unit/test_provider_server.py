@@ -132,6 +132,19 @@ def test_unknown_route_is_404_in_openai_format() -> None:
     assert_openai_error(r.get_json(), "invalid_request_error")
 
 
+def test_with_an_api_key_a_call_without_it_is_401_and_not_counted() -> None:
+    app = create_app(ProviderConfig(), api_key="sk-right")
+    client = app.test_client()
+    for headers in ({}, {"Authorization": "Bearer sk-wrong"}):
+        r = client.post("/v1/chat/completions", json=chat("hello"), headers=headers)
+        assert r.status_code == 401
+        assert_openai_error(r.get_json(), "invalid_request_error", "invalid_api_key")
+    ok = client.post("/v1/chat/completions", json=chat("hello"),
+                     headers={"Authorization": "Bearer sk-right"})  # fmt: skip
+    assert ok.status_code == 200
+    assert stats(app)["requests"] == 1
+
+
 # --- failure modes -------------------------------------------------------------------------------
 
 

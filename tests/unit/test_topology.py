@@ -49,6 +49,8 @@ def mutated(**changes) -> str:
         ("exports.lease_seconds", 30, "a live writer loses its lease while it waits"),
         ("exports.backfill_budget_seconds", 600, "must be below backfill's timeout"),
         ("exports.rows_per_call", 501, "less than or equal"),
+        ("functions.status-api.publishes", ["nope"], "publishes to unknown topic 'nope'"),
+        ("retention.whatsapp_message_days", 7, "greater than or equal"),
         (
             "firestore_triggers.item-written-to-sheets-writer.function",
             "webhook-ingest",

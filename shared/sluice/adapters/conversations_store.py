@@ -2,14 +2,15 @@
 
 `conversations/{phone_number_id}:{wa_id}/messages/{message key}`: one conversation per business
 number and user. Message ids (`wamid....`) are hashed into document ids, since they may hold
-characters a document id cannot.
+characters a document id cannot. Each write stamps `expires_at`: a Firestore TTL policy deletes a
+message once nothing can repeat it any more (retention.whatsapp_message_days in topology.yaml).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.api_core.exceptions import AlreadyExists
@@ -23,8 +24,12 @@ def message_key(wamid: str) -> str:
 
 
 class ConversationStore:
-    def __init__(self, db: firestore.Client) -> None:
+    def __init__(self, db: firestore.Client, *, keep: timedelta = timedelta(days=30)) -> None:
         self._db = db
+        self._keep = keep
+
+    def _expires_at(self) -> datetime:
+        return datetime.now(UTC) + self._keep
 
     def message_ref(self, phone_id: str, wa_id: str, wamid: str) -> firestore.DocumentReference:
         conversation = self._db.collection("conversations").document(f"{phone_id}:{wa_id}")
@@ -34,7 +39,7 @@ class ConversationStore:
         # A repeated delivery finds it recorded the first time.
         with contextlib.suppress(AlreadyExists):
             self.message_ref(phone_id, wa_id, wamid).create(
-                {"id": wamid, "direction": "in", **fields}
+                {"id": wamid, "direction": "in", **fields, "expires_at": self._expires_at()}
             )
 
     def record_outbound(
@@ -47,7 +52,8 @@ class ConversationStore:
         def run(tx: firestore.Transaction) -> None:
             stored = ref.get(transaction=tx).to_dict() or {}
             status = stored.get("status") or "accepted"
-            tx.set(ref, {"id": wamid, "direction": "out", **fields, "status": status}, merge=True)
+            sent = {"id": wamid, "direction": "out", **fields, "status": status}
+            tx.set(ref, sent | {"expires_at": self._expires_at()}, merge=True)
 
         run(self._db.transaction())
 
@@ -61,7 +67,12 @@ class ConversationStore:
         def run(tx: firestore.Transaction) -> str:
             stored = ref.get(transaction=tx).to_dict() or {}
             new = advance_status(stored.get("status"), str(status["status"]))
-            update: dict[str, Any] = {"id": wamid, "status": new, "status_updated_at": at}
+            update: dict[str, Any] = {
+                "id": wamid,
+                "status": new,
+                "status_updated_at": at,
+                "expires_at": self._expires_at(),
+            }
             if new == "failed" and status.get("errors"):
                 update["errors"] = status["errors"]
             tx.set(ref, update, merge=True)

@@ -132,6 +132,7 @@ class Deployment:
         # WhatsApp secrets of this deployment (passed to the Graph server as --flag=value: a
         # token may start with "-"): Meta's app secret, the verify token, the token
         # Sluice sends with; local and fresh each time, written to local.json for tools.
+        self.ai_api_key = f"sk-local-{secrets.token_urlsafe(18)}"
         self.whatsapp = {
             "app_secret": secrets.token_hex(16),
             "verify_token": secrets.token_urlsafe(12),
@@ -162,6 +163,7 @@ class Deployment:
             "SLUICE_TOPOLOGY": str(self.topology_path),
             "SLUICE_STATUS_API_URL": self.url("status-api"),
             "SLUICE_AI_PROVIDER_URL": self.provider_url,
+            "SLUICE_AI_PROVIDER_API_KEY": self.ai_api_key,
             "SLUICE_WHATSAPP_GRAPH_URL": self.graph_url,
             "SLUICE_SHEETS_ENDPOINT": self.sheets_url,
             "SLUICE_WHATSAPP_APP_SECRET": self.whatsapp["app_secret"],
@@ -173,7 +175,7 @@ class Deployment:
 
     def start(self) -> None:
         servers = {
-            "provider": ("provider_server", self.provider_args),
+            "provider": ("provider_server", [f"--api-key={self.ai_api_key}", *self.provider_args]),
             "graph": ("graph_server", [f"--access-token={self.whatsapp['access_token']}",
                                        *self.graph_args]),
             "sheets": ("sheets_server", self.sheets_args),

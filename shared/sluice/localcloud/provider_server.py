@@ -323,9 +323,11 @@ def create_app(
     *,
     clock: Clock = time.monotonic,
     stopping: threading.Event | None = None,
+    api_key: str | None = None,
 ) -> flask.Flask:
     """The provider as a Flask app. `clock` (monotonic seconds) drives the 60 s windows, so a test
-    can move time; setting `stopping` cuts short every sleep, so a shutdown need not wait."""
+    can move time; setting `stopping` cuts short every sleep, so a shutdown need not wait. With
+    `api_key`, a call without `Authorization: Bearer <api_key>` is a 401, as OpenAI answers it."""
     config = config if config is not None else ProviderConfig()
     stats = ProviderStats(clock)
     stop = stopping if stopping is not None else threading.Event()
@@ -339,6 +341,9 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     def chat_completions() -> flask.Response:
+        if api_key and flask.request.headers.get("Authorization") != f"Bearer {api_key}":
+            return _error(401, "Incorrect API key provided.", "invalid_request_error",
+                          "invalid_api_key")  # fmt: skip
         call = stats.arrive()
         status = 500  # if anything below raises, Flask answers 500: count it as that
         try:
@@ -475,6 +480,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-concurrent", type=int, default=None, help="past this many in flight, answer 429"
     )
     p.add_argument("--seed", type=int, default=None, help="seed the random failures and hangs")
+    p.add_argument("--api-key", default=None, help="answer 401 to calls without this bearer key")
     p.add_argument("--log-requests", action="store_true", help="log each request to stderr")
     return p
 
@@ -498,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
 
     return serve(
-        lambda stopping: create_app(config, stopping=stopping),
+        lambda stopping: create_app(config, stopping=stopping, api_key=args.api_key),
         args.host,
         args.port,
         name="provider-server",
