@@ -16,10 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 _HERE = Path(__file__).resolve()
 # In the repository the file is at its root; in a function's deployed archive (`make package`), it
 # lies beside the package.
-REPO_TOPOLOGY = next(
-    (p for p in (_HERE.parents[2] / "topology.yaml", _HERE.parents[1] / "topology.yaml") if p.is_file()),
-    _HERE.parents[2] / "topology.yaml",
-)
+_PLACES = (_HERE.parents[2] / "topology.yaml", _HERE.parents[1] / "topology.yaml")
+REPO_TOPOLOGY = next((p for p in _PLACES if p.is_file()), _PLACES[0])
 
 
 class _Strict(BaseModel):
