@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # Google Sheets: unset in the cloud (sheets.googleapis.com, with the function's service
     # account); the local Sheets server's URL in local runs.
     sheets_endpoint: str | None = None
+    # The service account every function acts as towards Sheets (it owns the spreadsheets). With
+    # an endpoint (local runs) no credentials are sent and it only names the local stand-in.
+    sheets_service_account: str | None = None
 
     # The function this process serves (Cloud Run sets K_SERVICE; so does the local cloud).
     function: str | None = Field(default=None, validation_alias="K_SERVICE")

@@ -64,8 +64,9 @@ class Subscription(_Strict):
     push_to: str
     ack_deadline_seconds: int = Field(ge=10, le=600)
     retry: RetryPolicy
-    # Required for a topic with a dead-letter topic; meaningless otherwise.
-    max_delivery_attempts: int | None = Field(default=None, ge=5, le=100)
+    # After this many deliveries a message goes to its topic's dead-letter topic, or to the
+    # parking lot for a topic that has none.
+    max_delivery_attempts: int = Field(ge=5, le=100)
     ordering: bool = False
 
 
@@ -126,6 +127,16 @@ class Exports(_Strict):
     backfill_budget_seconds: int = Field(ge=1)
 
 
+class ParkingLot(_Strict):
+    """Where a message goes that kept failing on a topic with no dead-letter topic of its own (the
+    sweeps, the dead-letter topics themselves): nobody consumes it; a pull subscription keeps it
+    for inspection, and an alert fires while it holds anything."""
+
+    topic: str
+    subscription: str
+    retention_days: int = Field(ge=1, le=7)
+
+
 class Retention(_Strict):
     """How long records kept only to recognise a repeat live (Firestore TTL deletes them after)."""
 
@@ -143,6 +154,7 @@ class Topology(_Strict):
     api: Api
     exports: Exports
     retention: Retention
+    parking_lot: ParkingLot
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Topology:
@@ -151,9 +163,6 @@ class Topology(_Strict):
         for name, sub in self.subscriptions.items():
             if sub.topic not in self.topics and sub.topic not in dead_letters:
                 problems.append(f"subscription {name}: unknown topic {sub.topic!r}")
-            topic = self.topics.get(sub.topic)
-            if topic is not None and topic.dead_letter and sub.max_delivery_attempts is None:
-                problems.append(f"subscription {name}: max_delivery_attempts is required")
             if self.functions.get(sub.push_to, None) is None:
                 problems.append(f"subscription {name}: unknown function {sub.push_to!r}")
             elif self.functions[sub.push_to].trigger != "pubsub":
@@ -185,6 +194,8 @@ class Topology(_Strict):
             problems.append("exports: backfill_budget_seconds must be below backfill's timeout")
         if dead_letters & set(self.topics):
             problems.append("a dead-letter topic is also declared as a work topic")
+        if self.parking_lot.topic in dead_letters | set(self.topics):
+            problems.append("the parking lot's topic must be a topic of its own")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -192,6 +203,16 @@ class Topology(_Strict):
     @property
     def dead_letter_topics(self) -> list[str]:
         return sorted({t.dead_letter for t in self.topics.values() if t.dead_letter})
+
+    @property
+    def all_topics(self) -> list[str]:
+        """Every topic to create: work topics, dead-letter topics and the parking lot."""
+        return [*self.topics, *self.dead_letter_topics, self.parking_lot.topic]
+
+    def dead_letter_of(self, subscription: str) -> str:
+        """Where the subscription's undeliverable messages go."""
+        topic = self.topics.get(self.subscriptions[subscription].topic)
+        return topic.dead_letter if topic and topic.dead_letter else self.parking_lot.topic
 
     def dead_letter_source(self, topic: str) -> str | None:
         """The topic whose undeliverable messages `topic` receives, if it is a dead-letter topic."""

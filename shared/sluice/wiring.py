@@ -136,7 +136,9 @@ def sheets_deps() -> SheetsDeps:
         exports=export_store(),
         jobs=job_store(),
         sheets=SheetsAPI(
-            endpoint=s.sheets_endpoint, timeout=s.topology.providers["sheets"].timeout_seconds
+            endpoint=s.sheets_endpoint,
+            timeout=s.topology.providers["sheets"].timeout_seconds,
+            service_account=s.sheets_service_account,
         ),
         limiter=limiter("sheets"),
         settings=s.topology.exports,

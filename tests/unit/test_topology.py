@@ -22,6 +22,10 @@ def test_the_repository_topology_loads():
     assert set(topology.dead_letter_topics) <= consumed
     assert topology.dead_letter_source("work-items-dead-letter") == "work-items"
     assert topology.dead_letter_source("work-items") is None
+    # Every subscription has somewhere to put what it cannot deliver.
+    assert topology.dead_letter_of("work-items-to-processor") == "work-items-dead-letter"
+    assert topology.dead_letter_of("sweeps-to-processor") == topology.parking_lot.topic
+    assert topology.dead_letter_of("work-items-dead-letter-to-processor") == "parked"
 
 
 def mutated(**changes) -> str:
@@ -42,7 +46,9 @@ def mutated(**changes) -> str:
         ("subscriptions.work-items-to-processor.push_to", "status-api", "not a pubsub function"),
         ("subscriptions.work-items-to-processor.max_delivery_attempts", 3, "greater than or equal"),
         ("subscriptions.work-items-to-processor.ack_deadline_seconds", 700, "less than or equal"),
-        ("subscriptions.work-items-to-processor.max_delivery_attempts", None, "is required"),
+        ("subscriptions.work-items-to-processor.max_delivery_attempts", None, "valid integer"),
+        ("parking_lot.topic", "work-items-dead-letter", "parking lot's topic must be a topic of"),
+        ("parking_lot.retention_days", 8, "less than or equal"),
         ("subscriptions.sweeps-to-processor.topic", "nope-dead-letter", "unknown topic"),
         ("schedules.sweeper.topic", "nope", "schedule sweeper: unknown topic"),
         ("schedules.sweeper.every_seconds", 0, "greater than or equal"),

@@ -1,7 +1,9 @@
 """Google Sheets through `google-api-python-client`, built from the discovery document it ships.
 
-In the cloud the credentials are the function's service account (Application Default
-Credentials); locally `endpoint` points at the local Sheets server and no credentials are sent.
+In the cloud every function that touches Sheets acts as one service account (`service_account`,
+impersonated with the function's own credentials): the spreadsheet that status-api creates is then
+one that sheets-writer and backfill may write. Locally `endpoint` points at the local Sheets server
+and no credentials are sent.
 Every failure comes out as a `ProviderError`: a 429 is a rate limit, 5xx and transport errors
 are transient, any other 4xx is permanent.
 """
@@ -15,6 +17,7 @@ from typing import Any
 
 import google.auth
 import httplib2
+from google.auth import impersonated_credentials
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google_auth_httplib2 import AuthorizedHttp
 from googleapiclient.discovery import build
@@ -45,13 +48,24 @@ def runs(rows: Mapping[int, Sequence[Any]]) -> list[tuple[int, list[Sequence[Any
     return out
 
 
+def _credentials(endpoint: str | None, service_account: str | None) -> Credentials:
+    if endpoint:
+        return AnonymousCredentials()
+    own, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    if not service_account:
+        return own.with_scopes(SCOPES) if hasattr(own, "with_scopes") else own
+    return impersonated_credentials.Credentials(
+        source_credentials=own, target_principal=service_account, target_scopes=SCOPES
+    )
+
+
 class SheetsAPI:
-    def __init__(self, *, endpoint: str | None, timeout: float) -> None:
+    def __init__(
+        self, *, endpoint: str | None, timeout: float, service_account: str | None = None
+    ) -> None:
         self._endpoint = endpoint
         self._timeout = timeout
-        self._credentials: Credentials = (
-            AnonymousCredentials() if endpoint else google.auth.default(scopes=SCOPES)[0]
-        )
+        self._credentials = _credentials(endpoint, service_account)
         # httplib2 is not thread-safe: one service object per thread, as the library advises.
         self._local = threading.local()
 

@@ -166,6 +166,8 @@ class Deployment:
             "SLUICE_AI_PROVIDER_API_KEY": self.ai_api_key,
             "SLUICE_WHATSAPP_GRAPH_URL": self.graph_url,
             "SLUICE_SHEETS_ENDPOINT": self.sheets_url,
+            # Named only: the local Sheets server takes no credentials.
+            "SLUICE_SHEETS_SERVICE_ACCOUNT": f"sluice-sheets@{self.project}.iam.gserviceaccount",
             "SLUICE_WHATSAPP_APP_SECRET": self.whatsapp["app_secret"],
             "SLUICE_WHATSAPP_VERIFY_TOKEN": self.whatsapp["verify_token"],
             "SLUICE_WHATSAPP_ACCESS_TOKEN": self.whatsapp["access_token"],
@@ -228,7 +230,7 @@ class Deployment:
 
     def create_topics(self) -> None:
         publisher = pubsub_v1.PublisherClient()
-        for topic in [*self.topology.topics, *self.topology.dead_letter_topics]:
+        for topic in self.topology.all_topics:
             with contextlib.suppress(AlreadyExists):
                 publisher.create_topic(name=publisher.topic_path(self.project, topic))
 
@@ -240,7 +242,6 @@ class Deployment:
         subscriber = pubsub_v1.SubscriberClient()
         publisher = pubsub_v1.PublisherClient()
         for name, sub in self.topology.subscriptions.items():
-            topic = self.topology.topics.get(sub.topic)
             request: dict[str, Any] = {
                 "name": subscriber.subscription_path(self.project, name),
                 "topic": publisher.topic_path(self.project, sub.topic),
@@ -251,14 +252,21 @@ class Deployment:
                     maximum_backoff=Duration(seconds=sub.retry.maximum_backoff_seconds),
                 ),
                 "enable_message_ordering": sub.ordering,
-            }
-            if topic is not None and topic.dead_letter:
-                request["dead_letter_policy"] = DeadLetterPolicy(
-                    dead_letter_topic=publisher.topic_path(self.project, topic.dead_letter),
+                "dead_letter_policy": DeadLetterPolicy(
+                    dead_letter_topic=publisher.topic_path(
+                        self.project, self.topology.dead_letter_of(name)
+                    ),
                     max_delivery_attempts=sub.max_delivery_attempts,
-                )
+                ),
+            }
             with contextlib.suppress(AlreadyExists):
                 subscriber.create_subscription(request=request)
+        parked = self.topology.parking_lot
+        with contextlib.suppress(AlreadyExists):
+            subscriber.create_subscription(
+                name=subscriber.subscription_path(self.project, parked.subscription),
+                topic=publisher.topic_path(self.project, parked.topic),
+            )
         subscriber.close()
 
     def delete_subscriptions(self) -> None:
@@ -267,7 +275,7 @@ class Deployment:
         project's deliveries."""
         subscriber = pubsub_v1.SubscriberClient()
         try:
-            for name in self.topology.subscriptions:
+            for name in [*self.topology.subscriptions, self.topology.parking_lot.subscription]:
                 with contextlib.suppress(GoogleAPICallError):
                     subscriber.delete_subscription(
                         subscription=subscriber.subscription_path(self.project, name), timeout=10
