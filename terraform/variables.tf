@@ -1,0 +1,87 @@
+variable "project_id" {
+  description = "The Google Cloud project Sluice runs in."
+  type        = string
+}
+
+variable "region" {
+  description = "Where the functions, the source bucket and the scheduler run."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "firestore_location" {
+  description = "The Firestore database's location (its Eventarc triggers live there too): a multi-region such as nam5 or eur3, or a region."
+  type        = string
+  default     = "nam5"
+}
+
+variable "labels" {
+  description = "Labels added to every resource that takes them."
+  type        = map(string)
+  default     = {}
+}
+
+variable "dist_dir" {
+  description = "Where `make package` put the functions' archives."
+  type        = string
+  default     = "../dist"
+}
+
+variable "runtime" {
+  description = "The Cloud Run functions runtime: the Python version the code is tested on."
+  type        = string
+  default     = "python311"
+}
+
+# Values the functions read as SLUICE_* settings. Which function gets which is declared in
+# topology.yaml (`needs`); the status-api URL and the Sheets service account are Terraform's own.
+variable "settings" {
+  description = "Plain (not secret) settings: the AI provider's URL and model, the WhatsApp Graph API."
+  type = object({
+    ai_provider_url      = optional(string, "https://api.openai.com")
+    ai_model             = optional(string, "gpt-4o-mini")
+    whatsapp_graph_url   = optional(string, "https://graph.facebook.com")
+    whatsapp_api_version = optional(string, "v21.0")
+  })
+  default = {}
+}
+
+variable "secrets" {
+  description = <<-EOT
+    Secret Manager secrets, by setting name (ai_provider_api_key, whatsapp_app_secret,
+    whatsapp_verify_token, whatsapp_access_token). Terraform always creates the secret; give
+    `value` to have it store a version too (the value then lands in the Terraform state), or leave
+    it out and add the version with `gcloud secrets versions add`.
+  EOT
+  type = map(object({
+    value = optional(string)
+  }))
+  default   = {}
+  sensitive = true
+
+  validation {
+    condition = alltrue([for name in keys(var.secrets) : contains(
+      ["ai_provider_api_key", "whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token"],
+    name)])
+    error_message = "secrets: the names are ai_provider_api_key, whatsapp_access_token, whatsapp_app_secret and whatsapp_verify_token."
+  }
+}
+
+variable "functions" {
+  description = "Per-function deployment settings that are not limits (those are in topology.yaml)."
+  type = map(object({
+    min_instances = optional(number, 0)
+    cpu           = optional(string, "1")
+  }))
+  default = {}
+}
+
+variable "alerts" {
+  description = "Alert policies: where they notify and when they fire."
+  type = object({
+    notification_channels      = optional(list(string), [])
+    dead_letter_backlog        = optional(number, 0)
+    oldest_unacked_age_seconds = optional(number, 900)
+  })
+  default = {}
+}
