@@ -11,7 +11,7 @@ DIST ?= dist
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install test lint unit run bench package clean
+.PHONY: install test lint unit run bench package checkov clean
 
 install: $(VENV)/.synced
 
@@ -28,9 +28,19 @@ lint: install
 	$(VENV)/bin/ruff format --check shared services tests bench tools
 	$(VENV)/bin/mypy
 
+# checkov checks terraform/ offline; every check it skips says why where it is skipped.
+CHECKOV_VENV := $(CURDIR)/$(TOOLS)/checkov
+$(CHECKOV_VENV)/.synced: tools/checkov/pyproject.toml tools/checkov/uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(CHECKOV_VENV) $(UV) sync --frozen --quiet --project tools/checkov --python $(PYTHON)
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.synced
+	BC_SKIP_MAPPING=TRUE CHECKOV_NO_UPDATE_CHECK=1 $(CHECKOV_VENV)/bin/checkov --quiet --compact \
+		--framework terraform --directory terraform --download-external-modules false
+
 # The whole suite: pure logic, adapters on the emulators, functions, end to end on the local cloud.
 # The local cloud is started and stopped by the tests' own fixtures.
-test: lint
+test: lint checkov
 	$(PY) -m pytest
 
 unit: install
