@@ -95,22 +95,24 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
 
 # The push identity may invoke exactly the functions subscriptions push to; the Eventarc identity
 # the ones Firestore triggers go to.
-resource "google_cloud_run_service_iam_member" "push_invoker" {
-  for_each = toset([for sub in local.subscriptions : sub.push_to])
-
-  location = var.region
-  service  = google_cloudfunctions2_function.function[each.key].service_config[0].service
-  role     = "roles/run.invoker"
-  member   = google_service_account.pusher.member
+locals {
+  invokers = merge(
+    { for fn in toset([for sub in local.subscriptions : sub.push_to]) : "${fn}/pusher" => {
+      function = fn, member = google_service_account.pusher.member }
+    },
+    { for fn in toset([for t in local.firestore_triggers : t.function]) : "${fn}/eventarc" => {
+      function = fn, member = google_service_account.eventarc.member }
+    },
+  )
 }
 
-resource "google_cloud_run_service_iam_member" "eventarc_invoker" {
-  for_each = toset([for trigger in local.firestore_triggers : trigger.function])
+resource "google_cloud_run_service_iam_member" "invoker" {
+  for_each = local.invokers
 
   location = var.region
-  service  = google_cloudfunctions2_function.function[each.key].service_config[0].service
+  service  = google_cloudfunctions2_function.function[each.value.function].service_config[0].service
   role     = "roles/run.invoker"
-  member   = google_service_account.eventarc.member
+  member   = each.value.member
 }
 
 resource "google_project_iam_member" "eventarc_receiver" {

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from sluice.settings import Settings, env_name
 from sluice.topology import REPO_TOPOLOGY, Topology, load_topology, parse_topology
 from tests.deploy.hcl import Config, HclError, Ref
+from tests.topologies import mutated
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "terraform"
@@ -189,14 +190,18 @@ def test_no_event_function_can_be_invoked_publicly(tf, topology):
 
 
 def test_only_the_push_and_eventarc_identities_invoke_event_functions(tf, topology):
-    pushed = tf.resources("google_cloud_run_service_iam_member", "push_invoker")
-    assert sorted(pushed) == sorted({s.push_to for s in topology.subscriptions.values()})
-    for name, binding in pushed.items():
-        assert binding["service"] == service_of(name)
-        assert binding["member"] == "google_service_account.pusher.member"
-    triggered = tf.resources("google_cloud_run_service_iam_member", "eventarc_invoker")
-    assert sorted(triggered) == sorted({t.function for t in topology.firestore_triggers.values()})
-    assert {b["member"] for b in triggered.values()} == {"google_service_account.eventarc.member"}
+    invokers = tf.resources("google_cloud_run_service_iam_member", "invoker")
+    expected = {(s.push_to, "google_service_account.pusher.member")
+                for s in topology.subscriptions.values()} | {
+               (t.function, "google_service_account.eventarc.member")
+                for t in topology.firestore_triggers.values()}  # fmt: skip
+    found = set()
+    for key, binding in invokers.items():
+        function = key.split("/")[0]
+        assert binding["service"] == service_of(function)
+        assert binding["role"] == "roles/run.invoker"
+        found.add((function, binding["member"]))
+    assert found == expected
 
 
 def test_each_function_gets_exactly_the_settings_it_needs(tf, topology):
@@ -317,18 +322,24 @@ def test_the_sweeper_is_a_scheduler_job_publishing_its_message(tf, topology):
 
 
 def test_alerts_watch_dead_letters_and_every_subscriptions_oldest_message(tf, topology):
-    def watched(resource: str) -> set[str]:
-        policy = one(tf.resources("google_monitoring_alert_policy", resource))
-        condition = block(block(policy, "conditions"), "condition_threshold")
-        return set(re.findall(r'"([^"]+)"', condition["filter"].split("one_of(")[1]))
+    policies = tf.resources("google_monitoring_alert_policy", "pubsub")
+
+    def watched(alert: str) -> tuple[str, set[str]]:
+        condition = block(block(policies[alert], "conditions"), "condition_threshold")
+        metric = re.search(r'metric.type = "([^"]+)"', condition["filter"])[1]  # type: ignore[index]
+        return metric, set(re.findall(r'"([^"]+)"', condition["filter"].split("one_of(")[1]))
 
     dead_letter_consumers = {
         n for n, s in topology.subscriptions.items() if s.topic in topology.dead_letter_topics
     }
-    assert watched("dead_letter_backlog") == dead_letter_consumers | {
-        topology.parking_lot.subscription
-    }
-    assert watched("oldest_unacked") == set(topology.subscriptions)
+    assert watched("dead-letter-backlog") == (
+        "pubsub.googleapis.com/subscription/num_undelivered_messages",
+        dead_letter_consumers | {topology.parking_lot.subscription},
+    )
+    assert watched("oldest-unacked") == (
+        "pubsub.googleapis.com/subscription/oldest_unacked_message_age",
+        set(topology.subscriptions),
+    )
 
 
 def test_outputs_are_the_two_http_urls(tf, topology):
@@ -350,14 +361,7 @@ def test_the_google_provider_is_pinned_to_one_version():
 def changed_copy(tmp_path: Path, change: dict[str, Any]) -> tuple[Config, Topology]:
     """terraform/ beside a changed topology.yaml, as the repository lays them out."""
     shutil.copytree(TERRAFORM, tmp_path / "terraform")
-    raw = yaml.safe_load(REPO_TOPOLOGY.read_text())
-    for path, value in change.items():
-        node = raw
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    text = yaml.safe_dump(raw)
+    text = mutated(change)
     (tmp_path / "topology.yaml").write_text(text)
     return Config(tmp_path / "terraform", VARIABLES), parse_topology(text)
 

@@ -1,9 +1,9 @@
 """The topology file: loaded once, typed, and references checked."""
 
 import pytest
-import yaml
 
-from sluice.topology import REPO_TOPOLOGY, load_topology, parse_topology
+from sluice.topology import load_topology, parse_topology
+from tests.topologies import mutated
 
 
 def test_the_repository_topology_loads():
@@ -26,17 +26,6 @@ def test_the_repository_topology_loads():
     assert topology.dead_letter_of("work-items-to-processor") == "work-items-dead-letter"
     assert topology.dead_letter_of("sweeps-to-processor") == topology.parking_lot.topic
     assert topology.dead_letter_of("work-items-dead-letter-to-processor") == "parked"
-
-
-def mutated(**changes) -> str:
-    raw = yaml.safe_load(REPO_TOPOLOGY.read_text())
-    for path, value in changes.items():
-        node = raw
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return yaml.safe_dump(raw)
 
 
 @pytest.mark.parametrize(
@@ -66,4 +55,4 @@ def mutated(**changes) -> str:
 )
 def test_a_broken_topology_fails_loudly(path, value, message):
     with pytest.raises(ValueError, match=message):
-        parse_topology(mutated(**{path: value}))
+        parse_topology(mutated({path: value}))
