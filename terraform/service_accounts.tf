@@ -43,18 +43,13 @@ resource "google_project_iam_member" "firestore" {
 # Publish only to the topics the topology says it publishes to; viewer for the health check's
 # topic lookup.
 resource "google_pubsub_topic_iam_member" "publisher" {
-  for_each = local.publishers
+  for_each = {
+    for pair in setproduct(keys(local.publishers), ["roles/pubsub.publisher", "roles/pubsub.viewer"]) :
+    "${pair[0]}/${pair[1]}" => merge(local.publishers[pair[0]], { role = pair[1] })
+  }
 
   topic  = google_pubsub_topic.topic[each.value.topic].id
-  role   = "roles/pubsub.publisher"
-  member = google_service_account.function[each.value.function].member
-}
-
-resource "google_pubsub_topic_iam_member" "viewer" {
-  for_each = local.publishers
-
-  topic  = google_pubsub_topic.topic[each.value.topic].id
-  role   = "roles/pubsub.viewer"
+  role   = each.value.role
   member = google_service_account.function[each.value.function].member
 }
 

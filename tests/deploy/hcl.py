@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -435,6 +436,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "floor": lambda x: math.floor(x),
     "max": max,
     "min": min,
+    "setproduct": lambda *sets: [list(t) for t in itertools.product(*sets)],
     "nonsensitive": lambda v: v,
     "sensitive": lambda v: v,
 }

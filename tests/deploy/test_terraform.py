@@ -243,19 +243,14 @@ def test_a_secret_version_is_stored_only_for_a_value_given(topology):
 
 def test_service_accounts_publish_only_where_the_topology_says(tf, topology):
     declared = {(n, t) for n, f in topology.functions.items() for t in f.publishes}
-    for resource, role in (
-        ("publisher", "roles/pubsub.publisher"),
-        ("viewer", "roles/pubsub.viewer"),
-    ):
-        bindings = tf.resources("google_pubsub_topic_iam_member", resource)
-        found = set()
-        for key, binding in bindings.items():
-            function, topic = key.split("/")
-            assert binding["topic"] == f'google_pubsub_topic.topic["{topic}"].id'
-            assert binding["member"] == function_sa(function, "member")
-            assert binding["role"] == role
-            found.add((function, topic))
-        assert found == declared
+    bindings = tf.resources("google_pubsub_topic_iam_member", "publisher")
+    found: dict[str, set[tuple[str, str]]] = {}
+    for binding in bindings.values():
+        function = binding["member"].split('"')[1]
+        topic = binding["topic"].split('"')[1]
+        assert binding["member"] == function_sa(function, "member")
+        found.setdefault(binding["role"], set()).add((function, topic))
+    assert found == {"roles/pubsub.publisher": declared, "roles/pubsub.viewer": declared}
     # Nothing grants publishing at the project level.
     for binding in tf.resources("google_project_iam_member", "firestore").values():
         assert binding["role"] == "roles/datastore.user"
