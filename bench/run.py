@@ -5,7 +5,9 @@
 - a batch's makespan against its bound under the declared provider limits, with the 429s the
   provider returned (bench/makespan.py);
 - the Sheets export's write calls per 1,000 rows, incremental and backfill, and configure-sheets
-  latency by job size (bench/sheets.py).
+  latency by job size (bench/sheets.py);
+- status-api's latency for jobs of 10, 1,000 and 10,000 items (bench/status.py);
+- each function's cold start: import, ready, first request (bench/cold_start.py).
 
 Writes bench/results/latest.json and latest.md, and prints the tables.
 """
@@ -25,7 +27,7 @@ from pathlib import Path
 import httpx
 from google.cloud import firestore
 
-from bench import makespan, sheets
+from bench import cold_start, makespan, sheets, status
 from sluice.adapters.tenants_store import TenantStore
 from sluice.localcloud.cloud import Deployment, LocalCloud
 from sluice.localcloud.functions import FunctionProcess
@@ -120,6 +122,8 @@ def main() -> int:
             d.stop()
         batch = makespan.run(cloud)
         export = sheets.run(cloud)
+        status_latency = status.run(cloud)
+        cold = cold_start.run(cloud)
     ratio_p50 = rows[1]["p50_ms"] / rows[0]["p50_ms"]
     ratio_p99 = rows[1]["p99_ms"] / rows[0]["p99_ms"]
     report = {
@@ -131,6 +135,8 @@ def main() -> int:
         "inline_over_sluice": {"p50": round(ratio_p50, 1), "p99": round(ratio_p99, 1)},
         "batch_makespan": batch,
         "sheets_export": export,
+        "status_latency": status_latency,
+        "cold_start": cold,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -146,6 +152,8 @@ def main() -> int:
         "",
         *makespan.markdown(batch),
         *sheets.markdown(export),
+        *status.markdown(status_latency),
+        *cold_start.markdown(cold),
     ]
     (RESULTS / "latest.md").write_text("\n".join(md))
     print("\n".join(md))

@@ -4,15 +4,11 @@ emulators and the local Sheets server: the failure paths one step at a time."""
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-from google.cloud.firestore_v1 import _helpers
-from google.cloud.firestore_v1.types import Document as FirestoreDocument
-from google.events.cloud.firestore import Document, DocumentEventData
 from werkzeug.serving import make_server
 
 from sluice.adapters.jobs_store import JobStore, NewItem
@@ -20,6 +16,7 @@ from sluice.adapters.sheets_api import SheetsAPI
 from sluice.adapters.tenants_store import TenantStore
 from sluice.localcloud.sheets_server import SheetsConfig, create_app
 from tests.conftest import bearer
+from tests.firestore_events import firestore_event
 
 
 @pytest.fixture
@@ -51,25 +48,6 @@ def succeed(db, job_id: str, item_id: str) -> dict:
     ref = db.collection("jobs").document(job_id).collection("items").document(item_id)
     ref.update(fields)
     return ref.get().to_dict()
-
-
-def firestore_event(project: str, path: str, after: dict) -> tuple[bytes, dict[str, str]]:
-    """A `document.v1.written` CloudEvent in Eventarc's binary mode, with the protobuf body."""
-    name = f"projects/{project}/databases/(default)/documents/{path}"
-    document = FirestoreDocument(name=name, fields=_helpers.encode_dict(after))
-    body = DocumentEventData.serialize(
-        DocumentEventData(value=Document.from_json(FirestoreDocument.to_json(document)))
-    )
-    headers = {
-        "ce-specversion": "1.0",
-        "ce-type": "google.cloud.firestore.document.v1.written",
-        "ce-source": f"//firestore.googleapis.com/projects/{project}/databases/(default)",
-        "ce-id": uuid.uuid4().hex,
-        "ce-subject": f"documents/{path}",
-        "ce-document": path,
-        "Content-Type": "application/protobuf",
-    }
-    return body, headers
 
 
 def deliver(client, project: str, path: str, after: dict) -> int:

@@ -1,0 +1,86 @@
+"""status-api: `GET /v1/batches/{id}` latency for jobs of 10, 1,000 and 10,000 items.
+
+The jobs are written straight into Firestore as the processor leaves them (bench/sheets.py's
+seed), before the functions deploy, so a 10,000-item job takes seconds to prepare. Counts live
+in counter shards, so the answer should cost the same whatever the job's size.
+
+Run alone with `PYTHONPATH=. .venv/bin/python -m bench.status`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from google.cloud import firestore
+
+from bench.sheets import seed_finished_job
+from sluice.adapters.tenants_store import TenantStore
+from sluice.localcloud.cloud import LocalCloud
+
+SIZES = (10, 1_000, 10_000)
+CALLS = 60
+WARMUP = 5
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(cloud: LocalCloud) -> list[dict[str, Any]]:
+    project = "bench-status"
+    db = firestore.Client(project=project)
+    tenant = TenantStore(db).create("bench")
+    for size in SIZES:
+        seed_finished_job(db, tenant.id, f"job-{size}", size)
+    d = cloud.deploy(project)
+    rows = []
+    try:
+        headers = {"Authorization": f"Bearer {tenant.api_key}"}
+        with httpx.Client(timeout=30) as http:
+            for size in SIZES:
+                url = d.url("status-api") + f"/v1/batches/job-{size}"
+                for _ in range(WARMUP):
+                    http.get(url, headers=headers).raise_for_status()
+                latencies = []
+                for _ in range(CALLS):
+                    t0 = time.perf_counter()
+                    answer = http.get(url, headers=headers)
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    answer.raise_for_status()
+                assert answer.json()["total"] == size, answer.json()
+                rows.append({
+                    "items": size,
+                    "p50_ms": round(statistics.median(latencies), 1),
+                    "p99_ms": round(percentile(latencies, 0.99), 1),
+                })  # fmt: skip
+    finally:
+        d.stop()
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> list[str]:
+    small = rows[0]["p50_ms"]
+    return [
+        "## status-api latency by job size",
+        "",
+        f"`GET /v1/batches/{{id}}`, {CALLS} sequential calls per job after {WARMUP} warm-up calls.",
+        "",
+        "| items | p50 ms | p99 ms | p50 ÷ 10-item p50 |",
+        "| ---: | ---: | ---: | ---: |",
+        *(
+            f"| {r['items']:,} | {r['p50_ms']} | {r['p99_ms']} | {r['p50_ms'] / small:.2f}x |"
+            for r in rows
+        ),
+        "",
+    ]
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory() as tmp, LocalCloud(Path(tmp)).running() as local:
+        print("\n".join(markdown(run(local))))
