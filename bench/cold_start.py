@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from bench.report import table
 from sluice.localcloud.cloud import Deployment, LocalCloud
 from sluice.localcloud.functions import FunctionProcess
 from tests.firestore_events import firestore_event
@@ -78,11 +79,13 @@ def import_ms(function: str) -> float:
     return float(run.stdout.strip().splitlines()[-1]) * 1000
 
 
-def start_and_first_request(d: Deployment, function: str, log_dir: Path) -> tuple[float, float]:
+def start_and_first_request(
+    d: Deployment, function: str, request: Request, log_dir: Path
+) -> tuple[float, float]:
     fn = FunctionProcess(function, d.topology.functions[function],
                          source=SERVICES / function / "main.py", env=d.function_env(),
                          log_dir=log_dir)  # fmt: skip
-    method, path, body, headers = FIRST_REQUEST[function](d)
+    method, path, body, headers = request
     started = time.perf_counter()
     fn.start()
     try:
@@ -101,15 +104,17 @@ def run(cloud: LocalCloud) -> list[dict[str, Any]]:
     d = cloud.deploy("bench-cold")
     rows = []
     try:
-        for function in FIRST_REQUEST:
+        for function, make_request in FIRST_REQUEST.items():
+            request = make_request(d)
             imports = [import_ms(function) for _ in range(RUNS)]
-            starts = [start_and_first_request(d, function, d.dir / "cold") for _ in range(RUNS)]
+            starts = [start_and_first_request(d, function, request, d.dir / "cold")
+                      for _ in range(RUNS)]  # fmt: skip
             rows.append({
                 "function": function,
                 "import_ms": round(statistics.median(imports)),
                 "ready_ms": round(statistics.median(s[0] for s in starts)),
                 "first_request_ms": round(statistics.median(s[1] for s in starts)),
-                "first_request": " ".join(FIRST_REQUEST[function](d)[:2]).replace(d.project, "{p}"),
+                "first_request": " ".join(request[:2]).replace(d.project, "{p}"),
             })  # fmt: skip
     finally:
         d.stop()
@@ -124,12 +129,18 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
         "interpreter; *ready*: spawn until the process answers; *first request*: the first real "
         "request, which builds the function's clients.",
         "",
-        "| function | import ms | ready ms | first request ms | first request |",
-        "| --- | ---: | ---: | ---: | --- |",
-        *(
-            f"| {r['function']} | {r['import_ms']} | {r['ready_ms']} | {r['first_request_ms']} | "
-            f"`{r['first_request']}` |"
-            for r in rows
+        *table(
+            ["function", ">import ms", ">ready ms", ">first request ms", "first request"],
+            (
+                [
+                    r["function"],
+                    r["import_ms"],
+                    r["ready_ms"],
+                    r["first_request_ms"],
+                    f"`{r['first_request']}`",
+                ]
+                for r in rows
+            ),
         ),
         "",
     ]

@@ -28,6 +28,7 @@ import httpx
 from google.cloud import firestore
 
 from bench import cold_start, makespan, sheets, status
+from bench.report import percentile
 from sluice.adapters.tenants_store import TenantStore
 from sluice.localcloud.cloud import Deployment, LocalCloud
 from sluice.localcloud.functions import FunctionProcess
@@ -40,11 +41,6 @@ DELIVERIES = 300
 PROVIDER_LATENCY_MS = 300
 GRAPH_LATENCY_MS = 50
 RUNS = 3
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def steady_load(url: str, secret: str, phone: str, tag: str) -> list[float]:

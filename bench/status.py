@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from google.cloud import firestore
 
+from bench.report import percentile, table
 from bench.sheets import seed_finished_job
 from sluice.adapters.tenants_store import TenantStore
 from sluice.localcloud.cloud import LocalCloud
@@ -25,11 +26,6 @@ from sluice.localcloud.cloud import LocalCloud
 SIZES = (10, 1_000, 10_000)
 CALLS = 60
 WARMUP = 5
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run(cloud: LocalCloud) -> list[dict[str, Any]]:
@@ -71,11 +67,12 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
         "",
         f"`GET /v1/batches/{{id}}`, {CALLS} sequential calls per job after {WARMUP} warm-up calls.",
         "",
-        "| items | p50 ms | p99 ms | p50 ÷ 10-item p50 |",
-        "| ---: | ---: | ---: | ---: |",
-        *(
-            f"| {r['items']:,} | {r['p50_ms']} | {r['p99_ms']} | {r['p50_ms'] / small:.2f}x |"
-            for r in rows
+        *table(
+            [">items", ">p50 ms", ">p99 ms", ">p50 ÷ 10-item p50"],
+            (
+                [f"{r['items']:,}", r["p50_ms"], r["p99_ms"], f"{r['p50_ms'] / small:.2f}x"]
+                for r in rows
+            ),
         ),
         "",
     ]

@@ -53,19 +53,24 @@ class Settings(BaseSettings):
     def _function_needs(self) -> Settings:
         spec = self.topology.functions.get(self.function or "")
         if spec is not None:
-            missing = [env_name(n) for n in spec.needs if getattr(self, n, None) in (None, "")]
+            missing = [env_name(n) for n in spec.needs if self._value(n) is None]
             if missing:
                 raise ValueError(f"{self.function} cannot start: {', '.join(missing)} not set")
         return self
 
-    def required(self, name: str) -> str:
-        """The value of setting `name` (a secret's plain text); raises MissingSetting if unset."""
+    def _value(self, name: str) -> str | None:
+        """Setting `name` as text (a secret's plain text), or None when unset or empty."""
         value = getattr(self, name)
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        if value in (None, ""):
+        return None if value in (None, "") else str(value)
+
+    def required(self, name: str) -> str:
+        """The value of setting `name`; raises MissingSetting if unset."""
+        value = self._value(name)
+        if value is None:
             raise MissingSetting(f"{env_name(name)} is not set")
-        return str(value)
+        return value
 
 
 class MissingSetting(RuntimeError):

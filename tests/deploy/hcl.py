@@ -53,7 +53,6 @@ class Block:
     kind: str
     labels: list[str]
     body: Tree
-    source: Path
 
 
 @dataclass
@@ -102,7 +101,7 @@ class Config:
                         _name(p) for p in parts[1:] if isinstance(p, Tree) and p.data == "string"
                     ]
                     body = next(p for p in parts if isinstance(p, Tree) and p.data == "body")
-                    self.blocks.append(Block(_name(parts[0]), labels, body, path))
+                    self.blocks.append(Block(_name(parts[0]), labels, body))
         self.variables = variables
         self.functions = {**FUNCTIONS, **functions}
         self._locals = {
@@ -122,9 +121,6 @@ class Config:
                 raise HclError(f"no local {name!r}")
             self._local_values[name] = self.eval(self._locals[name], Scope(self))
         return self._local_values[name]
-
-    def declared(self, kind: str, type_: str) -> Block | None:
-        return next((b for b in self.blocks if b.kind == kind and b.labels[:2] == [type_]), None)
 
     def blocks_of(self, kind: str, type_: str | None = None) -> list[Block]:
         return [
@@ -399,13 +395,6 @@ def _coalesce(*values: Any) -> Any:
     return next(v for v in values if v not in (None, ""))
 
 
-def _flatten(values: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for v in values:
-        out.extend(_flatten(v) if isinstance(v, list) else [v])
-    return out
-
-
 def _filemd5(path: str) -> str:
     file = Path(path)
     return hashlib.md5(file.read_bytes()).hexdigest() if file.is_file() else Ref(f"filemd5({path})")
@@ -419,24 +408,17 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "filemd5": _filemd5,
     "merge": _merge,
     "concat": lambda *lists: [x for lst in lists for x in lst],
-    "flatten": _flatten,
     "coalesce": _coalesce,
     "contains": lambda collection, value: value in collection,
     "keys": lambda m: sorted(m),
     "values": lambda m: [m[k] for k in sorted(m)],
-    "length": len,
-    "lookup": lambda m, k, default=None: m.get(k, default),
     "toset": lambda values: HclSet(sorted(set(values), key=str)),
     "tostring": _text,
     "upper": str.upper,
-    "lower": str.lower,
     "replace": lambda s, old, new: s.replace(old, new),
     "join": lambda sep, values: sep.join(values),
     "ceil": lambda x: math.ceil(x),
-    "floor": lambda x: math.floor(x),
     "max": max,
-    "min": min,
     "setproduct": lambda *sets: [list(t) for t in itertools.product(*sets)],
     "nonsensitive": lambda v: v,
-    "sensitive": lambda v: v,
 }

@@ -51,9 +51,9 @@ def runs(rows: Mapping[int, Sequence[Any]]) -> list[tuple[int, list[Sequence[Any
 def _credentials(endpoint: str | None, service_account: str | None) -> Credentials:
     if endpoint:
         return AnonymousCredentials()
-    own, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
     if not service_account:
-        return own.with_scopes(SCOPES) if hasattr(own, "with_scopes") else own
+        return google.auth.default(scopes=SCOPES)[0]
+    own, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
     return impersonated_credentials.Credentials(
         source_credentials=own, target_principal=service_account, target_scopes=SCOPES
     )

@@ -35,6 +35,8 @@ from sluice.localcloud.scheduler import Scheduler
 from sluice.localcloud.triggers import TriggerRouter
 from sluice.topology import REPO_TOPOLOGY, Topology, parse_topology
 
+SERVICE_ACCOUNTS = "iam.gserviceaccount.com"
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = REPO_TOPOLOGY.parent
@@ -167,7 +169,7 @@ class Deployment:
             "SLUICE_WHATSAPP_GRAPH_URL": self.graph_url,
             "SLUICE_SHEETS_ENDPOINT": self.sheets_url,
             # Named only: the local Sheets server takes no credentials.
-            "SLUICE_SHEETS_SERVICE_ACCOUNT": f"sluice-sheets@{self.project}.iam.gserviceaccount",
+            "SLUICE_SHEETS_SERVICE_ACCOUNT": f"sluice-sheets@{self.project}.{SERVICE_ACCOUNTS}",
             "SLUICE_WHATSAPP_APP_SECRET": self.whatsapp["app_secret"],
             "SLUICE_WHATSAPP_VERIFY_TOKEN": self.whatsapp["verify_token"],
             "SLUICE_WHATSAPP_ACCESS_TOKEN": self.whatsapp["access_token"],
