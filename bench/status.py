@@ -4,6 +4,9 @@ The jobs are written straight into Firestore as the processor leaves them (bench
 seed), before the functions deploy, so a 10,000-item job takes seconds to prepare. Counts live
 in counter shards, so the answer should cost the same whatever the job's size.
 
+Documents read per call are counted on the wire by a second status-api process whose
+Firestore is reached through `bench/firestore_meter.py`.
+
 Run alone with `PYTHONPATH=. .venv/bin/python -m bench.status`.
 """
 
@@ -18,14 +21,35 @@ from typing import Any
 import httpx
 from google.cloud import firestore
 
+from bench.firestore_meter import FirestoreMeter
 from bench.report import percentile, table
 from bench.sheets import seed_finished_job
 from sluice.adapters.tenants_store import TenantStore
-from sluice.localcloud.cloud import LocalCloud
+from sluice.localcloud.cloud import Deployment, LocalCloud
+from sluice.localcloud.functions import FunctionProcess
 
 SIZES = (10, 1_000, 10_000)
 CALLS = 60
 WARMUP = 5
+METERED_CALLS = 5
+
+
+def metered_status_api(d: Deployment, meter: FirestoreMeter) -> FunctionProcess:
+    """status-api as deployed, but reaching Firestore through the meter."""
+    fn = FunctionProcess(
+        "status-api-metered",
+        d.topology.functions["status-api"],
+        source=d.functions["status-api"].source,
+        env={**d.function_env(), "FIRESTORE_EMULATOR_HOST": meter.host},
+        log_dir=d.dir,
+    )
+    fn.start()
+    try:
+        fn.wait_ready()
+    except BaseException:
+        fn.stop()
+        raise
+    return fn
 
 
 def run(cloud: LocalCloud) -> list[dict[str, Any]]:
@@ -35,11 +59,20 @@ def run(cloud: LocalCloud) -> list[dict[str, Any]]:
     for size in SIZES:
         seed_finished_job(db, tenant.id, f"job-{size}", size)
     d = cloud.deploy(project)
+    meter = FirestoreMeter(cloud.emulators.firestore_host)
+    meter.start()
+    metered = metered_status_api(d, meter)
     rows = []
     try:
         headers = {"Authorization": f"Bearer {tenant.api_key}"}
         with httpx.Client(timeout=30) as http:
             for size in SIZES:
+                url = metered.url + f"/v1/batches/job-{size}"
+                http.get(url, headers=headers).raise_for_status()  # the tenant key, cached
+                meter.reset()
+                for _ in range(METERED_CALLS):
+                    http.get(url, headers=headers).raise_for_status()
+                documents = meter.documents_read / METERED_CALLS
                 url = d.url("status-api") + f"/v1/batches/job-{size}"
                 for _ in range(WARMUP):
                     http.get(url, headers=headers).raise_for_status()
@@ -54,8 +87,11 @@ def run(cloud: LocalCloud) -> list[dict[str, Any]]:
                     "items": size,
                     "p50_ms": round(statistics.median(latencies), 1),
                     "p99_ms": round(percentile(latencies, 0.99), 1),
+                    "documents_read_per_call": documents,
                 })  # fmt: skip
     finally:
+        metered.stop()
+        meter.stop()
         d.stop()
     return rows
 
@@ -65,12 +101,20 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
     return [
         "## status-api latency by job size",
         "",
-        f"`GET /v1/batches/{{id}}`, {CALLS} sequential calls per job after {WARMUP} warm-up calls.",
+        f"`GET /v1/batches/{{id}}`, {CALLS} sequential calls per job after {WARMUP} warm-up "
+        f"calls. Documents read per call: counted on the wire between status-api and Firestore "
+        f"(found or missing, as billed), over {METERED_CALLS} calls.",
         "",
         *table(
-            [">items", ">p50 ms", ">p99 ms", ">p50 ÷ 10-item p50"],
+            [">items", ">p50 ms", ">p99 ms", ">p50 ÷ 10-item p50", ">documents read per call"],
             (
-                [f"{r['items']:,}", r["p50_ms"], r["p99_ms"], f"{r['p50_ms'] / small:.2f}x"]
+                [
+                    f"{r['items']:,}",
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    f"{r['p50_ms'] / small:.2f}x",
+                    f"{r['documents_read_per_call']:g}",
+                ]
                 for r in rows
             ),
         ),

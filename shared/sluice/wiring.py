@@ -13,7 +13,6 @@ from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter
 from sluice.adapters.publisher import Publisher
-from sluice.adapters.sheets_api import SheetsAPI
 from sluice.adapters.whatsapp_api import WhatsAppAPI
 from sluice.handlers.exports import SheetsDeps
 from sluice.handlers.health import HealthCheck
@@ -131,6 +130,10 @@ def export_store() -> ExportStore:
 
 @cache
 def sheets_deps() -> SheetsDeps:
+    # Imported here: the discovery client is only loaded by the functions that export (and by
+    # status-api on its first configure-sheets), not at every cold start.
+    from sluice.adapters.sheets_api import SheetsAPI
+
     s = settings()
     return SheetsDeps(
         exports=export_store(),

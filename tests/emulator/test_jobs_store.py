@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 import pytest
+from google.api_core.exceptions import Aborted
 
 from sluice.adapters.jobs_store import IdempotencyConflict, JobStore, NewItem
 from sluice.domain.items import AlreadyFinished, Claimed, LeaseHeld, succeed
@@ -41,17 +42,24 @@ def test_the_same_id_with_another_fingerprint_is_a_conflict(store):
 
 def test_concurrent_deliveries_of_one_item_claim_it_once(store):
     job = new_job(store, 1)
+    # As the processor does: each delivery reads the item, then claims it on condition that it
+    # is unchanged; the losers decide again in a transaction on what is stored now.
+    seen = [store.read_item(job, "i0") for _ in range(8)]
 
-    def attempt(_: int) -> object:
+    def attempt(n: int) -> object:
         try:
-            return claim(store, job, "i0")
-        except ValueError as contended:  # the transaction gave up: raised, so redelivered
+            result = store.claim_item(
+                job, "i0", token=uuid.uuid4().hex, lease_seconds=60, max_attempts=3, seen=seen[n]
+            )
+        except (ValueError, Aborted) as contended:  # the transaction gave up: redelivered
             return contended
+        assert result is not None
+        return result.decision
 
     with ThreadPoolExecutor(8) as pool:
         decisions = list(pool.map(attempt, range(8)))
     assert sum(isinstance(d, Claimed) for d in decisions) == 1
-    assert all(isinstance(d, Claimed | LeaseHeld | ValueError) for d in decisions)
+    assert all(isinstance(d, Claimed | LeaseHeld | ValueError | Aborted) for d in decisions)
     counts = store.job_with_counts(job)[1]
     assert counts.by_state["running"] == 1 and counts.by_state["queued"] == 0
 
@@ -92,3 +100,24 @@ def test_items_are_listed_by_state_in_pages(store):
     ids = [i for i, _ in first + rest]
     assert len(ids) == 6 and "i3" not in ids and len(set(ids)) == 6
     assert [i for i, _ in store.list_items(job, state="running", limit=5, after=None)] == ["i3"]
+
+
+def test_an_outcome_from_a_claim_taken_over_is_dropped_even_on_the_conditional_path(store):
+    job = new_job(store, 1)
+    first = store.claim_item(
+        job, "i0", token="first", lease_seconds=0, max_attempts=3, seen=store.read_item(job, "i0")
+    )
+    assert first is not None and isinstance(first.decision, Claimed) and first.after is not None
+    # Its lease (0 s) expired: another delivery takes the item over and finishes it.
+    second = store.claim_item(
+        job, "i0", token="second", lease_seconds=60, max_attempts=3, seen=store.read_item(job, "i0")
+    )
+    assert second is not None and isinstance(second.decision, Claimed)
+    won = partial(succeed, result={"by": "second"}, now=datetime.now(UTC))
+    assert store.finish_item(job, "i0", token="second", decide=won, seen=second.after)
+    # The first worker comes back with the item as its claim left it: stale, so dropped.
+    late = partial(succeed, result={"by": "first"}, now=datetime.now(UTC))
+    assert store.finish_item(job, "i0", token="first", decide=late, seen=first.after) is None
+    doc = store.read_item(job, "i0")
+    assert doc is not None and doc.doc["result"] == {"by": "second"}
+    assert store.job_with_counts(job)[1].by_state["succeeded"] == 1

@@ -7,10 +7,13 @@ check, by a gunicorn master before it forks) without opening connections.
 from __future__ import annotations
 
 from functools import cache
+from typing import TYPE_CHECKING
 
 import httpx
-from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
-from google.cloud.pubsub_v1.types import BatchSettings, PublisherOptions
+from google.cloud import firestore
+
+if TYPE_CHECKING:
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 
 @cache
@@ -20,6 +23,11 @@ def firestore_client(project: str) -> firestore.Client:
 
 @cache
 def publisher_client() -> pubsub_v1.PublisherClient:
+    # Imported here: a function that never publishes (sheets-writer, backfill) starts without
+    # the Pub/Sub client library (bench/cold_start.py).
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+    from google.cloud.pubsub_v1.types import BatchSettings, PublisherOptions
+
     # Large batches make a 10,000-item submission a handful of publish calls.
     batching = BatchSettings(max_messages=1000, max_bytes=4 * 1024 * 1024, max_latency=0.01)
     # Ordering keep a WhatsApp conversation's events in order; unkeyed messages are unaffected.

@@ -7,12 +7,14 @@ this module only reads, applies and commits them.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from google.api_core.exceptions import FailedPrecondition
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
@@ -35,6 +37,9 @@ WRITE_BATCH = 500
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+R = TypeVar("R")
 
 
 def new_item_doc(index: int, item_input: Any, at: datetime) -> dict[str, Any]:
@@ -64,9 +69,19 @@ class NewItem:
 
 
 @dataclass(frozen=True)
+class SeenItem:
+    """An item's document as read (or as a change left it) and its update time then."""
+
+    doc: dict[str, Any]
+    update_time: datetime
+
+
+@dataclass(frozen=True)
 class ClaimResult:
     decision: Claim
     input: Any = None
+    # The item as the claim left it, when known: the finish is conditional on it.
+    after: SeenItem | None = None
 
 
 class JobStore:
@@ -207,10 +222,6 @@ class JobStore:
             self._meta[job_id] = cached
         return cached
 
-    def item_state(self, job_id: str, item_id: str) -> str | None:
-        snap = self.item_ref(job_id, item_id).get(field_paths=["state"])
-        return str(snap.get("state")) if snap.exists else None
-
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         snap = self.job_ref(job_id).get()
         return snap.to_dict() if snap.exists else None
@@ -256,26 +267,76 @@ class JobStore:
     # -- item state changes ---------------------------------------------------------------------
 
     def _apply(
-        self, tx: firestore.Transaction, job_id: str, item_id: str, change: Transition
+        self,
+        writer: firestore.WriteBatch,
+        job_id: str,
+        item_id: str,
+        change: Transition,
+        *,
+        option: Any = None,
     ) -> None:
-        tx.update(self.item_ref(job_id, item_id), change.fields)
+        # The item first: a commit's first write result is the item's new update time.
+        writer.update(self.item_ref(job_id, item_id), change.fields, option=option)
         moves = counters.delta(change.before, change.after)
         if moves:
             shard = self.shard_refs(job_id)[counters.pick_shard(self._shards)]
-            tx.set(shard, {k: firestore.Increment(v) for k, v in moves.items()}, merge=True)
+            writer.set(shard, {k: firestore.Increment(v) for k, v in moves.items()}, merge=True)
 
-    def claim_item(
-        self, job_id: str, item_id: str, *, token: str, lease_seconds: int, max_attempts: int
-    ) -> ClaimResult | None:
-        """Claim an item for one delivery, or say why not. None: the item does not exist."""
+    def read_item(self, job_id: str, item_id: str) -> SeenItem | None:
+        """The item as stored now, for a change conditional on it staying so. None: no item."""
+        snap = self.item_ref(job_id, item_id).get()
+        return SeenItem(snap.to_dict() or {}, snap.update_time) if snap.exists else None
+
+    def _change(
+        self,
+        job_id: str,
+        item_id: str,
+        decide: Callable[[dict[str, Any]], tuple[R, Transition | None]],
+        seen: SeenItem | None,
+    ) -> tuple[R, SeenItem | None]:
+        """Apply `decide` to the item as stored, with its count, atomically. First as a write
+        conditional on the item being as `seen` (one round trip, no locks: every item passes
+        here twice per delivery); if it changed since, again in a transaction on what is stored
+        now. Returns what `decide` said and, when known, the item as this change left it.
+        Raises KeyError when the item does not exist."""
+        if seen is not None:
+            result, change = decide(seen.doc)
+            if change is None:
+                return result, seen
+            batch = self._db.batch()
+            when = self._db.write_option(last_update_time=seen.update_time)
+            self._apply(batch, job_id, item_id, change, option=when)
+            with contextlib.suppress(FailedPrecondition):  # changed since: decide again below
+                written = batch.commit()[0].update_time
+                return result, SeenItem({**seen.doc, **change.fields}, written)
         ref = self.item_ref(job_id, item_id)
 
         @firestore.transactional
-        def run(tx: firestore.Transaction) -> ClaimResult | None:
+        def run(tx: firestore.Transaction) -> R:
             snap = ref.get(transaction=tx)
             if not snap.exists:
-                return None
-            doc = snap.to_dict() or {}
+                raise KeyError(item_id)
+            result, change = decide(snap.to_dict() or {})
+            if change is not None:
+                self._apply(tx, job_id, item_id, change)
+            return result
+
+        return run(self._db.transaction()), None
+
+    def claim_item(
+        self,
+        job_id: str,
+        item_id: str,
+        *,
+        token: str,
+        lease_seconds: int,
+        max_attempts: int,
+        seen: SeenItem | None = None,
+    ) -> ClaimResult | None:
+        """Claim an item for one delivery, or say why not. None: the item does not exist.
+        `seen`: the item as the caller last read it, which saves a transaction if unchanged."""
+
+        def decide(doc: dict[str, Any]) -> tuple[Claim, Transition | None]:
             decision = decide_claim(
                 ItemRecord.from_doc(doc),
                 now=now(),
@@ -284,12 +345,17 @@ class JobStore:
                 max_attempts=max_attempts,
             )
             if isinstance(decision, Claimed):
-                self._apply(tx, job_id, item_id, decision.transition)
-            elif isinstance(decision, Transition):
-                self._apply(tx, job_id, item_id, decision)
-            return ClaimResult(decision, doc.get("input"))
+                return decision, decision.transition
+            return decision, decision if isinstance(decision, Transition) else None
 
-        return run(self._db.transaction())
+        try:
+            decision, after = self._change(job_id, item_id, decide, seen)
+        except KeyError:
+            return None
+        # The input is the same before and after a claim; without a known `after` the claim
+        # went through the transaction, whose read is not kept: read the input once more.
+        stored = after or seen or self.read_item(job_id, item_id)
+        return ClaimResult(decision, stored.doc.get("input") if stored else None, after)
 
     def finish_item(
         self,
@@ -298,34 +364,40 @@ class JobStore:
         *,
         token: str,
         decide: Callable[[ItemRecord], Transition],
+        seen: SeenItem | None = None,
     ) -> Transition | None:
         """Record the outcome of a claim, only if the claim is still ours.
 
         None: another delivery took the item over after our lease expired, and its outcome is
-        the one that counts; ours is dropped so the item never has two results.
+        the one that counts; ours is dropped so the item never has two results. `seen`: the
+        item as the claim left it (`ClaimResult.after`).
         """
         return self.change_item(
-            job_id, item_id, lambda record: decide(record) if holds_lease(record, token) else None
+            job_id,
+            item_id,
+            lambda record: decide(record) if holds_lease(record, token) else None,
+            seen=seen,
         )
 
     def change_item(
-        self, job_id: str, item_id: str, decide: Callable[[ItemRecord], Transition | None]
+        self,
+        job_id: str,
+        item_id: str,
+        decide: Callable[[ItemRecord], Transition | None],
+        *,
+        seen: SeenItem | None = None,
     ) -> Transition | None:
-        """Apply `decide` to the item as stored now, with its count, in one transaction. None:
-        the item does not exist or `decide` left it alone."""
-        ref = self.item_ref(job_id, item_id)
+        """Apply `decide` to the item as stored now, with its count, atomically. None: the item
+        does not exist or `decide` left it alone."""
 
-        @firestore.transactional
-        def run(tx: firestore.Transaction) -> Transition | None:
-            snap = ref.get(transaction=tx)
-            if not snap.exists:
-                return None
-            change = decide(ItemRecord.from_doc(snap.to_dict() or {}))
-            if change is not None:
-                self._apply(tx, job_id, item_id, change)
-            return change
+        def change(doc: dict[str, Any]) -> tuple[Transition | None, Transition | None]:
+            transition = decide(ItemRecord.from_doc(doc))
+            return transition, transition
 
-        return run(self._db.transaction())
+        try:
+            return self._change(job_id, item_id, change, seen)[0]
+        except KeyError:
+            return None
 
     def items_in(self, job_id: str, state: str) -> Iterator[tuple[str, ItemRecord]]:
         query = (

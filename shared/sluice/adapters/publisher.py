@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from concurrent import futures
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+if TYPE_CHECKING:  # imported by clients.publisher_client, only in functions that publish
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 
 class Publisher:

@@ -20,18 +20,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sluice.adapters.exports_store import ExportStore, Row
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter, NoCapacity
 from sluice.adapters.outside import ProviderError
-from sluice.adapters.sheets_api import SheetsAPI
 from sluice.domain.sheets import columns, exported, row_of, rows_to_add
 from sluice.events import DocumentChange
 from sluice.handlers.auth import Tenant, own_job
 from sluice.problems import Problem
 from sluice.topology import Exports
+
+if TYPE_CHECKING:
+    from sluice.adapters.sheets_api import SheetsAPI
 
 log = logging.getLogger(__name__)
 

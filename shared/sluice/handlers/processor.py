@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.jobs_store import JobStore, SeenItem, now
 from sluice.adapters.limiter import Limiter
 from sluice.adapters.outside import ProviderError
 from sluice.domain.items import (
@@ -76,9 +76,10 @@ def process_item(
     capacity: Capacity | None = None,
 ) -> Outcome:
     # A finished item needs no capacity: answer a repeated delivery before waiting for any.
-    state = store.item_state(job_id, item_id)
-    if state is not None and ItemState(state).finished:
-        return Outcome(item_id, state, "duplicate delivery")
+    # The claim below is conditional on the item staying as read here.
+    seen = store.read_item(job_id, item_id)
+    if seen is not None and ItemState(seen.doc["state"]).finished:
+        return Outcome(item_id, seen.doc["state"], "duplicate delivery")
     job = store.job_meta(job_id)
     permit = None
     if capacity is not None:
@@ -89,14 +90,22 @@ def process_item(
         )
         if permit is None:
             raise Deferred(f"no {capacity.limiter.name} capacity for item {item_id}")
+    released = False
+
+    def release() -> None:
+        # Once the provider call is over: the slot is not held while the outcome is recorded.
+        nonlocal released
+        if permit is not None and capacity is not None and not released:
+            released = True
+            capacity.limiter.release(permit)
+
     try:
         return _claim_and_work(
-            store, work, job_id, item_id, job["params"], capacity,
+            store, work, job_id, item_id, job["params"], capacity, seen, release,
             lease_seconds=lease_seconds, max_attempts=max_attempts,
         )  # fmt: skip
     finally:
-        if permit is not None and capacity is not None:
-            capacity.limiter.release(permit)
+        release()
 
 
 def _claim_and_work(
@@ -106,14 +115,17 @@ def _claim_and_work(
     item_id: str,
     params: dict[str, Any],
     capacity: Capacity | None,
+    seen: SeenItem | None,
+    done_calling: Callable[[], None],
     *,
     lease_seconds: int,
     max_attempts: int,
 ) -> Outcome:
     token = uuid.uuid4().hex
     claimed = store.claim_item(
-        job_id, item_id, token=token, lease_seconds=lease_seconds, max_attempts=max_attempts
-    )
+        job_id, item_id, token=token, lease_seconds=lease_seconds, max_attempts=max_attempts,
+        seen=seen,
+    )  # fmt: skip
     if claimed is None:
         # Nothing to do, ever: a message for an item that does not exist is acknowledged.
         log.error("work item %s/%s does not exist", job_id, item_id)
@@ -147,8 +159,10 @@ def _claim_and_work(
                 max_attempts=max_attempts,
                 now=now(),
             )
+    finally:
+        done_calling()
 
-    change = store.finish_item(job_id, item_id, token=token, decide=decide)
+    change = store.finish_item(job_id, item_id, token=token, decide=decide, seen=claimed.after)
     if change is None:
         return Outcome(item_id, "superseded", "another delivery took the item over")
     if change.after is ItemState.QUEUED:

@@ -1,0 +1,52 @@
+"""The baseline Sluice replaces: webhooks that do the work inside the request.
+
+- `POST /whatsapp`: the same signature check, parsing, AI call and Graph send as Sluice, but
+  inline: Meta waits for all of it before it gets its 200.
+- `POST /batches`: a CRM batch whose items are each sent to the AI provider before the answer,
+  as many at once as the provider's declared concurrency allows.
+
+Served by functions-framework like the real functions, for `make bench` only.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import flask
+import functions_framework
+
+from sluice import wiring
+from sluice.domain.batches import BatchIn
+from sluice.domain.whatsapp import check_signature, events_of, message_text
+from sluice.http import problem_response, read_json
+from sluice.problems import Problem
+
+
+@functions_framework.http
+def inline(request: flask.Request) -> flask.Response:
+    if request.path == "/batches":
+        return batch(request)
+    return whatsapp(request)
+
+
+def whatsapp(request: flask.Request) -> flask.Response:
+    secret = wiring.settings().required("whatsapp_app_secret")
+    body = request.get_data()
+    try:
+        check_signature(body, request.headers.get("X-Hub-Signature-256"), secret)
+        events = events_of(read_json(body))
+    except Problem as problem:
+        return problem_response(problem)
+    for event in events:
+        if event.kind == "message":
+            answer = wiring.ai_provider().complete(message_text(event.body))["content"]
+            wiring.whatsapp_api().send_text(event.phone_number_id, event.body["from"], answer)
+    return flask.Response("ok", 200)
+
+
+def batch(request: flask.Request) -> flask.Response:
+    submitted = BatchIn.model_validate(read_json(request.get_data()))
+    at_once = wiring.settings().topology.providers["ai"].max_concurrent
+    with ThreadPoolExecutor(at_once) as pool:
+        results = list(
+            pool.map(lambda item: wiring.ai_provider().complete(item.input), submitted.items)
+        )
+    return flask.jsonify({"state": "completed", "total": len(results)})

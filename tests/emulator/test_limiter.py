@@ -1,0 +1,80 @@
+"""The shared limiter on the Firestore emulator: instances racing for permits never exceed the
+declared limits, and a permit's release frees only what it still holds."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+from google.cloud import firestore
+
+from sluice.adapters.limiter import Limiter
+from sluice.topology import Provider
+
+
+def limiter(project: str, *, per_minute: int, concurrent: int, timeout: float = 5) -> Limiter:
+    # A client of its own, as each function instance has.
+    provider = Provider(
+        requests_per_minute=per_minute, max_concurrent=concurrent, timeout_seconds=timeout
+    )
+    return Limiter(firestore.Client(project=project), "ai", provider, shards=3, recovery_seconds=30)
+
+
+def test_racing_instances_never_hold_more_slots_than_declared(project):
+    instances = [limiter(project, per_minute=10_000, concurrent=3) for _ in range(3)]
+    lock = threading.Lock()
+    held, peak, calls = 0, 0, 0
+
+    def call(n: int) -> None:
+        nonlocal held, peak, calls
+        permit = instances[n % 3].acquire(tenant="t", interactive=True, wait=30)
+        assert permit is not None
+        with lock:
+            held += 1
+            calls += 1
+            peak = max(peak, held)
+        time.sleep(0.05)
+        with lock:
+            held -= 1
+        instances[n % 3].release(permit)
+
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(call, range(36)))
+    assert calls == 36
+    assert peak == 3  # every slot was used, and never one more
+
+
+def test_the_rate_window_admits_the_declared_calls_a_minute_and_no_more(project):
+    instances = [limiter(project, per_minute=12, concurrent=20) for _ in range(2)]
+
+    def call(n: int) -> bool:
+        permit = instances[n % 2].acquire(tenant="t", interactive=True, wait=1.5)
+        if permit is not None:
+            instances[n % 2].release(permit)
+        return permit is not None
+
+    with ThreadPoolExecutor(8) as pool:
+        admitted = list(pool.map(call, range(20)))
+    # The window holds 12 a minute; the rest wait past their 1.5 s and are told no capacity.
+    assert sum(admitted) == 12
+
+
+def test_a_release_after_the_slot_was_taken_over_leaves_the_new_holder_alone(project):
+    first = limiter(project, per_minute=100, concurrent=1, timeout=0.1)
+    second = limiter(project, per_minute=100, concurrent=1, timeout=0.1)
+    stale = first.acquire(tenant="t", interactive=True, wait=1)
+    assert stale is not None
+    assert second.acquire(tenant="t", interactive=True, wait=0.2) is None  # held
+    # The holder died: its slot expires (timeout + grace); another instance takes it over.
+    slot = firestore.Client(project=project).collection("limits").document("ai")
+    slot.collection("slots").document("0").update(
+        {"until": datetime.now(UTC) - timedelta(seconds=1)}
+    )
+    taker = second.acquire(tenant="t", interactive=True, wait=2)
+    assert taker is not None
+    first.release(stale)  # late: must not free the slot the taker holds
+    assert second.acquire(tenant="t", interactive=True, wait=0.3) is None
+    second.release(taker)
+    assert second.acquire(tenant="t", interactive=True, wait=1) is not None
