@@ -52,7 +52,7 @@ run: install
 
 # Figures measured on the local cloud, side by side in one run: bench/results/latest.{json,md}.
 bench: install
-	PYTHONPATH=. $(PY) bench/run.py
+	PYTHONPATH=. $(PY) bench/run.py $(PARTS)
 
 # One deployable source archive per function (dist/<function>.zip), for terraform/.
 package: install

@@ -34,11 +34,11 @@ from tests.whatsapp_payloads import change, delivery, signed, text_message
 
 RUNS = 3
 RATE = 20  # WhatsApp deliveries a second, the steady load
-DELIVERIES = 120
+DELIVERIES = 100
 PROVIDER_LATENCY_MS = 300
 GRAPH_LATENCY_MS = 50
-RAMP = (25, 50, 100, 200, 400)  # deliveries a second
-STEP_SECONDS = 3
+RAMP = (50, 100, 200, 400)  # deliveries a second
+STEP_SECONDS = 2
 META_P99_MS = 1000.0
 # Batch size -> submissions per run, one after another.
 SUBMISSIONS = {10: 10, 1_000: 3, 10_000: 1}
