@@ -99,6 +99,13 @@ class TriggerRouter(BackgroundServer):
         for _attempt in range(self.max_attempts):
             if self._stopping.is_set():
                 return
+            with self._lock:
+                gone = (project, trigger) not in self._routes
+            if gone:
+                # Its project was torn down while the delivery waited: Eventarc stops with the
+                # trigger, and retrying a dead function would hold a worker other projects need.
+                self._bump(f"{project}/{trigger}/dropped")
+                return
             try:
                 status = self._http.post(
                     route.function_url, content=payload, headers=headers

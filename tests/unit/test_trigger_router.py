@@ -1,0 +1,66 @@
+"""The local Eventarc router: a delivery waiting for a retry is dropped once its project's
+functions are gone, instead of retrying a dead function and holding a worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+
+import httpx
+
+from sluice.localcloud.processes import BackgroundServer
+from sluice.localcloud.triggers import TriggerRouter
+
+
+class Failing(BackgroundServer):
+    """A function that answers 500 to every delivery, counting them."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.hit = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner.hits += 1
+                owner.hit.set()
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        super().__init__(Handler)
+
+
+def until(check, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_retrying_delivery_is_dropped_when_its_project_is_torn_down():
+    function, router = Failing(), TriggerRouter()
+    function.start()
+    router.start()
+    try:
+        router.route("p", "t", function.url)
+        sent = httpx.post(router.url + "/functions/projects/p/triggers/t", content=b"e30=")
+        assert sent.status_code == 200  # the emulator's post is answered at once
+        assert function.hit.wait(10)
+        router.unroute("p")
+        until(lambda: router.count("p", "t", "dropped") == 1)
+        hits = function.hits
+        time.sleep(1.0)  # past the next retries' backoff (0.2 s, 0.4 s)
+        assert function.hits == hits <= 2
+        assert router.count("p", "t", "abandoned") == 0
+        # A project that is gone gets nothing new either.
+        httpx.post(router.url + "/functions/projects/p/triggers/t", content=b"e30=")
+        assert router.count("p", "t", "unrouted") == 1
+    finally:
+        router.stop()
+        function.stop()
