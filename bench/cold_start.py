@@ -7,7 +7,7 @@
   (Firestore, Pub/Sub, Sheets): `/healthz` for the HTTP functions, a sweep for the processor, a
   Firestore change event for sheets-writer and backfill.
 
-Run alone with `PYTHONPATH=. .venv/bin/python -m bench.cold_start`.
+Run alone with `make bench PARTS=cold_start`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -144,8 +143,3 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
         ),
         "",
     ]
-
-
-if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as tmp, LocalCloud(Path(tmp)).running() as local:
-        print("\n".join(markdown(run(local))))

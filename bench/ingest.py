@@ -90,20 +90,13 @@ def start_inline(d: Deployment) -> FunctionProcess:
     limits = FunctionLimits(
         max_instances=1, concurrency=16, timeout_seconds=INLINE_TIMEOUT_S, memory="512Mi"
     )
-    fn = FunctionProcess(
+    return FunctionProcess(
         "inline",
         Function(entry_point="inline", trigger="http", limits=limits),
         source=Path(__file__).parent / "inline.py",
         env=d.function_env(),
         log_dir=d.dir,
-    )
-    fn.start()
-    try:
-        fn.wait_ready()
-    except BaseException:
-        fn.stop()
-        raise
-    return fn
+    ).serve()
 
 
 def direct(fn: FunctionProcess) -> str:

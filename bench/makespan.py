@@ -172,16 +172,3 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"({result['items'] / o['makespan_s']:.0f} items/s; the emulator pushes two at a time).",
         "",
     ]
-
-
-if __name__ == "__main__":
-    import json
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp, LocalCloud(Path(tmp)).running() as local:
-        outcome = run(local)
-    print(json.dumps(outcome, indent=2))
-    print("\n".join(markdown(outcome)))
-    sys.exit(0)

@@ -143,16 +143,3 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"429s from the Sheets server: {result['sheets_429s']}.",
         "",
     ]
-
-
-if __name__ == "__main__":
-    import json
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp, LocalCloud(Path(tmp)).running() as local:
-        outcome = run(local)
-    print(json.dumps(outcome, indent=2))
-    print("\n".join(markdown(outcome)))
-    sys.exit(0)

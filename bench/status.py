@@ -7,15 +7,13 @@ in counter shards, so the answer should cost the same whatever the job's size.
 Documents read per call are counted on the wire by a second status-api process whose
 Firestore is reached through `bench/firestore_meter.py`.
 
-Run alone with `PYTHONPATH=. .venv/bin/python -m bench.status`.
+Run alone with `make bench PARTS=status`.
 """
 
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,20 +34,13 @@ METERED_CALLS = 5
 
 def metered_status_api(d: Deployment, meter: FirestoreMeter) -> FunctionProcess:
     """status-api as deployed, but reaching Firestore through the meter."""
-    fn = FunctionProcess(
+    return FunctionProcess(
         "status-api-metered",
         d.topology.functions["status-api"],
         source=d.functions["status-api"].source,
         env={**d.function_env(), "FIRESTORE_EMULATOR_HOST": meter.host},
         log_dir=d.dir,
-    )
-    fn.start()
-    try:
-        fn.wait_ready()
-    except BaseException:
-        fn.stop()
-        raise
-    return fn
+    ).serve()
 
 
 def run(cloud: LocalCloud) -> list[dict[str, Any]]:
@@ -120,8 +111,3 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
         ),
         "",
     ]
-
-
-if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as tmp, LocalCloud(Path(tmp)).running() as local:
-        print("\n".join(markdown(run(local))))

@@ -134,3 +134,13 @@ class FunctionProcess:
         if self._watcher.is_alive():
             self._watcher.join(timeout=5)
         self.frontend.stop()
+
+    def serve(self) -> FunctionProcess:
+        """Start and wait until it serves; stopped again if it never does."""
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
