@@ -106,8 +106,8 @@ class JobStore:
         return [shards.document(str(n)) for n in range(self._shards)]
 
     def ping(self, timeout: float) -> None:
-        """Raises unless Firestore answers a read within `timeout` seconds."""
-        self._db.collection("health").document("probe").get(timeout=timeout)
+        """Raises unless Firestore answers a read within `timeout` seconds (not retried)."""
+        self._db.collection("health").document("probe").get(retry=None, timeout=timeout)
 
     # -- intake ---------------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from concurrent import futures
 from typing import TYPE_CHECKING, Any
 
+from google.api_core.retry import Retry
+
 if TYPE_CHECKING:  # imported by clients.publisher_client, only in functions that publish
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
@@ -22,8 +24,9 @@ class Publisher:
         return self._client.topic_path(self._project, topic)
 
     def ping(self, topic: str) -> None:
-        """Raises unless Pub/Sub answers for `topic` within the publish timeout."""
-        self._client.get_topic(topic=self.topic_path(topic), timeout=self._timeout)
+        """Raises unless Pub/Sub answers for `topic` within the publish timeout. Not retried: a
+        health check reports what is true now, and a retrying call would outlive the answer."""
+        self._client.get_topic(topic=self.topic_path(topic), retry=None, timeout=self._timeout)
 
     def publish(
         self, topic: str, messages: Iterable[dict[str, Any]], *, ordering_key: str = ""
@@ -44,7 +47,14 @@ class Publisher:
             (
                 key,
                 self._client.publish(
-                    path, json.dumps(message, separators=(",", ":")).encode(), ordering_key=key
+                    path,
+                    json.dumps(message, separators=(",", ":")).encode(),
+                    ordering_key=key,
+                    # Retried only as long as the caller waits: past that the work is reported
+                    # as not accepted, and a publish still retrying behind it (by default for
+                    # up to 10 minutes) would outlive the request.
+                    retry=Retry(timeout=self._timeout),
+                    timeout=self._timeout,
                 ),
             )
             for message, key in messages
