@@ -86,9 +86,8 @@ def start_and_first_request(
                          log_dir=log_dir)  # fmt: skip
     method, path, body, headers = request
     started = time.perf_counter()
-    fn.start()
+    fn.serve()
     try:
-        fn.wait_ready()
         ready = time.perf_counter()
         answer = httpx.request(method, fn.url + path, content=body, headers=headers, timeout=60)
         done = time.perf_counter()

@@ -345,7 +345,8 @@ class JobStore:
         """Claim an item for one delivery, or say why not. None: the item does not exist.
         `seen`: the item as the caller last read it, which saves a transaction if unchanged."""
 
-        def decide(doc: dict[str, Any]) -> tuple[Claim, Transition | None]:
+        def decide(doc: dict[str, Any]) -> tuple[tuple[Claim, Any], Transition | None]:
+            # The input comes from the same read the decision does, on either path.
             decision = decide_claim(
                 ItemRecord.from_doc(doc),
                 now=now(),
@@ -354,17 +355,15 @@ class JobStore:
                 max_attempts=max_attempts,
             )
             if isinstance(decision, Claimed):
-                return decision, decision.transition
-            return decision, decision if isinstance(decision, Transition) else None
+                return (decision, doc.get("input")), decision.transition
+            change = decision if isinstance(decision, Transition) else None
+            return (decision, doc.get("input")), change
 
         try:
-            decision, after = self._change(job_id, item_id, decide, seen)
+            (decision, item_input), after = self._change(job_id, item_id, decide, seen)
         except KeyError:
             return None
-        # The input is the same before and after a claim; without a known `after` the claim
-        # went through the transaction, whose read is not kept: read the input once more.
-        stored = after or seen or self.read_item(job_id, item_id)
-        return ClaimResult(decision, stored.doc.get("input") if stored else None, after)
+        return ClaimResult(decision, item_input, after)
 
     def finish_item(
         self,

@@ -19,6 +19,7 @@ class Publisher:
         self._project = project
         # A publish that has not been confirmed by then is treated as Pub/Sub being down.
         self._timeout = timeout
+        self._retry = Retry(timeout=timeout)  # built once: publish runs per message
 
     def topic_path(self, topic: str) -> str:
         return self._client.topic_path(self._project, topic)
@@ -53,7 +54,7 @@ class Publisher:
                     # Retried only as long as the caller waits: past that the work is reported
                     # as not accepted, and a publish still retrying behind it (by default for
                     # up to 10 minutes) would outlive the request.
-                    retry=Retry(timeout=self._timeout),
+                    retry=self._retry,
                     timeout=self._timeout,
                 ),
             )
