@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import flask
 
 from sluice import wiring
@@ -41,6 +43,8 @@ def create_batch(request: flask.Request) -> flask.Response:
         batch=batch,
         idempotency_key=key,
         status_api_url=settings.required("status_api_url"),
+        intake_lease=timedelta(seconds=api.intake_lease_seconds),
+        retry_after=api.intake_retry_after_seconds,
     )
     return json_response(accepted.body(), 202, {"Location": accepted.status_url})
 

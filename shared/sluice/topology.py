@@ -110,6 +110,8 @@ class Api(_Strict):
     default_page_size: int = Field(ge=1)
     max_page_size: int = Field(ge=1)
     publish_timeout_seconds: float = Field(gt=0, le=60)
+    intake_lease_seconds: int = Field(ge=5, le=600)
+    intake_retry_after_seconds: int = Field(ge=1, le=60)
     health_timeout_seconds: float = Field(gt=0, le=30)
     health_cache_seconds: float = Field(ge=0, le=300)
 

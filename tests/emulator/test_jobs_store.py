@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import pytest
 from google.api_core.exceptions import Aborted
 
-from sluice.adapters.jobs_store import IdempotencyConflict, JobStore, NewItem
+from sluice.adapters.jobs_store import JobStore, NewItem
+from sluice.domain.intake import InFlight, Mismatch, Own, Stage
 from sluice.domain.items import AlreadyFinished, Claimed, LeaseHeld, succeed
 
 
@@ -32,12 +33,47 @@ def claim(store: JobStore, job: str, item: str):
     return result.decision
 
 
+JOB = {"tenant": "t", "total": 1, "state": "open", "fingerprint": "a"}
+LEASE = timedelta(seconds=30)
+
+
 def test_the_same_id_with_another_fingerprint_is_a_conflict(store):
-    job = {"tenant": "t", "total": 1, "state": "open", "fingerprint": "a"}
-    assert store.create_job("j", job) == job
-    assert store.create_job("j", {**job, "total": 9})["total"] == 1  # the stored one wins
-    with pytest.raises(IdempotencyConflict):
-        store.create_job("j", {**job, "fingerprint": "b"})
+    _, first = store.open_intake("j", JOB, owner="o1", lease=LEASE)
+    assert isinstance(first, Own) and first.stage is Stage.WRITING
+    # The stored job wins, and another body under the key is refused.
+    stored, again = store.open_intake("j", {**JOB, "total": 9}, owner="o2", lease=LEASE)
+    assert isinstance(again, InFlight) and stored["total"] == 1
+    _, other = store.open_intake("j", {**JOB, "fingerprint": "b"}, owner="o3", lease=LEASE)
+    assert isinstance(other, Mismatch)
+
+
+def test_concurrent_submissions_own_the_intake_once(store):
+    def attempt(n: int) -> object:
+        return store.open_intake("j", JOB, owner=f"o{n}", lease=LEASE)[1]
+
+    with ThreadPoolExecutor(6) as pool:
+        decisions = list(pool.map(attempt, range(6)))
+    assert sum(isinstance(d, Own) for d in decisions) == 1
+    assert sum(isinstance(d, InFlight) for d in decisions) == 5
+
+
+def test_an_owner_that_lost_its_lease_cannot_advance_the_intake(store):
+    store.open_intake("j", JOB, owner="slow", lease=timedelta(seconds=-1))  # already ran out
+    _, taken = store.open_intake("j", JOB, owner="next", lease=LEASE)
+    assert isinstance(taken, Own) and taken.stage is Stage.WRITING
+    assert not store.advance_intake("j", owner="slow", to=Stage.ITEMS_WRITTEN, lease=LEASE)
+    assert not store.release_intake("j", owner="slow")
+    assert store.advance_intake("j", owner="next", to=Stage.PUBLISHED, lease=LEASE)
+    assert store.get_job("j")["intake"] == "published"
+
+
+def test_writing_items_again_never_overwrites_one(store):
+    job = new_job(store, 3)
+    claim(store, job, "i1")  # processed meanwhile
+    items = [NewItem(f"i{k}", k, {"k": k}) for k in range(600)]  # more than one commit
+    store.write_items(job, items, at=datetime.now(UTC))
+    assert store.read_item(job, "i1").doc["state"] == "running"
+    assert len(store.item_ids(job)) == 600
 
 
 def test_concurrent_deliveries_of_one_item_claim_it_once(store):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
+from datetime import UTC, datetime, timedelta
 
 import yaml
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
+from sluice.adapters.jobs_store import JobStore, NewItem
+from sluice.domain.batches import fingerprint, item_ids, job_id_for, parse_batch
 from sluice.localcloud.cloud import merge
 from sluice.localcloud.processes import free_port
 from sluice.topology import REPO_TOPOLOGY
@@ -42,3 +46,44 @@ def test_pubsub_down_is_a_503_and_a_retry_with_the_key_finishes_the_batch(
     assert retried.status_code == 202
     assert retried.json["batch_id"] == job.id
     assert db.collection("jobs").document(job.id).get().get("intake") == "published"
+
+
+def test_a_key_in_flight_is_a_409_with_retry_after_and_a_dead_owner_is_taken_over(
+    function_client, make_tenant, db, project
+):
+    """A first request took the intake and died (its lease below runs out in a few seconds)."""
+    tenant = make_tenant()
+    headers = {**bearer(tenant.api_key), "Idempotency-Key": "order-7"}
+    publisher = pubsub_v1.PublisherClient()
+    publisher.create_topic(name=publisher.topic_path(project, "work-items"))
+    job_id = job_id_for(tenant.id, "order-7")
+    batch = parse_batch(BATCH, max_batch_items=10, max_item_input_bytes=100)
+    dead = {"tenant": tenant.id, "kind": "ocr", "params": {}, "total": 2, "state": "open",
+            "fingerprint": fingerprint(batch)}  # fmt: skip
+    store = JobStore(db, shards=8)
+    store.open_intake(job_id, dead, owner="died", lease=timedelta(seconds=3))
+    store.write_items(job_id, [NewItem(item_ids(job_id, batch)[0], 0, "a")], at=datetime.now(UTC))
+
+    client = function_client("webhook-ingest")
+    busy = client.post("/v1/batches", json=BATCH, headers=headers)
+    assert busy.status_code == 409
+    assert busy.headers["content-type"] == "application/problem+json"
+    assert busy.json["title"] == "Request in flight"
+    assert list(db.collection("jobs").document(job_id).collection("items").stream()) != []
+
+    # As a client would: come back after Retry-After until the dead owner's lease has run out.
+    for _ in range(5):
+        assert 1 <= int(busy.headers["Retry-After"]) <= 2
+        time.sleep(int(busy.headers["Retry-After"]))
+        taken_over = client.post("/v1/batches", json=BATCH, headers=headers)
+        if taken_over.status_code != 409:
+            break
+        busy = taken_over
+    assert taken_over.status_code == 202, taken_over.json
+    assert taken_over.json["batch_id"] == job_id
+    job = db.collection("jobs").document(job_id).get().to_dict()
+    assert job["intake"] == "published" and job["intake_lease"] is None
+    items = db.collection("jobs").document(job_id).collection("items").stream()
+    assert sorted(i.get("input") for i in items) == ["a", "b"]
+    # Accepted once and for all: the same request again is answered at once.
+    assert client.post("/v1/batches", json=BATCH, headers=headers).status_code == 202

@@ -12,14 +12,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from google.api_core.exceptions import FailedPrecondition
+from google.api_core.exceptions import AlreadyExists, Conflict, FailedPrecondition
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from sluice.domain import counters
+from sluice.domain import counters, intake
 from sluice.domain.counters import Counts
 from sluice.domain.items import (
     AlreadyFinished,
@@ -57,10 +57,6 @@ def new_item_doc(index: int, item_input: Any, at: datetime) -> dict[str, Any]:
         "created_at": at,
         "updated_at": at,
     }
-
-
-class IdempotencyConflict(Exception):
-    """The idempotency key was used before with another body."""
 
 
 @dataclass(frozen=True)
@@ -111,40 +107,117 @@ class JobStore:
 
     # -- intake ---------------------------------------------------------------------------------
 
-    def create_job(self, job_id: str, job: dict[str, Any]) -> dict[str, Any]:
-        """Create the job and its shards unless it exists; return what is stored.
+    def _create(self, tx: firestore.Transaction, job_id: str, job: dict[str, Any]) -> None:
+        """The job and its counter shards, every item counted as queued."""
+        tx.create(self.job_ref(job_id), job)
+        initial = counters.initial_shards(int(job["total"]), self._shards)
+        for shard_ref, shard in zip(self.shard_refs(job_id), initial, strict=True):
+            tx.set(shard_ref, shard)
 
-        An existing job with another fingerprint raises IdempotencyConflict.
-        """
+    def create_job(self, job_id: str, job: dict[str, Any]) -> bool:
+        """Store a job as given, with its shards, unless it exists (tools and tests seed jobs
+        this way; a submission goes through `open_intake`). True if it was created."""
         ref = self.job_ref(job_id)
-        shard_refs = self.shard_refs(job_id)
 
         @firestore.transactional
-        def run(tx: firestore.Transaction) -> dict[str, Any]:
+        def run(tx: firestore.Transaction) -> bool:
+            if ref.get(transaction=tx).exists:
+                return False
+            self._create(tx, job_id, job)
+            return True
+
+        return bool(run(self._db.transaction()))
+
+    def open_intake(
+        self,
+        job_id: str,
+        job: dict[str, Any],
+        *,
+        owner: str,
+        lease: timedelta,
+        retry_after: int = 1,
+    ) -> tuple[dict[str, Any], intake.Decision]:
+        """Create the job and its shards, owned by `owner`, unless it exists; otherwise decide
+        what this request may do with the stored one (see sluice.domain.intake). Returns the
+        job as stored and the decision; an `Own` decision's lease is taken in the same
+        transaction, so two requests can never both own an intake."""
+        ref = self.job_ref(job_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> tuple[dict[str, Any], intake.Decision]:
             snap = ref.get(transaction=tx)
+            at = now()
             if snap.exists:
                 stored = snap.to_dict() or {}
-                if stored.get("fingerprint") != job["fingerprint"]:
-                    raise IdempotencyConflict(job_id)
-                return stored
-            tx.create(ref, job)
-            for shard_ref, shard in zip(
-                shard_refs, counters.initial_shards(job["total"], self._shards), strict=True
-            ):
-                tx.set(shard_ref, shard)
-            return job
+                decision = intake.decide(
+                    intake.IntakeRecord.from_doc(stored),
+                    fingerprint=job["fingerprint"], owner=owner, now=at, lease=lease,
+                    retry_after=retry_after,
+                )  # fmt: skip
+                if isinstance(decision, intake.Own):
+                    tx.update(ref, decision.fields)
+                return stored, decision
+            created = {**job, "intake": intake.Stage.WRITING.value,
+                       **intake.lease_fields(owner, now=at, lease=lease)}  # fmt: skip
+            self._create(tx, job_id, created)
+            return created, intake.Own(intake.Stage.WRITING, {})
 
-        return run(self._db.transaction())
+        result: tuple[dict[str, Any], intake.Decision] = run(self._db.transaction())
+        return result
+
+    def advance_intake(
+        self, job_id: str, *, owner: str, to: intake.Stage, lease: timedelta
+    ) -> bool:
+        """Move the intake on and renew the owner's lease; False if `owner` lost it."""
+        return self._intake_change(
+            job_id,
+            lambda stored, at: intake.advance(stored, owner=owner, to=to, now=at, lease=lease),
+        )
+
+    def release_intake(self, job_id: str, *, owner: str) -> bool:
+        """Give the intake up, so that a retry takes it over at once; False if not ours."""
+        return self._intake_change(
+            job_id, lambda stored, at: intake.release(stored, owner=owner, now=at)
+        )
+
+    def _intake_change(
+        self,
+        job_id: str,
+        change: Callable[[intake.IntakeRecord, datetime], dict[str, Any] | None],
+    ) -> bool:
+        ref = self.job_ref(job_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> bool:
+            snap = ref.get(transaction=tx)
+            fields = change(intake.IntakeRecord.from_doc(snap.to_dict() or {}), now())
+            if not snap.exists or fields is None:
+                return False
+            tx.update(ref, fields)
+            return True
+
+        return bool(run(self._db.transaction()))
 
     def write_items(self, job_id: str, items: Sequence[NewItem], *, at: datetime) -> None:
-        """Store every item as queued. Only called before any of them was published, so
-        overwriting what an interrupted earlier attempt wrote is safe."""
+        """Store every item as queued unless it exists. An item is never overwritten: one an
+        earlier owner of the intake wrote may have been published and processed since (the
+        same key and fingerprint mean the same input)."""
 
         def commit(start: int) -> None:
-            batch = self._db.batch()
-            for item in items[start : start + WRITE_BATCH]:
-                batch.set(self.item_ref(job_id, item.id), new_item_doc(item.index, item.input, at))
-            batch.commit()
+            chunk = items[start : start + WRITE_BATCH]
+            while chunk:
+                batch = self._db.batch()
+                for item in chunk:
+                    doc = new_item_doc(item.index, item.input, at)
+                    batch.create(self.item_ref(job_id, item.id), doc)
+                try:
+                    batch.commit()
+                    return
+                except (AlreadyExists, Conflict):
+                    # Some were written before (a commit is all or nothing): create the rest.
+                    refs = [self.item_ref(job_id, item.id) for item in chunk]
+                    there = {s.id for s in self._db.get_all(refs, field_paths=[]) if s.exists}
+                    chunk = [item for item in chunk if item.id not in there]
 
         # Several commits at once: a 10,000-item batch is 20 commits, and the submitter waits
         # for all of them (bench/ingest.py). The first error is raised once all have ended.
@@ -154,22 +227,9 @@ class JobStore:
 
     def ensure_job(self, job_id: str, job: dict[str, Any]) -> None:
         """Create a job that items are added to as they arrive, once; known ids skip the read."""
-        if job_id in self._known_jobs:
-            return
-        ref, shard_refs = self.job_ref(job_id), self.shard_refs(job_id)
-
-        @firestore.transactional
-        def run(tx: firestore.Transaction) -> None:
-            if ref.get(transaction=tx).exists:
-                return
-            tx.create(ref, job)
-            for shard_ref, shard in zip(
-                shard_refs, counters.initial_shards(0, self._shards), strict=True
-            ):
-                tx.set(shard_ref, shard)
-
-        run(self._db.transaction())
-        self._known_jobs.add(job_id)
+        if job_id not in self._known_jobs:
+            self.create_job(job_id, {**job, "total": 0})
+            self._known_jobs.add(job_id)
 
     def add_item(self, job_id: str, item_id: str, item_input: Any, *, at: datetime) -> bool:
         """Add one queued item to an open-ended job unless it is there; True if added. The
@@ -191,9 +251,6 @@ class JobStore:
     def item_ids(self, job_id: str) -> list[str]:
         items = self.job_ref(job_id).collection("items")
         return [ref.id for ref in items.list_documents(page_size=1000)]
-
-    def set_intake(self, job_id: str, intake: str) -> None:
-        self.job_ref(job_id).update({"intake": intake, "updated_at": now()})
 
     # -- tenants --------------------------------------------------------------------------------
 

@@ -1,18 +1,22 @@
 """Accepting a CRM batch: validate, persist, publish, answer.
 
 An answer of 202 means the job and every item are in Firestore and every item's message is in
-Pub/Sub. The job's `intake` field records how far an interrupted submission got, so a retry with the
-same idempotency key finishes the work instead of repeating or losing it:
-`writing` (items may be partly written, nothing published) -> `items_written` -> `published`.
+Pub/Sub. One request at a time owns a batch's intake (see sluice.domain.intake); the job's
+`intake` field records how far it got, so a retry with the same Idempotency-Key finishes the work
+of one that failed, instead of repeating or losing it, and never overwrites an item.
 """
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sluice.adapters.jobs_store import IdempotencyConflict, JobStore, NewItem, now
+from sluice.adapters.jobs_store import JobStore, NewItem, now
 from sluice.adapters.publisher import Publisher
+from sluice.domain import intake
 from sluice.domain.batches import (
     BatchIn,
     fingerprint,
@@ -39,6 +43,16 @@ class Accepted:
         }
 
 
+def in_flight(retry_after: int) -> Problem:
+    return Problem(
+        409,
+        "Request in flight",
+        "a request with this Idempotency-Key is still being accepted; send it again after "
+        f"{retry_after} s, with the same key and body",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 def submit_batch(
     store: JobStore,
     publisher: Publisher,
@@ -47,6 +61,8 @@ def submit_batch(
     batch: BatchIn,
     idempotency_key: str | None,
     status_api_url: str,
+    intake_lease: timedelta,
+    retry_after: int,
 ) -> Accepted:
     job_id = job_id_for(tenant, idempotency_key)
     at = now()
@@ -57,39 +73,68 @@ def submit_batch(
         "callback_url": str(batch.callback_url) if batch.callback_url else None,
         "total": len(batch.items),
         "state": "open",
-        "intake": "writing",
         "fingerprint": fingerprint(batch),
         "idempotency_key": idempotency_key,
         "created_at": at,
         "updated_at": at,
         "completed_at": None,
     }
-    try:
-        job = store.create_job(job_id, new_job)
-    except IdempotencyConflict:
+    owner = uuid.uuid4().hex
+    job, decision = store.open_intake(
+        job_id, new_job, owner=owner, lease=intake_lease, retry_after=retry_after
+    )
+    if isinstance(decision, intake.Mismatch):
         raise Problem(
             409,
             "Idempotency-Key reused",
             "this Idempotency-Key was used before with a different body",
-        ) from None
-
-    ids = item_ids(job_id, batch)
-    if job["intake"] == "writing":
-        items = [
-            NewItem(i, n, item.input)
-            for n, (i, item) in enumerate(zip(ids, batch.items, strict=True))
-        ]
-        store.write_items(job_id, items, at=at)
-        store.set_intake(job_id, "items_written")
-    if job["intake"] in ("writing", "items_written"):
-        # Publishing twice is harmless: a second delivery finds the item claimed or finished.
-        publisher.publish(
-            WORK_ITEMS, (WorkItem(job_id=job_id, item_id=i).model_dump() for i in ids)
         )
-        store.set_intake(job_id, "published")
+    if isinstance(decision, intake.InFlight):
+        raise in_flight(decision.retry_after)
+    if isinstance(decision, intake.Own):
+        try:
+            _finish_intake(
+                store, publisher, job_id, batch, decision.stage, owner, intake_lease, retry_after
+            )
+        except BaseException:
+            # Whatever stopped it (an outage answered 503), the retry need not wait for the
+            # lease to run out; if even this fails, the lease runs out by itself.
+            with contextlib.suppress(Exception):
+                store.release_intake(job_id, owner=owner)
+            raise
     return Accepted(
         batch_id=job_id,
         state=job["state"],
         total=job["total"],
         status_url=f"{status_api_url.rstrip('/')}/v1/batches/{job_id}",
     )
+
+
+def _finish_intake(
+    store: JobStore,
+    publisher: Publisher,
+    job_id: str,
+    batch: BatchIn,
+    stage: intake.Stage,
+    owner: str,
+    lease: timedelta,
+    retry_after: int,
+) -> None:
+    """Write what is not written yet, publish, and record each stage while still the owner.
+    A request that lost its lease on the way (it was slower than the lease) leaves the rest to
+    the one that took over, and says the key is in flight."""
+    ids = item_ids(job_id, batch)
+    if stage is intake.Stage.WRITING:
+        items = [
+            NewItem(i, n, item.input)
+            for n, (i, item) in enumerate(zip(ids, batch.items, strict=True))
+        ]
+        store.write_items(job_id, items, at=now())
+        if not store.advance_intake(
+            job_id, owner=owner, to=intake.Stage.ITEMS_WRITTEN, lease=lease
+        ):
+            raise in_flight(retry_after)
+    # Publishing twice is harmless: a second delivery finds the item claimed or finished.
+    publisher.publish(WORK_ITEMS, (WorkItem(job_id=job_id, item_id=i).model_dump() for i in ids))
+    if not store.advance_intake(job_id, owner=owner, to=intake.Stage.PUBLISHED, lease=lease):
+        raise in_flight(retry_after)

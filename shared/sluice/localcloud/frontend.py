@@ -26,7 +26,12 @@ class Frontend(BackgroundServer):
         self.backend = f"http://127.0.0.1:{backend_port}"
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=1.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            # Idle connections are dropped well before gunicorn's own keep-alive (2 s) closes
+            # them: a request sent on a connection the server is closing at that moment is lost
+            # ("server disconnected"), which Cloud Run's front end never shows its callers.
+            limits=httpx.Limits(
+                max_connections=200, max_keepalive_connections=50, keepalive_expiry=1.0
+            ),
         )
         super().__init__(self._handler(), port=port)
 
