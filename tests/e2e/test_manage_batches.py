@@ -70,3 +70,18 @@ def test_cancel_stops_queued_items_and_lets_running_ones_finish(http, deploy, ma
     calls = http.get(d.provider_url + "/_sluice/stats").json()["requests"]
     assert calls == counts["succeeded"] < 60
     assert http.post(batch["status_url"] + "/retry-failed", headers=bearer(key)).status_code == 409
+    # Cancelling again changes nothing and says so; a completed batch is not cancelled.
+    again = http.post(batch["status_url"] + "/cancel", headers=bearer(key))
+    assert again.status_code == 200 and again.json() == {**r.json(), "cancelled": 0}
+
+
+def test_a_completed_batch_is_not_cancelled(http, deployment, make_tenant):
+    key = make_tenant().api_key
+    body = {"kind": "k", "items": [{"input": "one"}]}
+    batch = http.post(deployment.url("webhook-ingest") + "/v1/batches", json=body,
+                      headers=bearer(key)).json()  # fmt: skip
+    wait_done(http, batch["status_url"], key)
+    r = http.post(batch["status_url"] + "/cancel", headers=bearer(key))
+    assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json"
+    assert "completed" in r.json()["detail"]
+    assert http.get(batch["status_url"], headers=bearer(key)).json()["state"] == "completed"

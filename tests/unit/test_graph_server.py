@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -342,6 +343,26 @@ def test_latency_delays_each_call() -> None:
     assert time.monotonic() - start >= 0.06
 
 
+def test_an_accepted_message_is_listed_before_its_delayed_answer_arrives() -> None:
+    app = app_with(answer_delay_ms=2000)
+    answered = threading.Event()
+
+    def post() -> None:
+        assert send(app.test_client(), text("late")).status_code == 200
+        answered.set()
+
+    sender = threading.Thread(target=post)
+    sender.start()
+    client = app.test_client()
+    deadline = time.monotonic() + 5
+    while not client.get("/_sluice/messages").get_json():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not answered.is_set()  # sent, and the sender does not know yet
+    sender.join()
+    assert answered.is_set()
+
+
 # --- the log, counters, config -------------------------------------------------------------------
 
 
@@ -426,6 +447,7 @@ def test_config_is_read_and_partly_updated_at_runtime() -> None:
         "messages_per_second": None,
         "pair_min_interval_s": None,
         "latency_ms": 5,
+        "answer_delay_ms": 0,
         "failure_rate": 0,
         "seed": None,
     }

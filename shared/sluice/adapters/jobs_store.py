@@ -11,7 +11,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from sluice.domain.items import (
     holds_lease,
 )
 from sluice.domain.items import claim as decide_claim
+from sluice.domain.items import save_progress as decide_progress
 
 # Firestore takes at most 500 writes in one commit.
 WRITE_BATCH = 500
@@ -80,6 +81,8 @@ class ClaimResult:
     input: Any = None
     # The item as the claim left it, when known: the finish is conditional on it.
     after: SeenItem | None = None
+    # What earlier claims' work recorded on the item (see items.save_progress).
+    progress: dict[str, Any] = field(default_factory=dict)
 
 
 class JobStore:
@@ -303,6 +306,16 @@ class JobStore:
         shards = [snaps[ref.path].to_dict() for ref in refs[1:] if snaps[ref.path].exists]
         return job, counters.sum_shards(int(job["total"]), shards)
 
+    def item_inputs(self, job_id: str, item_ids: Sequence[str]) -> dict[str, Any]:
+        """The inputs of the given items, read in one round trip per 500."""
+        inputs: dict[str, Any] = {}
+        for start in range(0, len(item_ids), WRITE_BATCH):
+            refs = [self.item_ref(job_id, i) for i in item_ids[start : start + WRITE_BATCH]]
+            for snap in self._db.get_all(refs, field_paths=["input"]):
+                if snap.exists:
+                    inputs[snap.id] = (snap.to_dict() or {}).get("input")
+        return inputs
+
     def list_items(
         self, job_id: str, *, state: str | None, limit: int, after: str | None
     ) -> list[tuple[str, dict[str, Any]]]:
@@ -402,7 +415,7 @@ class JobStore:
         """Claim an item for one delivery, or say why not. None: the item does not exist.
         `seen`: the item as the caller last read it, which saves a transaction if unchanged."""
 
-        def decide(doc: dict[str, Any]) -> tuple[tuple[Claim, Any], Transition | None]:
+        def decide(doc: dict[str, Any]) -> tuple[tuple[Claim, Any, Any], Transition | None]:
             # The input comes from the same read the decision does, on either path.
             decision = decide_claim(
                 ItemRecord.from_doc(doc),
@@ -411,16 +424,41 @@ class JobStore:
                 lease_seconds=lease_seconds,
                 max_attempts=max_attempts,
             )
+            found = (decision, doc.get("input"), doc.get("progress") or {})
             if isinstance(decision, Claimed):
-                return (decision, doc.get("input")), decision.transition
-            change = decision if isinstance(decision, Transition) else None
-            return (decision, doc.get("input")), change
+                return found, decision.transition
+            return found, decision if isinstance(decision, Transition) else None
 
         try:
-            (decision, item_input), after = self._change(job_id, item_id, decide, seen)
+            (decision, item_input, progress), after = self._change(job_id, item_id, decide, seen)
         except KeyError:
             return None
-        return ClaimResult(decision, item_input, after)
+        return ClaimResult(decision, item_input, after, progress)
+
+    def save_progress(
+        self,
+        job_id: str,
+        item_id: str,
+        *,
+        token: str,
+        fields: dict[str, Any],
+        seen: SeenItem | None,
+    ) -> tuple[bool, SeenItem | None]:
+        """Record how far the claim's work got, only while the claim is `token`'s. Returns
+        whether it was recorded and, when known, the item as it is now (for the next write
+        conditional on it)."""
+
+        def decide(doc: dict[str, Any]) -> tuple[bool, Transition | None]:
+            change = decide_progress(
+                ItemRecord.from_doc(doc), doc.get("progress") or {}, token=token, fields=fields,
+                now=now(),
+            )  # fmt: skip
+            return change is not None, change
+
+        try:
+            return self._change(job_id, item_id, decide, seen)
+        except KeyError:
+            return False, None
 
     def finish_item(
         self,

@@ -18,16 +18,23 @@ class ProviderError(Exception):
     rate_limited: bool = False
     # Set once the limiter of the service that said so has been told, so no other one is.
     limiter_informed: bool = False
+    # The request went out and no answer came back (a read timed out, the connection dropped):
+    # the service may have acted on it. A call that must not be repeated blindly stops here.
+    maybe_delivered: bool = False
 
     def __str__(self) -> str:
         return self.reason
 
 
 def transport_error(service: str, exc: httpx.TransportError) -> ProviderError:
-    """Timeouts and connection failures pass with time: always transient."""
+    """Timeouts and connection failures pass with time: always transient. Only a failure before
+    the request was sent (connecting, waiting for a pooled connection) proves it had no effect."""
+    unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
     if isinstance(exc, httpx.TimeoutException):
-        return ProviderError(f"{service} timed out", permanent=False)
-    return ProviderError(f"{service} unreachable: {exc}", permanent=False)
+        return ProviderError(f"{service} timed out", permanent=False, maybe_delivered=not unsent)
+    return ProviderError(
+        f"{service} unreachable: {exc}", permanent=False, maybe_delivered=not unsent
+    )
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -112,6 +112,18 @@ def holds_lease(item: ItemRecord, token: str) -> bool:
     return item.state is ItemState.RUNNING and item.lease_token == token
 
 
+def save_progress(
+    item: ItemRecord, saved: dict[str, Any], *, token: str, fields: dict[str, Any], now: datetime
+) -> Transition | None:
+    """The worker holding the claim records how far its work got (`saved`: what is recorded
+    already), so that a takeover resumes there instead of repeating an effect. None when the
+    claim is not this worker's any more."""
+    if not holds_lease(item, token):
+        return None
+    progress = {**saved, **fields}
+    return Transition(item.state, item.state, {"progress": progress, "updated_at": now})
+
+
 def _finish(item: ItemRecord, state: ItemState, *, now: datetime, **fields: Any) -> Transition:
     """Every finished state clears the lease and stamps `finished_at`, which exports key on."""
     base = {"state": state.value, "lease": None, "finished_at": now, "updated_at": now}
@@ -156,7 +168,9 @@ def retry(item: ItemRecord, *, now: datetime) -> Transition | None:
     item is left alone (so the call can be repeated safely)."""
     if item.state is not ItemState.FAILED:
         return None
-    fields = {"state": ItemState.QUEUED.value, "attempts": 0, "lease": None,
+    # Asked for on purpose: what earlier attempts saved (a reply whose sending was left in
+    # doubt) is forgotten, so the work is done again from the start.
+    fields = {"state": ItemState.QUEUED.value, "attempts": 0, "lease": None, "progress": None,
               "finished_at": None, "updated_at": now}  # fmt: skip
     return Transition(item.state, ItemState.QUEUED, fields)
 

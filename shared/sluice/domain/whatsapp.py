@@ -136,7 +136,7 @@ def events_of(payload: Any) -> list[WhatsAppEvent]:
                         *source,
                         msg,
                         contacts.get(msg["from"]),
-                        f"{phone_id}:{msg['from']}",
+                        conversation_key(phone_id, msg["from"]),
                     )
                 )
             for s, status in enumerate(_list(value.get("statuses"), f"{where}.value.statuses")):
@@ -147,7 +147,9 @@ def events_of(payload: Any) -> list[WhatsAppEvent]:
                     raise _bad(f"{where}.value.statuses.{s}", "needs a string id and status")
                 recipient = str(status.get("recipient_id") or "")
                 events.append(
-                    WhatsAppEvent("status", *source, status, None, f"{phone_id}:{recipient}")
+                    WhatsAppEvent(
+                        "status", *source, status, None, conversation_key(phone_id, recipient)
+                    )
                 )
             for r, error in enumerate(_list(value.get("errors"), f"{where}.value.errors")):
                 body = _dict(error, f"{where}.value.errors.{r}")
@@ -223,3 +225,23 @@ def inbound_input(message: dict[str, Any], contact: dict[str, Any] | None) -> di
         "text": message_text(message),
         "message": message,
     }
+
+
+def conversation_key(phone_id: str, user: str) -> str:
+    """The ordering key of a conversation's events: one business number and one user."""
+    return f"{phone_id}:{user}"
+
+
+def message_again(phone_id: str, item_input: dict[str, Any]) -> WhatsAppEvent:
+    """A user's message as stored on its item, as the event that brings it to the processor
+    again (retry-failed): it goes through the WhatsApp path, and gets its reply."""
+    contact = {"wa_id": item_input["from"], "profile": {"name": item_input.get("name")}}
+    return WhatsAppEvent(
+        "message",
+        phone_id,
+        "",
+        "",
+        item_input["message"],
+        contact,
+        conversation_key(phone_id, item_input["from"]),
+    )

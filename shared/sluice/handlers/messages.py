@@ -12,7 +12,13 @@ from sluice.adapters.jobs_store import now
 from sluice.events import PubSubMessage
 from sluice.handlers.callbacks import send_completion_callback
 from sluice.handlers.dead_letters import handle_dead_letter
-from sluice.handlers.processor import Deferred, Outcome, RedeliverLater, process_item
+from sluice.handlers.processor import (
+    Deferred,
+    Outcome,
+    RedeliverLater,
+    process_item,
+    without_progress,
+)
 from sluice.handlers.sweeper import sweep
 from sluice.handlers.whatsapp import handle_event
 from sluice.messages import (
@@ -88,7 +94,7 @@ def _work_item(work: WorkItem) -> Outcome:
     try:
         outcome = process_item(
             wiring.job_store(),
-            wiring.ai_provider().complete,
+            without_progress(wiring.ai_provider().complete),
             work.job_id,
             work.item_id,
             lease_seconds=limits.lease_seconds,

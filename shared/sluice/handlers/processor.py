@@ -33,8 +33,35 @@ from sluice.domain.items import (
 
 log = logging.getLogger(__name__)
 
-# The work of one item: its input and its job's params in, its result out; ProviderError if not.
-Work = Callable[[Any, dict[str, Any]], dict[str, Any]]
+
+class Progress:
+    """How far earlier claims of an item got (`saved`), and `save` to record more under this
+    claim: work with an effect that must not be repeated (sending a message) records it before
+    and after, and a takeover after a crash resumes from the record instead of repeating it."""
+
+    def __init__(self, saved: dict[str, Any], save: Callable[[dict[str, Any]], bool]) -> None:
+        self.saved = dict(saved)
+        self._save = save
+
+    def save(self, **fields: Any) -> None:
+        """Raises LeaseLost when the claim is not this worker's any more: stop, do nothing else."""
+        if not self._save(fields):
+            raise LeaseLost("another delivery took the item over")
+        self.saved.update(fields)
+
+
+class LeaseLost(Exception):
+    """The claim passed to another delivery (this one was presumed dead): its outcome counts."""
+
+
+# The work of one item: its input, its job's params and its progress in, its result out;
+# ProviderError if not.
+Work = Callable[[Any, dict[str, Any], Progress], dict[str, Any]]
+
+
+def without_progress(call: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> Work:
+    """Work that can be repeated as it is (a model call): it needs no record of its progress."""
+    return lambda item_input, params, _progress: call(item_input, params)
 
 
 class RedeliverLater(Exception):
@@ -140,11 +167,22 @@ def _claim_and_work(
         return Outcome(item_id, decision.after.value, "lease expired too often", completed)
     assert isinstance(decision, Claimed)
 
+    latest = claimed.after
+
+    def save(fields: dict[str, Any]) -> bool:
+        nonlocal latest
+        saved, latest = store.save_progress(
+            job_id, item_id, token=token, fields=fields, seen=latest
+        )
+        return saved
+
     decide: Callable[[ItemRecord], Transition]
     rate_limited = False
     try:
-        result = work(claimed.input, params)
+        result = work(claimed.input, params, Progress(claimed.progress, save))
         decide = partial(succeed, result=result, now=now())
+    except LeaseLost:
+        return Outcome(item_id, "superseded", "another delivery took the item over")
     except ProviderError as error:
         rate_limited = error.rate_limited
         if rate_limited:
@@ -162,7 +200,7 @@ def _claim_and_work(
     finally:
         done_calling()
 
-    change = store.finish_item(job_id, item_id, token=token, decide=decide, seen=claimed.after)
+    change = store.finish_item(job_id, item_id, token=token, decide=decide, seen=latest)
     if change is None:
         return Outcome(item_id, "superseded", "another delivery took the item over")
     if change.after is ItemState.QUEUED:

@@ -11,8 +11,9 @@ from sluice.domain import items
 from sluice.domain.counters import estimate_completion
 from sluice.domain.items import ItemState
 from sluice.domain.paging import decode_token, encode_token
+from sluice.domain.whatsapp import message_again
 from sluice.handlers.auth import Tenant, own_job
-from sluice.messages import WORK_ITEMS, WorkItem
+from sluice.messages import WHATSAPP_EVENTS, WORK_ITEMS, WorkItem
 from sluice.problems import FieldError, Problem, not_found
 
 
@@ -90,22 +91,40 @@ def item_view(item_id: str, doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def retry_failed(store: JobStore, publisher: Publisher, tenant: Tenant, job_id: str) -> dict:
-    """Requeue exactly the failed items and publish them again; a repeated call finds none."""
+    """Requeue exactly the failed items and publish them again; a repeated call finds none.
+    A WhatsApp day's messages go back through the WhatsApp path, in conversation order, so
+    that each gets its reply."""
     job = own_job(store.get_job(job_id), tenant, job_id)
     if job.get("state") == "cancelled":
         raise Problem(409, "Batch cancelled", "a cancelled batch is not retried")
     requeued = store.transition_items(job_id, "failed", partial(items.retry, now=now()))
     if requeued:
         store.set_job_state(job_id, to="open", allowed_from=("completed",))
-        publisher.publish(
-            WORK_ITEMS, (WorkItem(job_id=job_id, item_id=i).model_dump() for i in requeued)
-        )
+        if job.get("kind") == "whatsapp":
+            inputs = store.item_inputs(job_id, requeued)
+            events = [message_again(str(job["phone_number_id"]), inputs[i]) for i in requeued]
+            publisher.publish_keyed(
+                WHATSAPP_EVENTS, ((e.to_message(), e.ordering_key) for e in events)
+            )
+        else:
+            publisher.publish(
+                WORK_ITEMS, (WorkItem(job_id=job_id, item_id=i).model_dump() for i in requeued)
+            )
     return {"batch_id": job_id, "requeued": len(requeued)}
 
 
 def cancel_batch(store: JobStore, tenant: Tenant, job_id: str) -> dict:
-    """Queued items become cancelled; running ones finish; the batch is `cancelled`."""
-    own_job(store.get_job(job_id), tenant, job_id)
-    store.set_job_state(job_id, to="cancelled", allowed_from=("open",))
+    """Queued items become cancelled; running ones finish; the batch is `cancelled`. Cancelling
+    a cancelled batch again changes nothing; a completed batch is not cancelled (409), and
+    neither is a WhatsApp day, whose messages keep coming."""
+    job = own_job(store.get_job(job_id), tenant, job_id)
+    if job.get("open_ended"):
+        detail = "a WhatsApp day's job takes messages all day and is not cancelled"
+        raise Problem(409, "Not cancellable", detail)
+    if not store.set_job_state(job_id, to="cancelled", allowed_from=("open",)):
+        state = (store.get_job(job_id) or {}).get("state")
+        if state != "cancelled":
+            raise Problem(409, "Batch not open", f"the batch is {state}: only an open batch "
+                          "is cancelled")  # fmt: skip
     cancelled = store.transition_items(job_id, "queued", partial(items.cancel, now=now()))
     return {"batch_id": job_id, "cancelled": len(cancelled), "state": "cancelled"}

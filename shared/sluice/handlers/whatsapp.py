@@ -16,13 +16,14 @@ from sluice.adapters.jobs_store import JobStore, now
 from sluice.adapters.limiter import NoCapacity
 from sluice.adapters.outside import ProviderError
 from sluice.adapters.whatsapp_api import WhatsAppAPI
+from sluice.domain.replies import SENT_IN_DOUBT, Composed, InDoubt, Sending, Sent, reply_progress
 from sluice.domain.whatsapp import (
     daily_job_id,
     inbound_input,
     message_time,
     should_reply,
 )
-from sluice.handlers.processor import Capacity, Outcome, process_item
+from sluice.handlers.processor import Capacity, Outcome, Progress, process_item
 from sluice.messages import WhatsAppEventMessage
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,22 @@ def handle_message(
     job_id, item_id = recorded
     phone_id = event.phone_number_id
 
-    def reply(item: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    def reply(item: dict[str, Any], params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         if not should_reply(item["message"], event.display_phone_number):
             return {"reply": None, "note": f"no reply to a {item['type']} message"}
-        answer = deps.ai.complete(item["text"], params)["content"] or ""
-        wamid = send_within_limits(deps, phone_id, item["from"], answer, item["message_id"])
+        send = reply_progress(progress.saved.get("reply"))
+        if isinstance(send, Sent):
+            # An earlier claim sent it and was lost before finishing the item: finish it now.
+            wamid, answer = send.message_id, send.text
+        elif isinstance(send, InDoubt):
+            raise ProviderError(SENT_IN_DOUBT, permanent=True)
+        else:
+            if isinstance(send, Composed):
+                answer = send.text  # composed by an earlier claim: the model is not paid twice
+            else:
+                answer = deps.ai.complete(item["text"], params)["content"] or ""
+                progress.save(reply=Composed(answer).doc())
+            wamid = send_once(deps, progress, phone_id, item["from"], answer, item["message_id"])
         deps.conversations.record_outbound(
             phone_id,
             item["from"],
@@ -122,14 +134,30 @@ def record_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> tuple[str
     return job_id, item_id
 
 
-def send_within_limits(deps: WhatsAppDeps, phone_id: str, to: str, text: str, reply_to: str) -> str:
-    """Send under the WhatsApp Cloud API's limits; no capacity in time is a rate limit."""
+def send_once(
+    deps: WhatsAppDeps, progress: Progress, phone_id: str, to: str, text: str, reply_to: str
+) -> str:
+    """Send under the WhatsApp Cloud API's limits, recorded before and after: a send left in
+    doubt (the worker died, or no answer came) is never repeated. No capacity in time is a rate
+    limit: nothing was sent, and the composed reply waits for the next delivery."""
     capacity = deps.send_capacity
+
+    def send() -> str:
+        progress.save(reply=Sending(text).doc())
+        try:
+            wamid = deps.whatsapp.send_text(phone_id, to, text, reply_to=reply_to)
+        except ProviderError as error:
+            if error.maybe_delivered:
+                raise ProviderError(f"{SENT_IN_DOUBT} ({error})", permanent=True) from None
+            progress.save(reply=Composed(text).doc())  # refused: not sent, may be sent again
+            raise
+        progress.save(reply=Sent(text, wamid).doc())
+        return wamid
+
     try:
         return capacity.limiter.call(
-            lambda: deps.whatsapp.send_text(phone_id, to, text, reply_to=reply_to),
-            tenant=phone_id, interactive=True, wait=capacity.wait_seconds,
-        )  # fmt: skip
+            send, tenant=phone_id, interactive=True, wait=capacity.wait_seconds
+        )
     except NoCapacity:
         raise ProviderError(
             "no WhatsApp sending capacity", permanent=False, rate_limited=True,

@@ -80,6 +80,10 @@ class Behaviour(BaseModel):
     # The least time between two messages from one phone number to one recipient; null: any.
     pair_min_interval_s: float | None = Field(default=None, ge=0)
     latency_ms: float = Field(default=0.0, ge=0)
+    # How long the answer to an accepted message is held back after it was accepted (and
+    # listed): the window in which a sender that dies, or gives up waiting, has sent a message
+    # without knowing it.
+    answer_delay_ms: float = Field(default=0.0, ge=0)
     failure_rate: float = Field(default=0.0, ge=0, le=1)
     seed: int | None = None
 
@@ -424,12 +428,15 @@ def create_app(
         try:
             sent = _send(call)
             status = 200
-            return json_response(success_body(sent))
         except GraphError as e:
             status, code = e.status, e.code
             return e.response()
         finally:
             stats.finish(call, status, code, sent)
+        delay = config.get().answer_delay_ms
+        if delay > 0:
+            stop.wait(delay / 1000)  # accepted and listed already, whatever happens to the answer
+        return json_response(success_body(sent))
 
     def _send(call: _Call) -> SentMessage:
         behaviour = config.get()
