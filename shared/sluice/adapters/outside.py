@@ -23,10 +23,13 @@ class ProviderError(Exception):
         return self.reason
 
 
-def transport_error(service: str, exc: httpx.TransportError) -> ProviderError:
+def transport_error(
+    service: str, exc: httpx.TransportError, *, deadline: float | None = None
+) -> ProviderError:
     """Timeouts and connection failures pass with time: always transient."""
     if isinstance(exc, httpx.TimeoutException):
-        return ProviderError(f"{service} timed out", permanent=False)
+        within = f" within its {deadline:g} s deadline" if deadline is not None else ""
+        return ProviderError(f"{service} did not answer{within}", permanent=False)
     return ProviderError(f"{service} unreachable: {exc}", permanent=False)
 
 
