@@ -149,7 +149,7 @@ def test_a_reaction_a_status_and_our_own_message_get_no_reply(http, deployment, 
                               statuses=[status("wamid.y", "sent", "16315551181")]))  # fmt: skip
     body, headers = signed(payload, deployment.whatsapp["app_secret"])
     assert http.post(webhook(deployment), content=body, headers=headers).json()["received"] == 3
-    items = db.collection("jobs").document(f"wa-{phone}-20251121").collection("items")
+    items = db.collection("jobs").document(f"wa-shop-{phone}-20251121").collection("items")
     succeeded = items.where(filter=FieldFilter("state", "==", "succeeded"))
 
     def both_done() -> list[dict] | None:
@@ -202,7 +202,7 @@ def test_inbound_messages_form_a_daily_job_with_status(http, deployment, phone, 
     body, headers = signed(delivery(change(phone, messages=messages)),
                            deployment.whatsapp["app_secret"])  # fmt: skip
     assert http.post(webhook(deployment), content=body, headers=headers).status_code == 200
-    job_id = f"wa-{phone}-20251121"
+    job_id = f"wa-shop-{phone}-20251121"
     job = db.collection("jobs").document(job_id)
     items = wait_for(lambda: [s.to_dict() for s in job.collection("items").stream()
                               if s.get("state") == "succeeded"] if job.get().exists else None,
@@ -211,3 +211,32 @@ def test_inbound_messages_form_a_daily_job_with_status(http, deployment, phone, 
     wait_for(lambda: len(list(succeeded.stream())) == 3, what="three replies")
     assert job.get().get("kind") == "whatsapp" and job.get().get("state") == "open"
     assert items[0]["result"]["reply"].startswith("echo: question")
+
+
+def test_after_a_number_moves_its_messages_land_in_the_new_tenants_job(http, deployment, phone, db):
+    secret = deployment.whatsapp["app_secret"]
+    jobs = db.collection("jobs")
+
+    def replied(job_id: str) -> list[dict] | None:
+        items = [s.to_dict() for s in jobs.document(job_id).collection("items").stream()]
+        return items if items and all(i["state"] == "succeeded" for i in items) else None
+
+    body, headers = signed(delivery(change(phone, messages=[text_message("16315550001", "one")])),
+                           secret)  # fmt: skip
+    assert http.post(webhook(deployment), content=body, headers=headers).status_code == 200
+    wait_for(lambda: replied(f"wa-shop-{phone}-20251121"), what="shop's reply")
+
+    store = TenantStore(db)
+    store.create("other shop")
+    assert store.add_phone("other shop", phone, move=True) == "shop"
+    body, headers = signed(delivery(change(phone, messages=[text_message("16315550002", "two")])),
+                           secret)  # fmt: skip
+    assert http.post(webhook(deployment), content=body, headers=headers).status_code == 200
+    moved = wait_for(lambda: replied(f"wa-other-shop-{phone}-20251121"), what="the new job")
+
+    # Same number, same day: each tenant's job holds its own customers' messages only.
+    assert [i["input"]["text"] for i in moved] == ["two"]
+    assert jobs.document(f"wa-other-shop-{phone}-20251121").get().get("tenant") == "other-shop"
+    kept = [i["input"]["text"] for i in replied(f"wa-shop-{phone}-20251121") or []]
+    assert kept == ["one"]
+    assert len(http.get(deployment.graph_url + "/_sluice/messages").json()) == 2
