@@ -23,6 +23,7 @@ import html
 import itertools
 import json
 import math
+import os
 import random
 import sys
 import threading
@@ -51,6 +52,8 @@ CONTENT_CHARS = 200  # how much of the user message is echoed back and kept in t
 LOG_SIZE = 10_000
 WINDOW_S = 60.0
 ECHO_PREFIX = "echo: "
+# The API key is read from here: a secret on a command line is readable by anyone on the machine.
+API_KEY_ENV = "SLUICE_PROVIDER_API_KEY"
 TRICKLE_BYTES = 16  # a trickled answer is sent in pieces of this size
 
 
@@ -516,7 +519,12 @@ def _parser() -> argparse.ArgumentParser:
         "--max-concurrent", type=int, default=None, help="past this many in flight, answer 429"
     )
     p.add_argument("--seed", type=int, default=None, help="seed the random failures and hangs")
-    p.add_argument("--api-key", default=None, help="answer 401 to calls without this bearer key")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV) or None,
+        help=f"answer 401 to calls without this bearer key (default: ${API_KEY_ENV}; prefer the "
+        "variable, which `ps` does not show)",
+    )
     p.add_argument("--log-requests", action="store_true", help="log each request to stderr")
     return p
 
