@@ -14,7 +14,7 @@ from pathlib import Path
 
 from google.cloud import firestore
 
-from sluice.adapters.tenants_store import TenantExists, TenantNotFound, TenantStore
+from sluice.adapters.tenants_store import PhoneTaken, TenantExists, TenantNotFound, TenantStore
 
 LOCAL_JSON = Path(".sluice/local.json")
 
@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
     phone = tsub.add_parser("add-phone", help="route a WhatsApp phone number id to a tenant")
     phone.add_argument("name")
     phone.add_argument("phone_number_id")
+    phone.add_argument(
+        "--move", action="store_true", help="take the number from the tenant that has it"
+    )
     return p
 
 
@@ -69,14 +72,15 @@ def main(argv: list[str] | None = None) -> int:
                 sheets = "sheets" if doc.get("sheets_enabled") else "-"
                 print(f"{tid}\t{doc.get('name')}\t{sheets}\t{doc.get('callback_url') or '-'}")
         elif args.action == "add-phone":
-            tenants.add_phone(args.name, args.phone_number_id)
-            print(f"phone number id {args.phone_number_id} now routes to {args.name}")
+            moved_from = tenants.add_phone(args.name, args.phone_number_id, move=args.move)
+            moved = f" (moved from {moved_from})" if moved_from else ""
+            print(f"phone number id {args.phone_number_id} now routes to {args.name}{moved}")
         elif args.action == "sheets":
             tenants.set_sheets(args.name, enabled=args.state == "on")
             print(f"Google Sheets export {args.state} for {args.name}")
         elif args.action == "rotate-key":
             print(f"new api key (shown once): {tenants.rotate_key(args.name)}")
-    except (TenantExists, TenantNotFound, ValueError) as exc:
+    except (TenantExists, TenantNotFound, PhoneTaken, ValueError) as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sluice.messages import BATCH_EVENTS, WHATSAPP_EVENTS, WORK_ITEMS
+
 _HERE = Path(__file__).resolve()
 # In the repository the file is at its root; in a function's deployed archive (`make package`), it
 # lies beside the package.
@@ -100,6 +102,9 @@ class Work(_Strict):
     capacity_wait_seconds: float = Field(ge=0)
     # The sweeper republishes the queued items of a batch that made no progress for this long.
     stall_seconds: float = Field(gt=0)
+    # What a delivery's own Firestore and Pub/Sub round trips may take besides its provider calls
+    # and waits: counted in the lease and ack deadline checks below.
+    bookkeeping_seconds: float = Field(ge=0)
 
 
 class Api(_Strict):
@@ -194,6 +199,12 @@ class Topology(_Strict):
         backfill = self.functions.get("backfill")
         if backfill and self.exports.backfill_budget_seconds >= backfill.limits.timeout_seconds:
             problems.append("exports: backfill_budget_seconds must be below backfill's timeout")
+        problems += self._budget_problems()
+        if self.api.default_page_size > self.api.max_page_size:
+            problems.append(
+                f"api.default_page_size ({self.api.default_page_size}) must not exceed "
+                f"api.max_page_size ({self.api.max_page_size})"
+            )
         if dead_letters & set(self.topics):
             problems.append("a dead-letter topic is also declared as a work topic")
         if self.parking_lot.topic in dead_letters | set(self.topics):
@@ -201,6 +212,75 @@ class Topology(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _budget_problems(self) -> list[str]:
+        """Time budgets: a lease outlasts the work after its claim, an ack deadline the whole
+        delivery of what its subscription carries, and the stall time every work backoff."""
+        problems = []
+        work, providers = self.work, self.providers
+        timeout = {name: p.timeout_seconds for name, p in providers.items()}
+        # After the claim: the AI call (a CRM item), or the AI call, the wait for WhatsApp
+        # capacity and the send (a reply); then the outcome is recorded.
+        after_claim = {
+            "providers.ai.timeout_seconds + work.bookkeeping_seconds": (
+                timeout.get("ai", 0) + work.bookkeeping_seconds
+            ),
+            "providers.ai.timeout_seconds + work.capacity_wait_seconds + "
+            "providers.whatsapp.timeout_seconds + work.bookkeeping_seconds": (
+                timeout.get("ai", 0) + work.capacity_wait_seconds + timeout.get("whatsapp", 0)
+                + work.bookkeeping_seconds
+            ),
+        }  # fmt: skip
+        longest = max(after_claim, key=lambda k: after_claim[k])
+        if work.lease_seconds <= after_claim[longest]:
+            problems.append(
+                f"work.lease_seconds ({work.lease_seconds}) must exceed the work after a claim, "
+                f"{longest} ({after_claim[longest]:g}), or another delivery takes the item over "
+                "while it is still being worked on"
+            )
+        schedule_topics = {s.topic for s in self.schedules.values()}
+        for name, sub in self.subscriptions.items():
+            ack = sub.ack_deadline_seconds
+            must = "exceed"
+            if sub.topic in (WORK_ITEMS, WHATSAPP_EVENTS):
+                # The wait for capacity before the claim, then at most the lease.
+                what = "work.capacity_wait_seconds + work.lease_seconds"
+                delivery = work.capacity_wait_seconds + work.lease_seconds
+            elif sub.topic == BATCH_EVENTS:
+                what = (
+                    "work.capacity_wait_seconds + providers.callbacks.timeout_seconds + "
+                    "work.bookkeeping_seconds"
+                )
+                delivery = (
+                    work.capacity_wait_seconds + timeout.get("callbacks", 0)
+                    + work.bookkeeping_seconds
+                )  # fmt: skip
+            elif sub.topic in schedule_topics:
+                # A sweep calls no provider; its Firestore reads grow with the open batches and
+                # only its function's timeout bounds it. Sent again while it runs, two sweeps
+                # would republish the same items.
+                must = "be at least"
+                what = f"functions.{sub.push_to}.limits.timeout_seconds"
+                fn = self.functions.get(sub.push_to)
+                delivery = fn.limits.timeout_seconds if fn else 0
+            else:
+                # Dead letters (and anything else): Firestore records only.
+                what = "work.bookkeeping_seconds"
+                delivery = work.bookkeeping_seconds
+            if ack < delivery or (ack == delivery and must == "exceed"):
+                problems.append(
+                    f"subscriptions.{name}.ack_deadline_seconds ({ack}) must {must} the whole "
+                    f"delivery, {what} ({delivery:g}), or Pub/Sub delivers the message again "
+                    "while it is still being worked on"
+                )
+            if sub.topic == WORK_ITEMS and work.stall_seconds <= sub.retry.maximum_backoff_seconds:
+                problems.append(
+                    f"work.stall_seconds ({work.stall_seconds:g}) must exceed "
+                    f"subscriptions.{name}.retry.maximum_backoff_seconds "
+                    f"({sub.retry.maximum_backoff_seconds}), or items waiting out their backoff "
+                    "get duplicate messages from the sweeper"
+                )
+        return problems
 
     @property
     def dead_letter_topics(self) -> list[str]:

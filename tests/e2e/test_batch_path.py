@@ -115,10 +115,12 @@ def test_redelivered_messages_produce_no_second_call_or_result(http, deployment,
 
 
 def test_a_killed_processor_loses_no_item(http, deploy, make_tenant):
-    # Short leases and backoff so that the items the dead process held are taken over quickly.
+    # Short leases and backoff so that the items the dead process held are taken over quickly;
+    # the lease still outlasts the work after a claim, as the topology check requires.
     d = deploy(
         topology_overrides={
-            "work": {"lease_seconds": 3},
+            "work": {"lease_seconds": 5, "capacity_wait_seconds": 1, "bookkeeping_seconds": 0.5},
+            "providers": {"ai": {"timeout_seconds": 2}, "whatsapp": {"timeout_seconds": 1}},
             "subscriptions": {
                 "work-items-to-processor": {
                     "retry": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 3}

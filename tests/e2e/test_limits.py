@@ -93,3 +93,30 @@ def test_a_provider_accepting_half_the_declared_rate_slows_every_instance(
     assert 0 < len(refused) <= 4, calls
     assert max(refused) - min(refused) <= 5, calls
     assert len(calls) - len(refused) == 16
+
+
+def test_a_provider_trickling_its_answer_is_cut_off_at_the_total_deadline(
+    http, deploy, make_tenant
+):
+    # Each piece of the answer comes 200 ms after the last, so no read waits a second; the whole
+    # answer takes about 5 s, past the provider's declared 1 s.
+    d = deploy(
+        topology_overrides={
+            "providers": {"ai": {"timeout_seconds": 1}},
+            "work": {"max_attempts": 2},
+        },
+        provider_args=["--trickle-ms", "200"],
+    )
+    tenant = make_tenant()
+    accepted = submit(http, d, tenant.api_key, 2)
+    polls = wait_done(http, accepted["status_url"], tenant.api_key, timeout=120)
+
+    assert polls[-1]["counts"]["failed"] == 2
+    for item in items_of(http, accepted["status_url"], tenant.api_key):
+        assert item["state"] == "failed" and item["result"] is None
+        assert "provider did not answer within its 1 s deadline" in item["error"]
+        assert item["attempts"] == 2
+    # The provider saw each call's connection closed before it had sent the whole answer.
+    calls = http.get(d.provider_url + "/_sluice/requests", params={"limit": 100}).json()
+    assert len(calls) == 4
+    assert all(c["client_closed"] for c in calls), calls

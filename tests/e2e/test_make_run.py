@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -47,7 +48,9 @@ def test_make_run_serves_the_demo_and_stops_everything_on_ctrl_c(tmp_path: Path)
         assert "Ctrl-C stops everything" in text, text
         assert "20/20" in text and "completed" in text
 
-        info = json.loads((tmp_path / ".sluice" / "local.json").read_text())
+        local_json = tmp_path / ".sluice" / "local.json"
+        assert stat.S_IMODE(local_json.stat().st_mode) == 0o600  # it holds the secrets
+        info = json.loads(local_json.read_text())
         key = info["demo_tenant"]["api_key"]
         status_api = info["functions"]["status-api"]
         r = httpx.post(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
@@ -13,6 +14,7 @@ from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.tenants_store import TenantStore
 from sluice.domain.whatsapp import sign
 from sluice.localcloud.cloud import Deployment
+from sluice.messages import WhatsAppEventMessage
 from tests.conftest import logs_of
 from tests.whatsapp_payloads import change, delivery, signed, status, text_message
 
@@ -149,7 +151,7 @@ def test_a_reaction_a_status_and_our_own_message_get_no_reply(http, deployment, 
                               statuses=[status("wamid.y", "sent", "16315551181")]))  # fmt: skip
     body, headers = signed(payload, deployment.whatsapp["app_secret"])
     assert http.post(webhook(deployment), content=body, headers=headers).json()["received"] == 3
-    items = db.collection("jobs").document(f"wa-{phone}-20251121").collection("items")
+    items = db.collection("jobs").document(f"wa-shop-{phone}-20251121").collection("items")
     succeeded = items.where(filter=FieldFilter("state", "==", "succeeded"))
 
     def both_done() -> list[dict] | None:
@@ -202,7 +204,7 @@ def test_inbound_messages_form_a_daily_job_with_status(http, deployment, phone, 
     body, headers = signed(delivery(change(phone, messages=messages)),
                            deployment.whatsapp["app_secret"])  # fmt: skip
     assert http.post(webhook(deployment), content=body, headers=headers).status_code == 200
-    job_id = f"wa-{phone}-20251121"
+    job_id = f"wa-shop-{phone}-20251121"
     job = db.collection("jobs").document(job_id)
     items = wait_for(lambda: [s.to_dict() for s in job.collection("items").stream()
                               if s.get("state") == "succeeded"] if job.get().exists else None,
@@ -211,3 +213,67 @@ def test_inbound_messages_form_a_daily_job_with_status(http, deployment, phone, 
     wait_for(lambda: len(list(succeeded.stream())) == 3, what="three replies")
     assert job.get().get("kind") == "whatsapp" and job.get().get("state") == "open"
     assert items[0]["result"]["reply"].startswith("echo: question")
+
+
+def test_after_a_number_moves_its_messages_land_in_the_new_tenants_job(http, deployment, phone, db):
+    secret = deployment.whatsapp["app_secret"]
+    jobs = db.collection("jobs")
+
+    def replied(job_id: str) -> list[dict] | None:
+        items = [s.to_dict() for s in jobs.document(job_id).collection("items").stream()]
+        return items if items and all(i["state"] == "succeeded" for i in items) else None
+
+    body, headers = signed(delivery(change(phone, messages=[text_message("16315550001", "one")])),
+                           secret)  # fmt: skip
+    assert http.post(webhook(deployment), content=body, headers=headers).status_code == 200
+    wait_for(lambda: replied(f"wa-shop-{phone}-20251121"), what="shop's reply")
+
+    store = TenantStore(db)
+    store.create("other shop")
+    assert store.add_phone("other shop", phone, move=True) == "shop"
+    body, headers = signed(delivery(change(phone, messages=[text_message("16315550002", "two")])),
+                           secret)  # fmt: skip
+    assert http.post(webhook(deployment), content=body, headers=headers).status_code == 200
+    moved = wait_for(lambda: replied(f"wa-other-shop-{phone}-20251121"), what="the new job")
+
+    # Same number, same day: each tenant's job holds its own customers' messages only.
+    assert [i["input"]["text"] for i in moved] == ["two"]
+    assert jobs.document(f"wa-other-shop-{phone}-20251121").get().get("tenant") == "other-shop"
+    kept = [i["input"]["text"] for i in replied(f"wa-shop-{phone}-20251121") or []]
+    assert kept == ["one"]
+    assert len(http.get(deployment.graph_url + "/_sluice/messages").json()) == 2
+
+
+def test_secrets_stay_off_command_lines_and_message_text_out_of_the_logs(
+    http, deployment, phone, db
+):
+    secrets = [deployment.ai_api_key, *(deployment.whatsapp[k] for k in
+               ("app_secret", "verify_token", "access_token"))]  # fmt: skip
+    pids = [p.pid for p in deployment._servers.values()]
+    for fn in deployment.functions.values():
+        pids += [fn.pid, *fn.worker_pids()]
+    for pid in pids:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        assert not [s for s in secrets if s in cmdline], cmdline
+
+    # A message that gets its reply, and one Pub/Sub gave up on (dead-lettered).
+    words = {"replied": "my card number is 4111 1111", "dead": "my pin is 4321"}
+    message = text_message("16315551181", words["replied"])
+    body, headers = signed(delivery(change(phone, messages=[message])),
+                           deployment.whatsapp["app_secret"])  # fmt: skip
+    assert http.post(webhook(deployment), content=body, headers=headers).status_code == 200
+    wait_for(lambda: http.get(deployment.graph_url + "/_sluice/messages").json(), what="a reply")
+    # A short message id keeps the text within what a log line of the message would show.
+    lost_message = text_message("16315551182", words["dead"], "wamid.lost")
+    lost = WhatsAppEventMessage(kind="message", phone_number_id=phone, body=lost_message)
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(deployment.project, "whatsapp-events-dead-letter")
+    publisher.publish(topic, lost.model_dump_json().encode()).result(timeout=30)
+    job = db.collection("jobs").document(f"wa-shop-{phone}-20251121").collection("items")
+    wait_for(lambda: [s for s in job.stream() if s.get("state") == "failed"],
+             what="the dead-lettered message recorded")  # fmt: skip
+
+    for name in deployment.functions:
+        log = logs_of(deployment, name)
+        for text in words.values():
+            assert text not in log, (name, text)

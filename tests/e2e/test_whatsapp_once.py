@@ -20,8 +20,8 @@ pytestmark = pytest.mark.cloud
 # for sending capacity and the send; the ack deadline the whole delivery.
 QUICK = {
     "providers": {"ai": {"timeout_seconds": 3}, "whatsapp": {"timeout_seconds": 8}},
-    "work": {"lease_seconds": 15, "capacity_wait_seconds": 2},
-    "subscriptions": {"whatsapp-events-to-processor": {"ack_deadline_seconds": 25}},
+    "work": {"lease_seconds": 20, "capacity_wait_seconds": 2},
+    "subscriptions": {"whatsapp-events-to-processor": {"ack_deadline_seconds": 30}},
 }
 
 

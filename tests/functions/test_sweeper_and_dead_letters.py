@@ -58,7 +58,12 @@ def store(db) -> JobStore:
 
 @pytest.fixture
 def stall_one_second(tmp_path, monkeypatch):
-    topology = merge(yaml.safe_load(REPO_TOPOLOGY.read_text()), {"work": {"stall_seconds": 1}})
+    # The stall time must exceed the work items' retry backoff (the topology check).
+    no_backoff = {"minimum_backoff_seconds": 0, "maximum_backoff_seconds": 0}
+    topology = merge(yaml.safe_load(REPO_TOPOLOGY.read_text()), {
+        "work": {"stall_seconds": 1},
+        "subscriptions": {"work-items-to-processor": {"retry": no_backoff}},
+    })  # fmt: skip
     (tmp_path / "topology.yaml").write_text(yaml.safe_dump(topology))
     monkeypatch.setenv("SLUICE_TOPOLOGY", str(tmp_path / "topology.yaml"))
 

@@ -46,6 +46,55 @@ def test_the_repository_topology_loads():
         ("exports.rows_per_call", 501, "less than or equal"),
         ("functions.status-api.publishes", ["nope"], "publishes to unknown topic 'nope'"),
         ("retention.whatsapp_message_days", 7, "greater than or equal"),
+        # The time budgets: each problem names the setting at fault.
+        (
+            "subscriptions.work-items-to-processor.retry.maximum_backoff_seconds",
+            120,
+            r"work.stall_seconds \(120\) must exceed subscriptions.work-items-to-processor.retry"
+            r".maximum_backoff_seconds \(120\)",
+        ),
+        ("api.default_page_size", 501, r"api.default_page_size \(501\) must not exceed api.max"),
+        (
+            "work.lease_seconds",
+            60,
+            r"work.lease_seconds \(60\) must exceed the work after a claim, providers.ai."
+            r"timeout_seconds \+ work.capacity_wait_seconds \+ providers.whatsapp.timeout_seconds"
+            r" \+ work.bookkeeping_seconds \(60\)",
+        ),
+        (
+            "providers.whatsapp.timeout_seconds",
+            30,
+            r"work.lease_seconds \(70\) must exceed the work after a claim.* \(75\)",
+        ),
+        (
+            "subscriptions.work-items-to-processor.ack_deadline_seconds",
+            80,
+            r"subscriptions.work-items-to-processor.ack_deadline_seconds \(80\) must exceed the "
+            r"whole delivery, work.capacity_wait_seconds \+ work.lease_seconds \(80\)",
+        ),
+        (
+            "subscriptions.whatsapp-events-to-processor.ack_deadline_seconds",
+            60,
+            r"subscriptions.whatsapp-events-to-processor.ack_deadline_seconds \(60\) must exceed",
+        ),
+        (
+            "providers.callbacks.timeout_seconds",
+            15,
+            r"subscriptions.batch-events-to-processor.ack_deadline_seconds \(30\) must exceed the "
+            r"whole delivery, .*providers.callbacks.timeout_seconds.* \(30\)",
+        ),
+        (
+            "subscriptions.sweeps-to-processor.ack_deadline_seconds",
+            60,
+            r"subscriptions.sweeps-to-processor.ack_deadline_seconds \(60\) must be at least the "
+            r"whole delivery, functions.batch-item-processor.limits.timeout_seconds \(120\)",
+        ),
+        (
+            "work.bookkeeping_seconds",
+            30,
+            r"subscriptions.work-items-dead-letter-to-processor.ack_deadline_seconds \(30\) must "
+            r"exceed the whole delivery, work.bookkeeping_seconds \(30\)",
+        ),
         (
             "firestore_triggers.item-written-to-sheets-writer.function",
             "webhook-ingest",

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from sluice.adapters.deadlines import within
 from sluice.adapters.outside import ProviderError, retry_after_seconds, transport_error
 
 
@@ -30,11 +31,13 @@ class AIProvider:
             "messages": messages_for(item_input, params or {}),
         }
         try:
-            response = self._http.post(
-                self._url, json=body, headers=self._headers, timeout=self._timeout
-            )
+            # The provider's timeout is the whole call's: the limiter and the lease count on it.
+            with within(self._timeout):
+                response = self._http.post(
+                    self._url, json=body, headers=self._headers, timeout=self._timeout
+                )
         except httpx.TransportError as exc:
-            raise transport_error("provider", exc) from None
+            raise transport_error("provider", exc, deadline=self._timeout) from None
         if response.status_code == 200:
             return result_of(response.json())
         raise error_of(response)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from sluice.adapters.deadlines import within
 from sluice.adapters.outside import ProviderError, retry_after_seconds, transport_error
 
 
@@ -14,9 +15,12 @@ class CallbackSender:
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> None:
         try:
-            response = self._http.post(url, content=body, headers=headers, timeout=self._timeout)
+            with within(self._timeout):  # the whole call's deadline, not each read's
+                response = self._http.post(
+                    url, content=body, headers=headers, timeout=self._timeout
+                )
         except httpx.TransportError as exc:
-            raise transport_error("callback endpoint", exc) from None
+            raise transport_error("callback endpoint", exc, deadline=self._timeout) from None
         if response.is_success:
             return
         # Every failure is retried: the CRM may be down or deploying; it asked for the callback.

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import httpx
 from google.cloud import firestore
 
+from sluice.adapters.deadlines import DeadlineTransport
+
 if TYPE_CHECKING:
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
@@ -39,6 +41,9 @@ def publisher_client() -> pubsub_v1.PublisherClient:
 
 @cache
 def http_client() -> httpx.Client:
-    # One pool for every outside HTTP service; per-call timeouts are set by each adapter.
+    # One pool for every outside HTTP service; each adapter gives each call its provider's total
+    # deadline (sluice.adapters.deadlines.within), which the transport holds every read to.
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-    return httpx.Client(limits=limits, timeout=httpx.Timeout(30.0, connect=5.0))
+    return httpx.Client(
+        transport=DeadlineTransport(limits=limits), timeout=httpx.Timeout(30.0, connect=5.0)
+    )

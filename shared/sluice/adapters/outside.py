@@ -26,12 +26,17 @@ class ProviderError(Exception):
         return self.reason
 
 
-def transport_error(service: str, exc: httpx.TransportError) -> ProviderError:
+def transport_error(
+    service: str, exc: httpx.TransportError, *, deadline: float | None = None
+) -> ProviderError:
     """Timeouts and connection failures pass with time: always transient. Only a failure before
     the request was sent (connecting, waiting for a pooled connection) proves it had no effect."""
     unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
     if isinstance(exc, httpx.TimeoutException):
-        return ProviderError(f"{service} timed out", permanent=False, maybe_delivered=not unsent)
+        within = f" within its {deadline:g} s deadline" if deadline is not None else ""
+        return ProviderError(
+            f"{service} did not answer{within}", permanent=False, maybe_delivered=not unsent
+        )
     return ProviderError(
         f"{service} unreachable: {exc}", permanent=False, maybe_delivered=not unsent
     )

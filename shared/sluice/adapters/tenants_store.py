@@ -8,6 +8,7 @@ from typing import Any
 
 from google.api_core.exceptions import AlreadyExists, NotFound
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from sluice.domain.callbacks import new_secret
 from sluice.domain.tenants import hash_api_key, new_api_key, tenant_id
@@ -21,6 +22,14 @@ class TenantNotFound(Exception):
     pass
 
 
+class PhoneTaken(Exception):
+    """The phone number id already routes to another tenant."""
+
+
+# Who owns each WhatsApp phone number id: the record add-phone's transaction locks.
+PHONE_NUMBERS = "phone_numbers"
+
+
 @dataclass(frozen=True)
 class NewTenant:
     id: str
@@ -30,6 +39,7 @@ class NewTenant:
 
 class TenantStore:
     def __init__(self, db: firestore.Client) -> None:
+        self._db = db
         self._tenants = db.collection("tenants")
 
     def create(
@@ -73,11 +83,45 @@ class TenantStore:
         except NotFound:
             raise TenantNotFound(f"tenant {tenant_id(name)!r} does not exist") from None
 
-    def add_phone(self, name: str, phone_number_id: str) -> None:
-        """Route a WhatsApp business phone number's traffic to this tenant."""
-        ref = self._tenants.document(tenant_id(name))
-        if not ref.get().exists:
-            raise TenantNotFound(f"tenant {tenant_id(name)!r} does not exist")
+    def add_phone(self, name: str, phone_number_id: str, *, move: bool = False) -> str | None:
+        """Route a WhatsApp business phone number's traffic to this tenant, and to no other.
+
+        A number another tenant has is refused (PhoneTaken), or with `move` taken from it. One
+        transaction reads the number's owner record (`phone_numbers/{id}`) and writes it with
+        both tenants' lists, so of two concurrent calls for one number one wins and the other
+        sees its result. Returns the tenant the number was moved from, if any."""
         if not phone_number_id.isdigit():
             raise ValueError(f"phone number id {phone_number_id!r} is not all digits")
-        ref.update({"phone_number_ids": firestore.ArrayUnion([phone_number_id])})
+        tid = tenant_id(name)
+        ref = self._tenants.document(tid)
+        owner_ref = self._db.collection(PHONE_NUMBERS).document(phone_number_id)
+        holders = self._tenants.where(
+            filter=FieldFilter("phone_number_ids", "array_contains", phone_number_id)
+        )
+
+        @firestore.transactional
+        def assign(transaction: firestore.Transaction) -> str | None:
+            tenant = ref.get(transaction=transaction)
+            if not tenant.exists:
+                raise TenantNotFound(f"tenant {tid!r} does not exist")
+            owner = owner_ref.get(transaction=transaction)
+            # Numbers added before the owner record existed are found in the tenants' lists.
+            others = {s.id for s in holders.stream(transaction=transaction)} - {tid}
+            if owner.exists and owner.get("tenant") != tid:
+                others.add(str(owner.get("tenant")))
+            if others and not move:
+                raise PhoneTaken(
+                    f"phone number id {phone_number_id} belongs to tenant "
+                    f"{', '.join(sorted(others))}; use --move to move it to {tid}"
+                )
+            for other in others:
+                transaction.update(
+                    self._tenants.document(other),
+                    {"phone_number_ids": firestore.ArrayRemove([phone_number_id])},
+                )
+            transaction.update(ref, {"phone_number_ids": firestore.ArrayUnion([phone_number_id])})
+            if others or not owner.exists:
+                transaction.set(owner_ref, {"tenant": tid, "since": datetime.now(UTC)})
+            return ", ".join(sorted(others)) or None
+
+        return assign(self._db.transaction())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import httpx
 
+from sluice.adapters.deadlines import within
 from sluice.adapters.outside import ProviderError, retry_after_seconds, transport_error
 
 # Graph error codes that pass with time: rate limits (throughput, per-user pair, spam) and
@@ -36,14 +37,15 @@ class WhatsAppAPI:
         if reply_to:
             body["context"] = {"message_id": reply_to}
         try:
-            response = self._http.post(
-                f"{self._base}/{phone_number_id}/messages",
-                json=body,
-                headers=self._headers,
-                timeout=self._timeout,
-            )
+            with within(self._timeout):  # the whole call's deadline, not each read's
+                response = self._http.post(
+                    f"{self._base}/{phone_number_id}/messages",
+                    json=body,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                )
         except httpx.TransportError as exc:
-            raise transport_error("WhatsApp Cloud API", exc) from None
+            raise transport_error("WhatsApp Cloud API", exc, deadline=self._timeout) from None
         if response.status_code == 200:
             return str(response.json()["messages"][0]["id"])
         raise graph_error(response)

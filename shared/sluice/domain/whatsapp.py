@@ -208,10 +208,11 @@ def message_time(message: dict[str, Any], fallback: datetime) -> datetime:
         return fallback
 
 
-def daily_job_id(phone_number_id: str, sent_at: datetime) -> str:
+def daily_job_id(tenant: str, phone_number_id: str, sent_at: datetime) -> str:
     """A phone number's inbound messages form one job per (UTC) day of sending: a message Meta
-    re-sends days later still lands in the same job, where it is recognised."""
-    return f"wa-{phone_number_id}-{sent_at:%Y%m%d}"
+    re-sends days later still lands in the same job, where it is recognised. The job is the
+    tenant's: once a number moves to another tenant, its messages go to that tenant's job."""
+    return f"wa-{tenant}-{phone_number_id}-{sent_at:%Y%m%d}"
 
 
 def inbound_input(message: dict[str, Any], contact: dict[str, Any] | None) -> dict[str, Any]:

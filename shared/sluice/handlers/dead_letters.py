@@ -51,7 +51,8 @@ def handle_dead_letter(
     """`source` is the topic the message was first published on. Raises ValidationError for a
     message that is not what that topic carries."""
     reason = reason_of(message, source)
-    log.error("%s: %s", reason, message.data[:200])
+    # Not the message itself: a WhatsApp event carries what a customer wrote.
+    log.error("%s: message %s on %s", reason, message.message_id, source)
     if source == WORK_ITEMS:
         work = WorkItem.model_validate_json(message.data)
         return fail_item(store, work.job_id, work.item_id, reason)

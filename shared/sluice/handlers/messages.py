@@ -40,7 +40,9 @@ def handle_message(message: PubSubMessage) -> Outcome | None:
         return _dispatch(message)
     except ValidationError as exc:
         # Redelivery cannot make an unreadable message readable: acknowledge it.
-        log.error("unreadable message %s acknowledged: %s", message.message_id, exc)
+        # The fields at fault, without their values: a message may carry what a customer wrote.
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        log.error("unreadable message %s acknowledged: %s", message.message_id, fields)
         return None
 
 

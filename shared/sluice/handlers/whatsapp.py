@@ -106,7 +106,7 @@ def record_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> tuple[str
         log.error("no tenant has phone number id %s; message %s dropped", phone_id, message["id"])
         return None
     received = now()
-    job_id = daily_job_id(phone_id, message_time(message, received))
+    job_id = daily_job_id(tenant[0], phone_id, message_time(message, received))
     deps.store.ensure_job(
         job_id,
         {

@@ -30,7 +30,9 @@ from google.pubsub_v1.types import DeadLetterPolicy, PushConfig, RetryPolicy
 
 from sluice.localcloud.emulators import Emulators
 from sluice.localcloud.functions import FunctionProcess
+from sluice.localcloud.graph_server import ACCESS_TOKEN_ENV as GRAPH_ACCESS_TOKEN_ENV
 from sluice.localcloud.processes import listening_port, spawn, stop
+from sluice.localcloud.provider_server import API_KEY_ENV as PROVIDER_API_KEY_ENV
 from sluice.localcloud.scheduler import Scheduler
 from sluice.localcloud.triggers import TriggerRouter
 from sluice.topology import REPO_TOPOLOGY, Topology, parse_topology
@@ -131,9 +133,10 @@ class Deployment:
         # Filled in by start(): each server binds port 0 (or the port asked for) and reports the
         # port it got, so no other process can take it between choosing and binding.
         self.server_ports: dict[str, int] = {}
-        # WhatsApp secrets of this deployment (passed to the Graph server as --flag=value: a
-        # token may start with "-"): Meta's app secret, the verify token, the token
-        # Sluice sends with; local and fresh each time, written to local.json for tools.
+        # WhatsApp secrets of this deployment: Meta's app secret, the verify token, the token
+        # Sluice sends with; local and fresh each time, written to local.json (readable by its
+        # owner only) for tools. Secrets reach every process through its environment, never its
+        # command line, which any user of the machine can read (`ps`).
         self.ai_api_key = f"sk-local-{secrets.token_urlsafe(18)}"
         self.whatsapp = {
             "app_secret": secrets.token_hex(16),
@@ -179,11 +182,14 @@ class Deployment:
 
     def start(self) -> None:
         servers = {
-            "provider": ("provider_server", [f"--api-key={self.ai_api_key}", *self.provider_args]),
-            "graph": ("graph_server", [f"--access-token={self.whatsapp['access_token']}",
-                                       *self.graph_args]),
+            "provider": ("provider_server", self.provider_args),
+            "graph": ("graph_server", self.graph_args),
             "sheets": ("sheets_server", self.sheets_args),
-        }  # fmt: skip
+        }
+        secrets_of = {
+            "provider": {PROVIDER_API_KEY_ENV: self.ai_api_key},
+            "graph": {GRAPH_ACCESS_TOKEN_ENV: self.whatsapp["access_token"]},
+        }
         logs = {name: self.dir / f"{name}.log" for name in servers}
         offsets = {name: log.stat().st_size if log.exists() else 0 for name, log in logs.items()}
         for name, (module, args) in servers.items():
@@ -191,6 +197,7 @@ class Deployment:
                 [sys.executable, "-m", f"sluice.localcloud.{module}",
                  "--port", str(self.ports.get(name, 0)), *args],
                 log_path=logs[name],
+                env=secrets_of.get(name),
             )  # fmt: skip
         # The functions' environment holds the servers' URLs: learn the ports first.
         for name, proc in self._servers.items():
@@ -321,5 +328,10 @@ class Deployment:
 
 
 def write_local_json(path: Path, info: dict[str, Any]) -> None:
+    """It holds the deployment's secrets and the demo tenant's key: readable by its owner only,
+    from the moment it exists (a file left by an older run is made so too)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, indent=2) + "\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(info, indent=2) + "\n")

@@ -25,6 +25,7 @@ import hmac
 import html
 import json
 import math
+import os
 import re
 import secrets
 import sys
@@ -50,6 +51,8 @@ from sluice.localcloud.local_server import (
 )
 
 DEFAULT_ACCESS_TOKEN = "local-access-token"
+# The token is read from here: a secret on a command line is readable by anyone on the machine.
+ACCESS_TOKEN_ENV = "SLUICE_GRAPH_ACCESS_TOKEN"
 VERSION = re.compile(r"v\d+\.\d+")
 TEXT_MAX_CHARS = 4096  # Meta's limit on `text.body`
 RECIPIENT_TYPES = frozenset({"individual", "group"})
@@ -537,8 +540,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="0 (the default) picks a free port")
     p.add_argument(
         "--access-token",
-        default=DEFAULT_ACCESS_TOKEN,
-        help="the bearer token callers must send (default: %(default)s)",
+        default=os.environ.get(ACCESS_TOKEN_ENV, DEFAULT_ACCESS_TOKEN),
+        help=f"the bearer token callers must send (default: ${ACCESS_TOKEN_ENV}, else "
+        f"{DEFAULT_ACCESS_TOKEN}; prefer the variable, which `ps` does not show)",
     )
     p.add_argument(
         "--messages-per-second",

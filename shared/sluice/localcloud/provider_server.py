@@ -23,13 +23,14 @@ import html
 import itertools
 import json
 import math
+import os
 import random
 import sys
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,9 @@ CONTENT_CHARS = 200  # how much of the user message is echoed back and kept in t
 LOG_SIZE = 10_000
 WINDOW_S = 60.0
 ECHO_PREFIX = "echo: "
+# The API key is read from here: a secret on a command line is readable by anyone on the machine.
+API_KEY_ENV = "SLUICE_PROVIDER_API_KEY"
+TRICKLE_BYTES = 16  # a trickled answer is sent in pieces of this size
 
 
 class Behaviour(BaseModel):
@@ -65,6 +69,9 @@ class Behaviour(BaseModel):
     failure_rate: float = Field(default=0.0, ge=0, le=1)
     timeout_rate: float = Field(default=0.0, ge=0, le=1)
     timeout_sleep_s: float = Field(default=60.0, ge=0)
+    # A successful answer sent in pieces of TRICKLE_BYTES this far apart: every read is quick,
+    # the whole answer is slow (what a total deadline is for).
+    trickle_ms: float = Field(default=0.0, ge=0)
     # An empty marker would match every message; refuse it, use null to switch it off.
     permanent_failure_marker: str | None = Field(default=None, min_length=1)
     rate_limit_per_minute: int | None = Field(default=None, ge=0)
@@ -108,9 +115,12 @@ class _Call:
     admitted: bool = False
     ended: float | None = None
     status: int | None = None
+    # The client closed the connection before the whole answer was sent.
+    client_closed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "ended": self.ended, "status": self.status, "content": self.content}
+        return {"at": self.at, "ended": self.ended, "status": self.status,
+                "content": self.content, "client_closed": self.client_closed}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -185,12 +195,13 @@ class ProviderStats:
             call.admitted = True
             return Admission(True)
 
-    def finish(self, call: _Call, status: int) -> None:
+    def finish(self, call: _Call, status: int, *, client_closed: bool = False) -> None:
         with self._lock:
             if call.admitted:
                 self._in_flight -= 1
             call.ended = time.time()
             call.status = status
+            call.client_closed = client_closed
             if call.generation != self._generation:
                 return
             self._by_status[status] = self._by_status.get(status, 0) + 1
@@ -346,12 +357,34 @@ def create_app(
                           "invalid_api_key")  # fmt: skip
         call = stats.arrive()
         status = 500  # if anything below raises, Flask answers 500: count it as that
+        trickled = False
         try:
             response = _answer(call)
             status = response.status_code
+            trickled = not response.is_sequence  # it finishes the call once the body is sent
             return response
         finally:
-            stats.finish(call, status)
+            if not trickled:
+                stats.finish(call, status)
+
+    def _trickle(call: _Call, body: bytes, pause_s: float) -> flask.Response:
+        def pieces() -> Iterator[bytes]:
+            closed = False
+            try:
+                for start in range(0, len(body), TRICKLE_BYTES):
+                    if start:
+                        stop.wait(pause_s)
+                    yield body[start : start + TRICKLE_BYTES]
+            except GeneratorExit:
+                # The server closes the body when writing to the client failed.
+                closed = True
+                raise
+            finally:
+                stats.finish(call, 200, client_closed=closed)
+
+        return flask.Response(
+            pieces(), mimetype="application/json", headers={"Content-Length": str(len(body))}
+        )
 
     def _answer(call: _Call) -> flask.Response:
         try:
@@ -391,6 +424,9 @@ def create_app(
                 "The server had an error while processing your request. Sorry about that!",
                 "server_error",
             )
+        if behaviour.trickle_ms > 0:
+            body = json.dumps(completion_body(request)).encode()
+            return _trickle(call, body, behaviour.trickle_ms / 1000)
         return json_response(completion_body(request))
 
     add_control_routes(
@@ -466,6 +502,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout-sleep-s", type=float, default=60.0, help="how long a hang lasts")
     p.add_argument(
+        "--trickle-ms", type=float, default=0.0, help="send answers in small pieces this far apart"
+    )
+    p.add_argument(
         "--permanent-failure-marker",
         default=None,
         help="a last user message containing this is answered 400",
@@ -480,7 +519,12 @@ def _parser() -> argparse.ArgumentParser:
         "--max-concurrent", type=int, default=None, help="past this many in flight, answer 429"
     )
     p.add_argument("--seed", type=int, default=None, help="seed the random failures and hangs")
-    p.add_argument("--api-key", default=None, help="answer 401 to calls without this bearer key")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV) or None,
+        help=f"answer 401 to calls without this bearer key (default: ${API_KEY_ENV}; prefer the "
+        "variable, which `ps` does not show)",
+    )
     p.add_argument("--log-requests", action="store_true", help="log each request to stderr")
     return p
 
@@ -495,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             failure_rate=args.failure_rate,
             timeout_rate=args.timeout_rate,
             timeout_sleep_s=args.timeout_sleep_s,
+            trickle_ms=args.trickle_ms,
             permanent_failure_marker=args.permanent_failure_marker,
             rate_limit_per_minute=args.rate_limit_per_minute,
             max_concurrent=args.max_concurrent,
