@@ -117,6 +117,7 @@ class Api(_Strict):
     publish_timeout_seconds: float = Field(gt=0, le=60)
     intake_lease_seconds: int = Field(ge=5, le=600)
     intake_retry_after_seconds: int = Field(ge=1, le=60)
+    intake_abandon_seconds: int = Field(ge=60)
     health_timeout_seconds: float = Field(gt=0, le=30)
     health_cache_seconds: float = Field(ge=0, le=300)
 
@@ -204,6 +205,12 @@ class Topology(_Strict):
             problems.append(
                 f"api.default_page_size ({self.api.default_page_size}) must not exceed "
                 f"api.max_page_size ({self.api.max_page_size})"
+            )
+        if self.api.intake_abandon_seconds <= self.api.intake_lease_seconds:
+            problems.append(
+                f"api.intake_abandon_seconds ({self.api.intake_abandon_seconds}) must exceed "
+                f"api.intake_lease_seconds ({self.api.intake_lease_seconds}), or the sweeper "
+                "abandons intakes their owners are still writing"
             )
         if dead_letters & set(self.topics):
             problems.append("a dead-letter topic is also declared as a work topic")

@@ -53,6 +53,8 @@ def test_concurrent_submissions_own_the_intake_once(store):
 
     with ThreadPoolExecutor(6) as pool:
         decisions = list(pool.map(attempt, range(6)))
+    # One owns it; the others are told it is in flight (some when Firestore's contention
+    # between their transactions gave up on them).
     assert sum(isinstance(d, Own) for d in decisions) == 1
     assert sum(isinstance(d, InFlight) for d in decisions) == 5
 

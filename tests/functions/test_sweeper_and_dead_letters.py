@@ -164,10 +164,7 @@ def test_the_sweeper_republishes_a_stalled_batchs_queued_items_and_pending_callb
     other.create_job("done", {"tenant": "t", "total": 1, "state": "completed",
                               "completed_at": datetime.now(UTC), "fingerprint": "f",
                               "callback": {"completion": 2, "state": "pending"}})  # fmt: skip
-    # Neither of these is the sweeper's: an intake answered 503 and a WhatsApp day.
-    other.create_job("unpublished", {"tenant": "t", "total": 1, "state": "open",
-                                     "intake": "items_written", "fingerprint": "f"})  # fmt: skip
-    other.write_items("unpublished", [NewItem("i", 0, "x")], at=datetime.now(UTC))
+    # A WhatsApp day is not the sweeper's: each message has the live event that created it.
     other.create_job("day", {"tenant": "t", "total": 0, "state": "open", "open_ended": True,
                              "intake": "published", "fingerprint": "f"})  # fmt: skip
     other.write_items("day", [NewItem("m", 0, "x")], at=datetime.now(UTC))
@@ -177,5 +174,34 @@ def test_the_sweeper_republishes_a_stalled_batchs_queued_items_and_pending_callb
     assert taps("work-items") == [{"job_id": "job1", "item_id": f"item{n}"} for n in range(3)]
     assert taps("batch-events") == [{"type": "batch.completed", "job_id": "done", "completion": 2}]
     # The items it sent messages for are stamped: the next sweep leaves them to those messages.
+    assert post(client, project, "sweeps", {"type": "sweep"}) == 200
+    assert taps("work-items") == []
+
+
+def test_the_sweeper_finishes_a_written_intake_and_abandons_a_half_written_one(
+    function_client, project, taps, db
+):
+    """Two submissions answered 503 and never retried: tenant B's stopped half way through
+    writing two hours ago, tenant C's had written every item. Tenant A's batch is live."""
+    store = JobStore(db, shards=2)
+    long_ago = datetime.now(UTC) - timedelta(hours=2)
+    base = {"state": "open", "params": {}, "fingerprint": "f", "updated_at": long_ago}
+    store.create_job("a", {**base, "tenant": "A", "total": 2, "intake": "published"})
+    store.write_items("a", [NewItem(f"a{n}", n, "x") for n in range(2)], at=long_ago)
+    store.create_job("b", {**base, "tenant": "B", "total": 1000, "intake": "writing"})
+    store.write_items("b", [NewItem("b0", 0, "x")], at=long_ago)
+    store.create_job("c", {**base, "tenant": "C", "total": 2, "intake": "items_written"})
+    store.write_items("c", [NewItem(f"c{n}", n, "x") for n in range(2)], at=long_ago)
+    # Before the sweep already: B's thousand items that were never published are no backlog,
+    # so they do not halve A's share of bulk capacity; neither are C's.
+    assert store.tenant_backlogs() == {"A": 2}
+
+    client = function_client("batch-item-processor")
+    assert post(client, project, "sweeps", {"type": "sweep"}) == 200
+    assert taps("work-items") == [{"job_id": "c", "item_id": f"c{n}"} for n in range(2)]
+    assert store.get_job("c")["intake"] == "published"
+    assert store.get_job("b")["intake"] == "abandoned"
+    assert store.tenant_backlogs() == {"A": 2, "C": 2}
+    # Nothing more to do at the next sweep.
     assert post(client, project, "sweeps", {"type": "sweep"}) == 200
     assert taps("work-items") == []

@@ -44,7 +44,11 @@ def served() -> Iterator[dict[str, str]]:
 def processor(function_client, served, monkeypatch, tmp_path, db):
     # A lease short enough to outwait, with provider timeouts that fit in it.
     quick = {
-        "work": {"lease_seconds": LEASE_SECONDS, "capacity_wait_seconds": 1},
+        "work": {
+            "lease_seconds": LEASE_SECONDS,
+            "capacity_wait_seconds": 1,
+            "bookkeeping_seconds": 1,
+        },
         "providers": {"ai": {"timeout_seconds": 1}, "whatsapp": {"timeout_seconds": 1}},
     }
     topology = merge(yaml.safe_load(REPO_TOPOLOGY.read_text()), quick)  # fmt: skip

@@ -11,9 +11,11 @@ from sluice.domain.intake import (
     Mismatch,
     Own,
     Stage,
+    Stale,
     advance,
     decide,
     release,
+    stale,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -46,8 +48,8 @@ def test_a_live_owner_makes_the_key_in_flight_retried_soon_or_when_the_lease_run
 
 
 def test_an_expired_or_released_lease_is_taken_over_from_where_it_stopped():
-    for stale in (record(Stage.ITEMS_WRITTEN, until=-1), record(Stage.ITEMS_WRITTEN, None)):
-        found = decide(stale, fingerprint="f", owner="b", **AT)
+    for expired in (record(Stage.ITEMS_WRITTEN, until=-1), record(Stage.ITEMS_WRITTEN, None)):
+        found = decide(expired, fingerprint="f", owner="b", **AT)
         assert isinstance(found, Own) and found.stage is Stage.ITEMS_WRITTEN
         assert found.fields["intake_lease"] == {"owner": "b", "until": NOW + LEASE}
 
@@ -66,3 +68,20 @@ def test_only_the_owner_advances_never_backwards_and_publishing_ends_the_lease()
 def test_only_the_owner_releases():
     assert release(record(), owner="b", now=NOW) is None
     assert release(record(), owner="a", now=NOW) == {"intake_lease": None, "updated_at": NOW}
+
+
+def test_the_sweeper_publishes_a_written_intake_and_abandons_a_half_written_one_only_late():
+    hour = timedelta(hours=1)
+    late = {"updated_at": NOW - 2 * hour, "now": NOW, "abandon_after": hour}
+    soon = {**late, "updated_at": NOW - timedelta(minutes=5)}
+    assert stale(record(Stage.ITEMS_WRITTEN, None), **soon) is Stale.PUBLISH
+    assert stale(record(Stage.WRITING, None), **soon) is None  # the caller may still retry
+    assert stale(record(Stage.WRITING, until=-1), **late) is Stale.ABANDON
+    assert stale(record(Stage.ITEMS_WRITTEN), **late) is None  # an owner is on it
+    assert stale(record(Stage.PUBLISHED, None), **late) is None
+
+
+def test_a_retry_takes_an_abandoned_intake_over_and_writes_it_again():
+    found = decide(record(Stage.ABANDONED, None), fingerprint="f", owner="b", **AT)
+    assert isinstance(found, Own) and found.stage is Stage.WRITING
+    assert found.fields["intake"] == "writing"

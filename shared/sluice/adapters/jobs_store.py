@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from google.api_core.exceptions import AlreadyExists, Conflict, FailedPrecondition
+from google.api_core.exceptions import Aborted, AlreadyExists, Conflict, FailedPrecondition
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
@@ -165,7 +165,16 @@ class JobStore:
             self._create(tx, job_id, created)
             return created, intake.Own(intake.Stage.WRITING, {})
 
-        result: tuple[dict[str, Any], intake.Decision] = run(self._db.transaction())
+        try:
+            result: tuple[dict[str, Any], intake.Decision] = run(self._db.transaction())
+        except (Aborted, ValueError) as contended:
+            # Other requests with the key were in this transaction at the same moment, and
+            # Firestore gave up on this one: the key is in flight.
+            if isinstance(contended, ValueError) and not str(contended).startswith(
+                "Failed to commit transaction"
+            ):
+                raise
+            return job, intake.InFlight(retry_after)
         return result
 
     def advance_intake(
@@ -182,6 +191,26 @@ class JobStore:
         return self._intake_change(
             job_id, lambda stored, at: intake.release(stored, owner=owner, now=at)
         )
+
+    def abandon_intake(self, job_id: str, *, owner: str) -> bool:
+        """Mark an intake the sweeper took over, left half-written, abandoned."""
+        return self._intake_change(
+            job_id, lambda stored, at: intake.abandon(stored, owner=owner, now=at)
+        )
+
+    def unfinished_intakes(self) -> list[tuple[str, intake.IntakeRecord, datetime]]:
+        """Open jobs whose intake is not published (nor abandoned), with when each last changed."""
+        query = self._db.collection("jobs").where(
+            filter=FieldFilter("intake", "in", [intake.Stage.WRITING, intake.Stage.ITEMS_WRITTEN])
+        )
+        fields = ["intake", "intake_lease", "fingerprint", "updated_at", "state"]
+        found = []
+        for snap in query.select(fields).stream():
+            doc = snap.to_dict() or {}
+            if doc.get("state") == "open":
+                changed = doc.get("updated_at") or snap.update_time
+                found.append((snap.id, intake.IntakeRecord.from_doc(doc), changed))
+        return found
 
     def _intake_change(
         self,
@@ -547,6 +576,10 @@ class JobStore:
         (1 + shards reads per open batch; callers cache it for a few seconds.)"""
         backlog: Counter[str] = Counter()
         for job_id, doc in self._open_batches():
+            # An intake not published has no message out: its items are nobody's backlog yet
+            # (and one left half-written would otherwise halve a real tenant's share for ever).
+            if doc.get("intake", intake.Stage.PUBLISHED) != intake.Stage.PUBLISHED:
+                continue
             found = self.job_with_counts(job_id) if doc.get("tenant") else None
             if found is not None:
                 backlog[str(doc["tenant"])] += found[1].by_state.get("queued", 0)

@@ -10,6 +10,10 @@ and finishes it.
 
 The stages, stored on the job as `intake`:
 `writing` (items may be partly written, nothing published) -> `items_written` -> `published`.
+An intake nobody finishes (a 503 never retried) is the sweeper's: one whose items are all written
+is published; one left half-written past a declared time is marked `abandoned` (the items it has
+are not the whole batch, and only the caller has the rest). Neither counts as anyone's backlog;
+a retry with the same key and body still takes an abandoned intake over and finishes it.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ class Stage(StrEnum):
     WRITING = "writing"
     ITEMS_WRITTEN = "items_written"
     PUBLISHED = "published"
+    ABANDONED = "abandoned"
 
     @property
     def rank(self) -> int:
-        return list(Stage).index(self)
+        # How far it got: an abandoned intake got no further than writing.
+        return {"writing": 0, "items_written": 1, "published": 2, "abandoned": 0}[self.value]
 
 
 @dataclass(frozen=True)
@@ -99,9 +105,45 @@ def decide(
         return Mismatch()
     if stored.stage is Stage.PUBLISHED:
         return Finished()
-    if stored.owner not in (None, owner) and stored.until is not None and stored.until > now:
+    if lease_live(stored, now) and stored.owner != owner:
+        assert stored.until is not None
         return InFlight(min(retry_after, whole_seconds(stored.until - now)))
+    if stored.stage is Stage.ABANDONED:
+        # The caller came back after all: write what is missing, as the first request would.
+        fields = {**lease_fields(owner, now=now, lease=lease), "intake": Stage.WRITING.value}
+        return Own(Stage.WRITING, fields)
     return Own(stored.stage, lease_fields(owner, now=now, lease=lease))
+
+
+def lease_live(stored: IntakeRecord, now: datetime) -> bool:
+    return stored.owner is not None and stored.until is not None and stored.until > now
+
+
+class Stale(StrEnum):
+    """What the sweeper does with an intake nobody is finishing."""
+
+    PUBLISH = "publish"  # every item is written: publish them, as the owner would have
+    ABANDON = "abandon"  # half-written for too long: only the caller has the rest
+
+
+def stale(
+    stored: IntakeRecord, *, updated_at: datetime, now: datetime, abandon_after: timedelta
+) -> Stale | None:
+    """None while an owner holds the intake, or while a half-written one may still be retried."""
+    if lease_live(stored, now):
+        return None
+    if stored.stage is Stage.ITEMS_WRITTEN:
+        return Stale.PUBLISH
+    if stored.stage is Stage.WRITING and now - updated_at >= abandon_after:
+        return Stale.ABANDON
+    return None
+
+
+def abandon(stored: IntakeRecord, *, owner: str, now: datetime) -> dict[str, Any] | None:
+    """The sweeper, owning a half-written intake, marks it abandoned; None if not the owner."""
+    if stored.owner != owner:
+        return None
+    return {"intake": Stage.ABANDONED.value, "intake_lease": None, "updated_at": now}
 
 
 def whole_seconds(span: timedelta) -> int:

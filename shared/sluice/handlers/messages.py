@@ -19,7 +19,7 @@ from sluice.handlers.processor import (
     process_item,
     without_progress,
 )
-from sluice.handlers.sweeper import sweep
+from sluice.handlers.sweeper import IntakeTimes, sweep
 from sluice.handlers.whatsapp import handle_event
 from sluice.messages import (
     BATCH_EVENTS,
@@ -79,6 +79,10 @@ def _dispatch(message: PubSubMessage) -> Outcome | None:
             now=now(),
             stall=timedelta(seconds=limits.stall_seconds),
             export_lease=timedelta(seconds=topology.exports.lease_seconds),
+            intakes=IntakeTimes(
+                lease=timedelta(seconds=topology.api.intake_lease_seconds),
+                abandon_after=timedelta(seconds=topology.api.intake_abandon_seconds),
+            ),
         )
     source = topology.dead_letter_source(message.topic)
     if source is not None:

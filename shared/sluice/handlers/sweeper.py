@@ -6,6 +6,9 @@
   as long, get new messages: a requeue whose publish failed (retry-failed answered 503) leaves
   items no message will ever reach. `stall` must exceed the subscription's longest retry backoff,
   or items waiting out their backoff would get duplicate messages;
+- an intake nobody is finishing (answered 503 and never retried): one whose items are all written
+  is published, one left half-written for `abandon_after` is marked abandoned (see
+  sluice.domain.intake);
 - a completion whose callback is still pending after `stall` gets its batch-events message again;
 - a Sheets export whose backfill or writer died (its lease expired with work left: a backfill
   still `running`, or results queued and unwritten) is touched, which triggers the backfill
@@ -18,12 +21,14 @@ in a transaction and a finished item or a settled callback acknowledges a repeat
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
+from sluice.domain import intake
 from sluice.domain.items import ItemState, lease_live, stalled
 from sluice.handlers.processor import Outcome
 from sluice.messages import BATCH_EVENTS, WORK_ITEMS, BatchCompleted, WorkItem
@@ -37,6 +42,44 @@ class SweepReport:
     requeued: int = 0
     callbacks: int = 0
     exports: int = 0
+    intakes_published: int = 0
+    intakes_abandoned: int = 0
+
+
+@dataclass(frozen=True)
+class IntakeTimes:
+    lease: timedelta  # the sweeper owns an intake it finishes as a request would
+    abandon_after: timedelta
+
+
+def sweep_intakes(
+    store: JobStore, publisher: Publisher, *, now: datetime, times: IntakeTimes
+) -> tuple[int, int]:
+    """Finish or abandon the intakes nobody is finishing; (published, abandoned)."""
+    published = abandoned = 0
+    for job_id, record, updated_at in store.unfinished_intakes():
+        action = intake.stale(record, updated_at=updated_at, now=now,
+                              abandon_after=times.abandon_after)  # fmt: skip
+        if action is None:
+            continue
+        owner = uuid.uuid4().hex
+        # Taken like any request takes it, so a caller retrying right now is never raced.
+        _, decision = store.open_intake(
+            job_id, {"fingerprint": record.fingerprint}, owner=owner, lease=times.lease
+        )
+        if not isinstance(decision, intake.Own) or decision.stage is not record.stage:
+            continue
+        if action is intake.Stale.PUBLISH:
+            ids = store.item_ids(job_id)
+            publisher.publish(
+                WORK_ITEMS, (WorkItem(job_id=job_id, item_id=i).model_dump() for i in ids)
+            )
+            published += store.advance_intake(
+                job_id, owner=owner, to=intake.Stage.PUBLISHED, lease=times.lease
+            )
+        else:
+            abandoned += store.abandon_intake(job_id, owner=owner)
+    return published, abandoned
 
 
 def sweep(
@@ -47,7 +90,9 @@ def sweep(
     now: datetime,
     stall: timedelta,
     export_lease: timedelta,
+    intakes: IntakeTimes,
 ) -> Outcome:
+    intakes_published, intakes_abandoned = sweep_intakes(store, publisher, now=now, times=intakes)
     taken_over = requeued = 0
     for job_id in store.open_batches():
         orphans = [
@@ -80,7 +125,8 @@ def sweep(
     resumed |= exports.stranded_rows(queued_before=idle)
     for job_id in sorted(resumed):
         exports.nudge(job_id, now)
-    report = SweepReport(taken_over, requeued, len(callbacks), len(resumed))
+    report = SweepReport(taken_over, requeued, len(callbacks), len(resumed), intakes_published,
+                         intakes_abandoned)  # fmt: skip
     if report != SweepReport():
         log.warning("sweep republished %s", report)
     return Outcome("sweep", "done", str(report))
