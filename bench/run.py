@@ -3,7 +3,8 @@
 Each part deploys what it measures into its own project on one pair of emulators:
 
 - webhook-ingest: acknowledgement latency for WhatsApp deliveries and CRM batches beside inline
-  handlers, and the highest sustained delivery rate (bench/ingest.py);
+  handlers, and the highest sustained delivery rate (bench/ingest.py); its peak memory under two
+  concurrent 10 MiB submissions (bench/memory.py);
 - batch-item-processor: a 1,000-item batch's makespan against its bound for three provider
   profiles, and the overhead per item with an instant provider (bench/makespan.py);
 - the Sheets export: write calls per 1,000 rows and configure latency (bench/sheets.py);
@@ -25,13 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import cold_start, ingest, makespan, sheets, status
+from bench import cold_start, ingest, makespan, memory, sheets, status
 from sluice.localcloud.cloud import LocalCloud
 
 RESULTS = Path(__file__).parent / "results"
 
 PARTS: dict[str, tuple[Callable[[LocalCloud], Any], Callable[[Any], list[str]]]] = {
     "ingest": (ingest.run, ingest.markdown),
+    "memory": (memory.run, memory.markdown),
     "makespan": (makespan.run, makespan.markdown),
     "sheets_export": (sheets.run, sheets.markdown),
     "status": (status.run, status.markdown),

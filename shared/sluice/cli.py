@@ -15,6 +15,7 @@ from pathlib import Path
 from google.cloud import firestore
 
 from sluice.adapters.tenants_store import PhoneTaken, TenantExists, TenantNotFound, TenantStore
+from sluice.domain.callbacks import callback_url_refusal
 
 LOCAL_JSON = Path(".sluice/local.json")
 
@@ -63,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     tenants = TenantStore(db)
     try:
         if args.action == "create":
+            # The same rule as a batch's callback_url: loopback only in the local cloud.
+            local = where.startswith("local cloud")
+            refused = args.callback_url and callback_url_refusal(
+                args.callback_url, allow_loopback=local
+            )
+            if refused:
+                raise ValueError(f"--callback-url {args.callback_url}: {refused}")
             created = tenants.create(args.name, sheets=args.sheets, callback_url=args.callback_url)
             print(f"tenant {created.id} created in {where}")
             print(f"api key (shown once): {created.api_key}")

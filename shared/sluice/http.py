@@ -2,7 +2,9 @@
 
 Routing uses werkzeug's, which functions-framework already brings. A `Problem` becomes its
 `application/problem+json`; Pub/Sub or Firestore being unreachable becomes a 503, so the caller
-retries: nothing was accepted. Anything else is a bug and is left to become a 500.
+retries: nothing was accepted. Anything else is a bug and is left to become a 500, and so is a
+request Google refused as such (invalid argument, permission, a missing topic): retrying would
+not change the answer, and whatever a caller can get wrong is validated before it gets there.
 """
 
 from __future__ import annotations
@@ -13,7 +15,19 @@ from collections.abc import Callable
 from typing import Any
 
 import flask
-from google.api_core.exceptions import GoogleAPICallError, RetryError
+from google.api_core.exceptions import (
+    BadRequest,
+    Forbidden,
+    GoogleAPICallError,
+    RetryError,
+    Unauthorized,
+)
+from google.api_core.exceptions import (
+    MethodNotAllowed as GoogleMethodNotAllowed,
+)
+from google.api_core.exceptions import (
+    NotFound as GoogleNotFound,
+)
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
@@ -22,6 +36,9 @@ from sluice.problems import Problem, unavailable
 log = logging.getLogger(__name__)
 
 Handler = Callable[..., flask.Response]
+
+# Google's answers that say the request itself was wrong, or was not allowed: not an outage.
+REFUSED_AS_SENT = (BadRequest, Unauthorized, Forbidden, GoogleNotFound, GoogleMethodNotAllowed)
 
 
 def json_response(
@@ -60,6 +77,9 @@ def read_json(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise Problem(400, "Invalid JSON", "the body is not a JSON document") from None
+    except RecursionError:
+        # Python's parser gives up near a thousand levels; Firestore stores no more than 20.
+        raise Problem(400, "Invalid JSON", "the body is nested too deeply") from None
 
 
 class Router:
@@ -83,6 +103,8 @@ class Router:
             return problem_response(Problem(405, "Method Not Allowed", headers={"Allow": allowed}))
         except Problem as problem:
             return problem_response(problem)
+        except REFUSED_AS_SENT:
+            raise  # a 500, logged with its trace by the framework
         except (GoogleAPICallError, RetryError, TimeoutError) as exc:
             log.warning("backing service unavailable: %s", exc)
             return problem_response(unavailable("a backing service is unavailable; retry"))

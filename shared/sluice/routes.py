@@ -8,6 +8,7 @@ import flask
 
 from sluice import wiring
 from sluice.domain.batches import parse_batch, validate_idempotency_key
+from sluice.domain.firestore_values import document_id_refusal
 from sluice.domain.paging import page_size
 from sluice.domain.whatsapp import verify_handshake
 from sluice.handlers.auth import authenticate
@@ -22,19 +23,23 @@ from sluice.handlers.status import (
 )
 from sluice.handlers.whatsapp_ingest import receive_delivery
 from sluice.http import Router, json_response, read_body, read_json
+from sluice.problems import not_found
 
 
 def create_batch(request: flask.Request) -> flask.Response:
     settings = wiring.settings()
     api = settings.topology.api
     store = wiring.job_store()
-    body = read_body(request, api.max_body_bytes)
+    # The key first: a caller without one gets nothing read, whatever it sends.
     tenant = authenticate(store, request.headers.get("Authorization"))
+    body = read_body(request, api.max_body_bytes)
     key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
     batch = parse_batch(
         read_json(body),
         max_batch_items=api.max_batch_items,
         max_item_input_bytes=api.max_item_input_bytes,
+        max_params_bytes=api.max_params_bytes,
+        allow_loopback_callbacks=settings.allow_loopback_callbacks,
     )
     accepted = submit_batch(
         store,
@@ -49,9 +54,17 @@ def create_batch(request: flask.Request) -> flask.Response:
     return json_response(accepted.body(), 202, {"Location": accepted.status_url})
 
 
+def known_batch_id(batch_id: str) -> str:
+    """An id Firestore could not hold names no batch: a 404, before anything is read."""
+    if document_id_refusal(batch_id):
+        raise not_found("batch")
+    return batch_id
+
+
 def get_batch(request: flask.Request, batch_id: str) -> flask.Response:
     store = wiring.job_store()
     tenant = authenticate(store, request.headers.get("Authorization"))
+    known_batch_id(batch_id)
     rpm = wiring.settings().topology.providers["ai"].requests_per_minute
     return json_response(batch_status(store, tenant, batch_id, requests_per_minute=rpm))
 
@@ -59,12 +72,14 @@ def get_batch(request: flask.Request, batch_id: str) -> flask.Response:
 def post_retry_failed(request: flask.Request, batch_id: str) -> flask.Response:
     store = wiring.job_store()
     tenant = authenticate(store, request.headers.get("Authorization"))
+    known_batch_id(batch_id)
     return json_response(retry_failed(store, wiring.publisher(), tenant, batch_id))
 
 
 def post_cancel(request: flask.Request, batch_id: str) -> flask.Response:
     store = wiring.job_store()
     tenant = authenticate(store, request.headers.get("Authorization"))
+    known_batch_id(batch_id)
     return json_response(cancel_batch(store, tenant, batch_id))
 
 
@@ -72,6 +87,7 @@ def get_batch_items(request: flask.Request, batch_id: str) -> flask.Response:
     api = wiring.settings().topology.api
     store = wiring.job_store()
     tenant = authenticate(store, request.headers.get("Authorization"))
+    known_batch_id(batch_id)
     page = batch_items(
         store,
         tenant,
@@ -87,12 +103,14 @@ def get_batch_items(request: flask.Request, batch_id: str) -> flask.Response:
 
 def post_sheets(request: flask.Request, batch_id: str) -> flask.Response:
     tenant = authenticate(wiring.job_store(), request.headers.get("Authorization"))
+    known_batch_id(batch_id)
     export, created = configure_sheets(wiring.sheets_deps(), tenant, batch_id)
     return json_response(export, 201 if created else 200)
 
 
 def get_sheets(request: flask.Request, batch_id: str) -> flask.Response:
     tenant = authenticate(wiring.job_store(), request.headers.get("Authorization"))
+    known_batch_id(batch_id)
     return json_response(export_status(wiring.sheets_deps(), tenant, batch_id))
 
 

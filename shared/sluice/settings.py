@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     # The service account every function acts as towards Sheets (it owns the spreadsheets). With
     # an endpoint (local runs) no credentials are sent and it only names the local stand-in.
     sheets_service_account: str | None = None
+    # Completion callbacks may go to loopback addresses, over plain http too. Only the local
+    # cloud sets it (its CRM receivers listen on 127.0.0.1); in the cloud a callback must be https
+    # to a public address.
+    allow_loopback_callbacks: bool = False
 
     # The function this process serves (Cloud Run sets K_SERVICE; so does the local cloud).
     function: str | None = Field(default=None, validation_alias="K_SERVICE")

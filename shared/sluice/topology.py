@@ -105,13 +105,19 @@ class Work(_Strict):
     # What a delivery's own Firestore and Pub/Sub round trips may take besides its provider calls
     # and waits: counted in the lease and ack deadline checks below.
     bookkeeping_seconds: float = Field(ge=0)
+    # What the processor keeps of the jobs it has seen (their tenant, kind and params), in JSON
+    # bytes of params: beyond it, the least recently used job is read again when next needed.
+    job_cache_bytes: int = Field(ge=0)
 
 
 class Api(_Strict):
     max_batch_items: int = Field(ge=1)
     max_body_bytes: int = Field(ge=1024)
     max_whatsapp_body_bytes: int = Field(ge=1024)
-    max_item_input_bytes: int = Field(ge=1)
+    # A JSON value takes up to 4 times its bytes in Firestore (a number is 8 bytes), and an item
+    # or job document holds at most 1 MiB, with more than the input or the params in it.
+    max_item_input_bytes: int = Field(ge=1, le=200 * 1024)
+    max_params_bytes: int = Field(ge=1, le=200 * 1024)
     default_page_size: int = Field(ge=1)
     max_page_size: int = Field(ge=1)
     publish_timeout_seconds: float = Field(gt=0, le=60)

@@ -29,7 +29,10 @@ def settings() -> Settings:
 @cache
 def job_store() -> JobStore:
     s = settings()
-    return JobStore(firestore_client(s.project), shards=s.topology.work.counter_shards)
+    work = s.topology.work
+    return JobStore(
+        firestore_client(s.project), shards=work.counter_shards, cache_bytes=work.job_cache_bytes
+    )
 
 
 @cache
@@ -106,8 +109,9 @@ def capacity(provider: str, *, interactive: bool) -> Capacity:
 
 @cache
 def callback_sender() -> CallbackSender:
-    timeout = settings().topology.providers["callbacks"].timeout_seconds
-    return CallbackSender(http_client(), timeout=timeout)
+    s = settings()
+    timeout = s.topology.providers["callbacks"].timeout_seconds
+    return CallbackSender(http_client(), timeout=timeout, allow_loopback=s.allow_loopback_callbacks)
 
 
 @cache

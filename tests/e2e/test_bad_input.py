@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from tests.conftest import bearer
@@ -103,3 +105,106 @@ def test_bad_listing_parameters_are_a_400(http, deployment, ingest, make_tenant)
 def test_unknown_routes_and_methods_are_problems_not_500s(http, deployment, ingest):
     assert http.get(ingest).status_code == 405
     assert http.post(deployment.url("webhook-ingest") + "/nope").status_code == 404
+
+
+NESTED_21: object = 1
+for _ in range(21):
+    NESTED_21 = {"a": NESTED_21}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"items": [{"input": "ok"}, {"input": [[1, 2]]}]},
+        {"items": [{"input": "ok"}, {"input": NESTED_21}]},
+        {"items": [{"input": "ok"}, {"input": {"meta": {"__key__": 1}}}]},
+        {"items": [{"input": "ok"}, {"input": {"": 1}}]},
+        {"items": [{"input": "ok"}, {"input": 2**64}]},
+        {"items": [{"input": "ok"}, {"input": "fine"}], "params": {"p": [[1]]}},
+    ],
+)
+def test_input_firestore_refuses_is_a_400_naming_the_item_and_field(
+    http, deployment, ingest, db, make_tenant, bad
+):
+    key = make_tenant().api_key
+    headers = {**bearer(key), "Idempotency-Key": "refused"}
+    r = http.post(ingest, json={"kind": "ocr", **bad}, headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    [error] = r.json()["errors"]
+    assert error["field"] == ("params" if "params" in bad else "items.1.input")
+    assert "Firestore cannot store it" in error["message"]
+    nothing_changed(db, http, deployment)
+
+
+def test_a_body_too_large_for_one_commit_is_written_in_several(
+    http, deployment, ingest, db, make_tenant
+):
+    # 100 items of 60 KB: 6 MB of writes, over the emulator's request limit (4 MiB; 10 MiB in
+    # the cloud) if sent in one commit, as 500 items at a time were.
+    key = make_tenant().api_key
+    text = "x" * (deployment.topology.api.max_item_input_bytes - 5000)
+    items = [{"id": f"i{n}", "input": text} for n in range(100)]
+    r = http.post(ingest, json={"kind": "ocr", "items": items}, headers=bearer(key))
+    assert r.status_code == 202, r.text
+    job = db.collection("jobs").document(r.json()["batch_id"])
+    assert len(list(job.collection("items").select([]).stream())) == 100
+    assert job.collection("items").document("i99").get().to_dict()["input"] == text
+
+
+def test_params_over_their_limit_are_a_400(http, deployment, ingest, db, make_tenant):
+    key = make_tenant().api_key
+    big = {"instructions": "x" * deployment.topology.api.max_params_bytes}
+    r = http.post(ingest, json={**GOOD, "params": big}, headers=bearer(key))
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "params"
+    nothing_changed(db, http, deployment)
+
+
+def test_the_key_is_checked_before_the_body_is_read(http, deployment, ingest, db, make_tenant):
+    make_tenant()
+    limit = deployment.topology.api.max_body_bytes
+    r = http.post(ingest, content=b"x" * (limit + 1), headers={"Authorization": "Bearer sk_no"})
+    assert r.status_code == 401
+    assert r.headers["content-type"] == "application/problem+json"
+    nothing_changed(db, http, deployment)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://crm.example/cb", "https://10.0.0.8/cb", "https://169.254.169.254/computeMetadata/v1",
+     "https://metadata.google.internal/", "https://[fd00::1]/cb"],
+)  # fmt: skip
+def test_a_callback_url_into_a_private_network_or_without_tls_is_a_400(
+    http, deployment, ingest, db, make_tenant, url
+):
+    key = make_tenant().api_key
+    r = http.post(ingest, json={**GOOD, "callback_url": url}, headers=bearer(key))
+    assert r.status_code == 400, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["callback_url"]
+    nothing_changed(db, http, deployment)
+
+
+def test_malformed_numbers_deep_json_and_ids_firestore_refuses_are_4xx(
+    http, deployment, ingest, make_tenant
+):
+    key = make_tenant().api_key
+    r = http.post(ingest, content=b"[" * 100_000, headers=bearer(key))
+    assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
+    batch = http.post(ingest, json=GOOD, headers=bearer(key)).json()
+    items = batch["status_url"] + "/items"
+    r = http.get(items, params={"page_size": "²"}, headers=bearer(key))
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "page_size"
+    for last_id in ("..", "__x__", "x" * 1501):
+        token = base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+        r = http.get(items, params={"page_token": token}, headers=bearer(key))
+        assert r.status_code == 400, (last_id, r.text)
+        assert r.json()["errors"][0]["field"] == "page_token"
+    status = deployment.url("status-api") + "/v1/batches/"
+    for batch_id in ("%2E%2E", "__x__", "x" * 1501, "%2E"):
+        for suffix in ("", "/items", "/sheets"):
+            r = http.get(status + batch_id + suffix, headers=bearer(key))
+            assert r.status_code == 404, (batch_id, suffix, r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+        for action in ("/retry-failed", "/cancel", "/sheets"):
+            r = http.post(status + batch_id + action, headers=bearer(key))
+            assert r.status_code in (403, 404), (batch_id, action, r.text)

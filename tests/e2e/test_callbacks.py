@@ -77,3 +77,24 @@ def test_the_callback_arrives_once_signed_even_if_the_crm_fails_at_first(
     assert event["data"]["counts"]["succeeded"] == 5
     status = http.get(batch["status_url"], headers=bearer(tenant.api_key)).json()
     assert status["state"] == "completed"
+
+
+def test_a_callback_url_into_a_private_network_is_refused_at_send_time_not_retried(
+    http, deploy, db, make_tenant
+):
+    # Stored before URLs were checked (or written around the CLI): the check at send time,
+    # after resolving the host, refuses it and settles the callback as failed, once.
+    d = deploy(topology_overrides={"subscriptions": {"batch-events-to-processor": {
+        "retry": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 2}}}})  # fmt: skip
+    tenant = make_tenant()
+    db.collection("tenants").document(tenant.id).update({"callback_url": "https://10.9.9.9/cb"})
+    batch = submit(http, d, tenant.api_key, 3)
+    wait_done(http, batch["status_url"], tenant.api_key)
+    job = db.collection("jobs").document(batch["batch_id"])
+    deadline = time.monotonic() + 60
+    while (job.get().to_dict() or {}).get("callback", {}).get("state") == "pending":
+        assert time.monotonic() < deadline, job.get().to_dict()
+        time.sleep(0.3)
+    callback = job.get().to_dict()["callback"]
+    assert callback["state"] == "failed"
+    assert "10.9.9.9 is not a public address" in callback["error"]

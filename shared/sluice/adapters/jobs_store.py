@@ -8,7 +8,8 @@ this module only reads, applies and commits them.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
+import json
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from sluice.domain import counters, intake
 from sluice.domain.counters import Counts
+from sluice.domain.firestore_values import entry_size
 from sluice.domain.items import (
     AlreadyFinished,
     Claim,
@@ -33,8 +35,14 @@ from sluice.domain.items import (
 from sluice.domain.items import claim as decide_claim
 from sluice.domain.items import save_progress as decide_progress
 
-# Firestore takes at most 500 writes in one commit.
+# Firestore takes at most 500 writes in one commit, and a request of at most 10 MiB; its
+# emulator refuses a request over 4 MiB (answering 429, which the client retries for a minute).
+# Commits are cut below the smaller, leaving room for the request's own fields.
 WRITE_BATCH = 500
+COMMIT_BYTES = 3 * 1024 * 1024
+# A write's envelope besides its fields: the document's name (at most a few hundred bytes) and
+# protobuf framing.
+WRITE_OVERHEAD = 1024
 PARALLEL_COMMITS = 4
 
 
@@ -85,11 +93,28 @@ class ClaimResult:
     progress: dict[str, Any] = field(default_factory=dict)
 
 
+def commit_ranges(sizes: Sequence[int], *, max_writes: int, max_bytes: int) -> list[range]:
+    """Consecutive ranges of writes, each at most `max_writes` long and `max_bytes` in sum (a
+    single write larger than that gets a range of its own)."""
+    ranges, start, total = [], 0, 0
+    for index, size in enumerate(sizes):
+        if index > start and (index - start >= max_writes or total + size > max_bytes):
+            ranges.append(range(start, index))
+            start, total = index, 0
+        total += size
+    if start < len(sizes):
+        ranges.append(range(start, len(sizes)))
+    return ranges
+
+
 class JobStore:
-    def __init__(self, db: firestore.Client, *, shards: int) -> None:
+    def __init__(self, db: firestore.Client, *, shards: int, cache_bytes: int = 0) -> None:
         self._db = db
         self._shards = shards
-        self._meta: dict[str, dict[str, Any]] = {}
+        # Least recently used first; each entry's params size, in JSON bytes, is kept beside it.
+        self._meta: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
+        self._meta_bytes = 0
+        self._cache_bytes = cache_bytes
         self._known_jobs: set[str] = set()
 
     # -- references -----------------------------------------------------------------------------
@@ -235,26 +260,30 @@ class JobStore:
         earlier owner of the intake wrote may have been published and processed since (the
         same key and fingerprint mean the same input)."""
 
-        def commit(start: int) -> None:
-            chunk = items[start : start + WRITE_BATCH]
-            while chunk:
+        def commit(part: range) -> None:
+            todo = list(part)
+            while todo:
                 batch = self._db.batch()
-                for item in chunk:
-                    doc = new_item_doc(item.index, item.input, at)
-                    batch.create(self.item_ref(job_id, item.id), doc)
+                for n in todo:
+                    batch.create(self.item_ref(job_id, items[n].id), docs[n])
                 try:
                     batch.commit()
                     return
                 except (AlreadyExists, Conflict):
                     # Some were written before (a commit is all or nothing): create the rest.
-                    refs = [self.item_ref(job_id, item.id) for item in chunk]
+                    refs = [self.item_ref(job_id, items[n].id) for n in todo]
                     there = {s.id for s in self._db.get_all(refs, field_paths=[]) if s.exists}
-                    chunk = [item for item in chunk if item.id not in there]
+                    todo = [n for n in todo if items[n].id not in there]
 
+        # Up to 500 items a commit, fewer when their inputs are large (64 KiB each may be
+        # 32 MiB in 500): commits are cut by the documents' encoded size.
+        docs = [new_item_doc(item.index, item.input, at) for item in items]
+        sizes = [sum(entry_size(k, v) for k, v in doc.items()) + WRITE_OVERHEAD for doc in docs]
+        parts = commit_ranges(sizes, max_writes=WRITE_BATCH, max_bytes=COMMIT_BYTES)
         # Several commits at once: a 10,000-item batch is 20 commits, and the submitter waits
         # for all of them (bench/ingest.py). The first error is raised once all have ended.
         with ThreadPoolExecutor(PARALLEL_COMMITS) as pool:
-            for done in [pool.submit(commit, s) for s in range(0, len(items), WRITE_BATCH)]:
+            for done in [pool.submit(commit, part) for part in parts]:
                 done.result()
 
     def ensure_job(self, job_id: str, job: dict[str, Any]) -> None:
@@ -310,14 +339,20 @@ class JobStore:
 
     def job_meta(self, job_id: str) -> dict[str, Any]:
         """A job's tenant, kind and parameters never change: each process reads them once."""
-        cached = self._meta.get(job_id)
-        if cached is None:
-            job = self.get_job(job_id) or {}
-            cached = {k: job.get(k) for k in ("tenant", "kind", "params")}
-            cached["params"] = cached["params"] or {}
-            if len(self._meta) > 10_000:
-                self._meta.clear()
-            self._meta[job_id] = cached
+        found = self._meta.get(job_id)
+        if found is not None:
+            self._meta.move_to_end(job_id)
+            return found[0]
+        job = self.get_job(job_id) or {}
+        cached = {k: job.get(k) for k in ("tenant", "kind", "params")}
+        cached["params"] = cached["params"] or {}
+        # Bounded by size, not count: one job's params may be large (api.max_params_bytes).
+        size = len(json.dumps(cached, default=str))
+        if size <= self._cache_bytes:
+            self._meta[job_id] = (cached, size)
+            self._meta_bytes += size
+            while self._meta_bytes > self._cache_bytes:
+                self._meta_bytes -= self._meta.popitem(last=False)[1][1]
         return cached
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:

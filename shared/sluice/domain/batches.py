@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from sluice.domain.callbacks import callback_url_refusal
+from sluice.domain.firestore_values import refusal
 from sluice.problems import FieldError, Problem
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -34,6 +36,12 @@ class ItemIn(BaseModel):
 
     id: Name | None = None
     input: JsonValue
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _storable_input(cls, value: Any) -> Any:
+        # Before the JSON check: a value nested too deep is refused without walking all of it.
+        return _storable(value, "input")
 
     @field_validator("input")
     @classmethod
@@ -54,6 +62,24 @@ class BatchIn(BaseModel):
     params: dict[str, JsonValue] = Field(default_factory=dict)
     callback_url: AnyHttpUrl | None = None
 
+    @field_validator("params", mode="before")
+    @classmethod
+    def _storable_params(cls, value: Any, info: ValidationInfo) -> Any:
+        limit = (info.context or {}).get("max_params_bytes")
+        _storable(value, "params")
+        if limit is not None and isinstance(value, dict) and len(canonical_json(value)) > limit:
+            raise ValueError(f"params are larger than {limit} bytes")
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _safe_callback(cls, value: AnyHttpUrl | None, info: ValidationInfo) -> AnyHttpUrl | None:
+        allow_loopback = bool((info.context or {}).get("allow_loopback_callbacks"))
+        refused = callback_url_refusal(str(value), allow_loopback=allow_loopback) if value else None
+        if refused:
+            raise ValueError(refused)
+        return value
+
     @field_validator("items")
     @classmethod
     def _at_most(cls, items: list[ItemIn], info: ValidationInfo) -> list[ItemIn]:
@@ -73,9 +99,29 @@ class BatchIn(BaseModel):
         return self
 
 
-def parse_batch(payload: Any, *, max_batch_items: int, max_item_input_bytes: int) -> BatchIn:
-    """Validate a decoded JSON body; every field at fault becomes one entry of a 400."""
-    context = {"max_batch_items": max_batch_items, "max_item_input_bytes": max_item_input_bytes}
+def _storable(value: Any, field: str) -> Any:
+    refused = refusal(value, field)
+    if refused:
+        raise ValueError(f"Firestore cannot store it: {refused}")
+    return value
+
+
+def parse_batch(
+    payload: Any,
+    *,
+    max_batch_items: int,
+    max_item_input_bytes: int,
+    max_params_bytes: int | None = None,
+    allow_loopback_callbacks: bool = False,
+) -> BatchIn:
+    """Validate a decoded JSON body; every field at fault becomes one entry of a 400. What
+    passes can be stored by Firestore as it is (`sluice.domain.firestore_values`)."""
+    context = {
+        "max_batch_items": max_batch_items,
+        "max_item_input_bytes": max_item_input_bytes,
+        "max_params_bytes": max_params_bytes,
+        "allow_loopback_callbacks": allow_loopback_callbacks,
+    }
     try:
         return BatchIn.model_validate(payload, context=context)
     except ValidationError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 
+from sluice.domain.firestore_values import document_id_refusal
 from sluice.problems import FieldError, Problem
 
 
@@ -18,7 +19,7 @@ def decode_token(token: str | None) -> str | None:
     try:
         padded = token + "=" * (-len(token) % 4)
         last_id = base64.b64decode(padded.encode(), altchars=b"-_", validate=True).decode()
-        if not last_id or "/" in last_id:
+        if document_id_refusal(last_id):
             raise ValueError(last_id)
         return last_id
     except (binascii.Error, UnicodeDecodeError, ValueError):
@@ -30,7 +31,8 @@ def decode_token(token: str | None) -> str | None:
 def page_size(raw: str | None, *, default: int, maximum: int) -> int:
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    # isdigit() alone admits digits int() refuses, such as "²".
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise Problem(
             400,
             "Invalid page size",

@@ -2,8 +2,10 @@
 
 Raising has Pub/Sub deliver the event again after the subscription's backoff (which is the retry
 schedule of callbacks); the job records the callback as `sent` after the CRM's 2xx, so a repeated
-event sends nothing more. A crash between the CRM's 2xx and that record sends it twice, with the
-same `webhook-id`, which receivers use to drop the repeat.
+event sends nothing more. A URL that may not be called (not https, or an address inside our
+network, checked once resolved) marks the callback `failed` with the reason, at once. A crash
+between the CRM's 2xx and that record sends it twice, with the same `webhook-id`, which
+receivers use to drop the repeat.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
-from sluice.adapters.callback_sender import CallbackSender
+from sluice.adapters.callback_sender import CallbackSender, RefusedCallback
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import NoCapacity
 from sluice.adapters.outside import ProviderError
@@ -50,6 +52,11 @@ def send_completion_callback(
         )
     except NoCapacity:
         raise RedeliverLater(f"no callback capacity for {job_id}") from None
+    except RefusedCallback as refused:
+        # Not retried: the address is not allowed, and would not be the next time either.
+        log.warning("callback for %s not sent: %s", job_id, refused)
+        store.mark_callback(job_id, completion, "failed", error=str(refused))
+        return Outcome(job_id, "callback", str(refused))
     except ProviderError as error:
         raise RedeliverLater(f"callback for {job_id} not delivered: {error}") from None
     store.mark_callback(job_id, completion, "sent")

@@ -176,6 +176,8 @@ class Deployment:
             "SLUICE_WHATSAPP_APP_SECRET": self.whatsapp["app_secret"],
             "SLUICE_WHATSAPP_VERIFY_TOKEN": self.whatsapp["verify_token"],
             "SLUICE_WHATSAPP_ACCESS_TOKEN": self.whatsapp["access_token"],
+            # The local CRM receivers listen on 127.0.0.1 over http.
+            "SLUICE_ALLOW_LOOPBACK_CALLBACKS": "true",
         }
 
     # -- lifecycle ------------------------------------------------------------------------------
