@@ -706,16 +706,19 @@ class JobStore:
         decided: callbacks.Turn = run(self._db.transaction())
         return decided
 
-    def callback_not_delivered(self, job_id: str, completion: int, *, error: str) -> None:
+    def callback_not_delivered(
+        self, job_id: str, completion: int, *, error: str, retry_at: datetime
+    ) -> None:
         """The CRM did not take the callback (or no slot came free): free the lease for this
-        chain's next delivery, after the subscription's backoff, and say why."""
+        chain's next delivery, not before `retry_at`, and say why."""
         ref = self.job_ref(job_id)
 
         @firestore.transactional
         def run(tx: firestore.Transaction) -> None:
             callback = (ref.get(transaction=tx).to_dict() or {}).get("callback") or {}
             if callback.get("completion") == completion and callback.get("state") == "pending":
-                tx.update(ref, {"callback.leased_until": None, "callback.error": error})
+                tx.update(ref, {"callback.leased_until": None, "callback.retry_at": retry_at,
+                                "callback.error": error})  # fmt: skip
 
         run(self._db.transaction())
 

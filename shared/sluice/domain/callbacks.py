@@ -6,11 +6,13 @@ repeats), `webhook-timestamp` (epoch seconds), and `webhook-signature: v1,<base6
 
 One live delivery per callback. A completion's callback record on its job (`callback`) names the
 delivery chain that owns it (`chain`: the Pub/Sub message id, the same at every redelivery of one
-message), when that chain last began a delivery (`delivered_at`), and a lease while one delivery
-is calling (`leased_until`). Another message for the same callback (a sweep's, or a duplicate
-publish) steps aside while the owning chain is alive, so the CRM sees attempts only on that
-chain's retry backoff; once no delivery has begun for longer than a chain can stay silent, the
-sweeper sends the callback again (stamping `sent_again_at`) and the new message takes it over.
+message) and when that chain last began a delivery (`delivered_at`); a delivery holds a lease
+while calling (`leased_until`), and after a failed attempt the next waits out the subscription's
+minimum backoff (`retry_at`: Pub/Sub may redeliver sooner than its policy says). Another message
+for the same callback (a sweep's, or a duplicate publish) steps aside while the owning chain is
+alive, so the CRM sees attempts only on that chain's retry backoff; once no delivery has begun
+for longer than a chain can stay silent, the sweeper sends the callback again (stamping
+`sent_again_at`) and the new message takes it over.
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ class Turn(Enum):
 
     SETTLED = "settled"  # sent, failed or superseded by a later completion: acknowledge
     STEP_ASIDE = "step_aside"  # another chain owns it and is alive: acknowledge, send nothing
-    WAIT = "wait"  # this chain's other delivery is calling: have this one delivered again
+    # This chain's other delivery is calling, or its last attempt failed less than the
+    # subscription's minimum backoff ago: have this one delivered again, later.
+    WAIT = "wait"
     SEND = "send"  # take the lease and call the CRM
 
 
@@ -103,7 +107,8 @@ def turn(
     alive = leased or (last is not None and last > now - quiet)
     if owner is not None and owner != chain and alive:
         return Turn.STEP_ASIDE
-    return Turn.WAIT if leased else Turn.SEND
+    early = callback.get("retry_at") is not None and callback["retry_at"] > now
+    return Turn.WAIT if leased or early else Turn.SEND
 
 
 def needs_sending_again(

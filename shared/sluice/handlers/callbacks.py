@@ -34,9 +34,11 @@ def send_completion_callback(
     chain: str,
     quiet: timedelta,
     lease: timedelta,
+    backoff: timedelta,
 ) -> Outcome:
     """`chain` is the delivery's Pub/Sub message id; `quiet`, how long a live chain can go
-    without a delivery; `lease`, how long one delivery may take (its ack deadline)."""
+    without a delivery; `lease`, how long one delivery may take (its ack deadline); `backoff`,
+    the least time between two attempts (the subscription's minimum backoff)."""
     job_id, completion = event.job_id, event.completion
     decided = store.lease_callback(
         job_id, completion, chain=chain, now=now(), quiet=quiet, lease=lease
@@ -68,10 +70,12 @@ def send_completion_callback(
             post, tenant=str(job.get("tenant")), interactive=False, wait=capacity.wait_seconds
         )
     except NoCapacity:
-        store.callback_not_delivered(job_id, completion, error="no callback capacity")
+        store.callback_not_delivered(
+            job_id, completion, error="no callback capacity", retry_at=now() + backoff
+        )
         raise RedeliverLater(f"no callback capacity for {job_id}") from None
     except ProviderError as error:
-        store.callback_not_delivered(job_id, completion, error=str(error))
+        store.callback_not_delivered(job_id, completion, error=str(error), retry_at=now() + backoff)
         raise RedeliverLater(f"callback for {job_id} not delivered: {error}") from None
     store.mark_callback(job_id, completion, "sent")
     return Outcome(job_id, "callback", f"sent to {url}")

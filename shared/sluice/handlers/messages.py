@@ -73,6 +73,7 @@ def _dispatch(message: PubSubMessage) -> Outcome | None:
             chain=message.message_id,
             quiet=timedelta(seconds=topology.quiet_after(BATCH_EVENTS)),
             lease=timedelta(seconds=delivery.ack_deadline_seconds),
+            backoff=timedelta(seconds=delivery.retry.minimum_backoff_seconds),
         )
     if message.topic == SWEEPS:
         Sweep.model_validate_json(message.data or b"{}")
