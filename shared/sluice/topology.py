@@ -91,6 +91,9 @@ class Provider(_Strict):
     requests_per_minute: int = Field(ge=1)
     max_concurrent: int = Field(ge=1)
     timeout_seconds: float = Field(gt=0)
+    # The most concurrent calls one tenant may hold, so that its slow or dead endpoint leaves
+    # slots to the other tenants (at most max_concurrent; none: no cap).
+    tenant_max_concurrent: int | None = Field(default=None, ge=1)
 
 
 class Work(_Strict):
@@ -193,6 +196,13 @@ class Topology(_Strict):
             fn = self.functions.get(trig.function)
             if fn is None or fn.trigger != "firestore":
                 problems.append(f"trigger {name}: {trig.function!r} is not a firestore function")
+        for name, provider in self.providers.items():
+            cap = provider.tenant_max_concurrent
+            if cap is not None and cap >= provider.max_concurrent:
+                problems.append(
+                    f"providers.{name}.tenant_max_concurrent ({cap}) must be below its "
+                    f"max_concurrent ({provider.max_concurrent}), or one tenant can hold every slot"
+                )
         for name, schedule in self.schedules.items():
             if schedule.topic not in self.topics:
                 problems.append(f"schedule {name}: unknown topic {schedule.topic!r}")
@@ -312,6 +322,16 @@ class Topology(_Strict):
     def dead_letter_source(self, topic: str) -> str | None:
         """The topic whose undeliverable messages `topic` receives, if it is a dead-letter topic."""
         return next((name for name, t in self.topics.items() if t.dead_letter == topic), None)
+
+    def quiet_after(self, topic: str) -> float:
+        """The longest a delivery chain of a message on `topic` stays silent while alive: its
+        ack deadline (a delivery ended or timed out) plus its longest retry backoff, over the
+        topic's subscriptions. A message with no delivery for longer has no live chain."""
+        return max(
+            (s.ack_deadline_seconds + s.retry.maximum_backoff_seconds
+             for s in self.subscriptions.values() if s.topic == topic),
+            default=0,
+        ) + self.work.bookkeeping_seconds  # fmt: skip
 
     def subscriptions_of(self, function: str) -> dict[str, Subscription]:
         return {n: s for n, s in self.subscriptions.items() if s.push_to == function}

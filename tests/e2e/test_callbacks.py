@@ -1,4 +1,5 @@
-"""Completion callbacks on the local cloud: signed, once per completion, retried until they land."""
+"""Completion callbacks on the local cloud: signed, once per completion, retried until they land,
+on one delivery chain's backoff however many sweeps pass, without delaying other tenants."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class CRM(BackgroundServer):
 
     def __init__(self, failures: int) -> None:
         self.calls: list[tuple[int, dict[str, str], bytes]] = []
+        self.times: list[float] = []  # when each call arrived (time.monotonic)
         self.failures = failures
         lock = threading.Lock()
         crm = self
@@ -33,6 +35,7 @@ class CRM(BackgroundServer):
                     status = 500 if len(crm.calls) < crm.failures else 204
                     crm.calls.append((status, {k.lower(): v for k, v in self.headers.items()},
                                       body))  # fmt: skip
+                    crm.times.append(time.monotonic())
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -98,3 +101,62 @@ def test_a_callback_url_into_a_private_network_is_refused_at_send_time_not_retri
     callback = job.get().to_dict()["callback"]
     assert callback["state"] == "failed"
     assert "10.9.9.9 is not a public address" in callback["error"]
+
+
+def wait_for(what, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_a_dead_endpoint_gets_attempts_on_the_backoff_only_and_one_post_when_it_is_back(
+    http, deploy, make_tenant
+):
+    sweep_every, backoff = 1, {"minimum_backoff_seconds": 2, "maximum_backoff_seconds": 4}
+    d = deploy(topology_overrides={
+        "schedules": {"sweeper": {"every_seconds": sweep_every}},
+        # A stall time far below the callbacks' quiet time, so every sweep would republish a
+        # pending callback if it went by stall (it must exceed the work items' backoff).
+        "work": {"stall_seconds": 2},
+        "subscriptions": {
+            "work-items-to-processor": {
+                "retry": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 1}},
+            "batch-events-to-processor": {"retry": backoff},
+        },
+    })  # fmt: skip
+    dead, alive = CRM(failures=10**9), CRM(failures=0)
+    dead.start()
+    alive.start()
+    try:
+        down = make_tenant("down", callback_url=dead.url + "/hooks")
+        up = make_tenant("up", callback_url=alive.url + "/hooks")
+        failing = submit(http, d, down.api_key, 3)
+        wait_done(http, failing["status_url"], down.api_key)
+        wait_for(lambda: dead.calls)
+
+        # Meanwhile the other tenant's callback arrives at once, on its first attempt.
+        other = submit(http, d, up.api_key, 3)
+        wait_done(http, other["status_url"], up.api_key)
+        wait_for(lambda: alive.calls)
+        assert [status for status, _, _ in alive.calls] == [204]
+        assert all(status == 500 for status, _, _ in dead.calls)
+
+        # Ten sweeps while the endpoint is down, then it comes back.
+        wait_for(lambda: time.monotonic() - dead.times[0] > 10 * sweep_every + 1)
+        dead.failures = len(dead.calls)
+        wait_for(lambda: any(status == 204 for status, _, _ in dead.calls))
+        time.sleep(backoff["maximum_backoff_seconds"] + 2)  # another POST, if any, comes now
+    finally:
+        dead.stop()
+        alive.stop()
+
+    statuses = [status for status, _, _ in dead.calls]
+    assert statuses.count(204) == 1 and statuses[-1] == 204, statuses
+    assert alive.times[0] < dead.times[-1]  # it arrived while the first endpoint still failed
+    # One chain of attempts, each after the subscription's minimum backoff at least (the
+    # emulator measures it from the nack; allow for its clock granularity).
+    gaps = [b - a for a, b in zip(dead.times, dead.times[1:], strict=False)]
+    assert all(gap >= backoff["minimum_backoff_seconds"] - 0.25 for gap in gaps), gaps
+    assert len({headers["webhook-id"] for _, headers, _ in dead.calls}) == 1
+    assert len(alive.calls) == 1

@@ -31,11 +31,12 @@ def taps(project):
         )
 
     def sent(topic: str) -> list[dict]:
-        response = subscriber.pull(
-            subscription=subscriber.subscription_path(project, f"tap-{topic}"),
-            max_messages=100,
-            timeout=10,
-        )
+        subscription = subscriber.subscription_path(project, f"tap-{topic}")
+        response = subscriber.pull(subscription=subscription, max_messages=100, timeout=10)
+        if response.received_messages:  # taken: a later call sees only what was sent since
+            subscriber.acknowledge(
+                subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages]
+            )
         return sorted(
             (json.loads(m.message.data) for m in response.received_messages),
             key=lambda m: json.dumps(m, sort_keys=True),
@@ -161,9 +162,20 @@ def test_the_sweeper_republishes_a_stalled_batchs_queued_items_and_pending_callb
     function_client, project, store, taps, stall_one_second, db
 ):
     other = JobStore(db, shards=2)
+    # A callback no delivery touched for longer than a live chain stays silent (ack deadline +
+    # maximum backoff, 30 + 600 s): its message was lost. And one whose chain is retrying, in
+    # its backoff: the sweeper leaves it to that chain.
+    long_ago, a_minute_ago = (
+        datetime.now(UTC) - timedelta(hours=1),
+        datetime.now(UTC) - timedelta(minutes=1),
+    )
     other.create_job("done", {"tenant": "t", "total": 1, "state": "completed",
-                              "completed_at": datetime.now(UTC), "fingerprint": "f",
+                              "completed_at": long_ago, "fingerprint": "f",
                               "callback": {"completion": 2, "state": "pending"}})  # fmt: skip
+    other.create_job("retrying", {"tenant": "t", "total": 1, "state": "completed",
+                                  "completed_at": long_ago, "fingerprint": "f",
+                                  "callback": {"completion": 1, "state": "pending", "chain": "m1",
+                                               "delivered_at": a_minute_ago}})  # fmt: skip
     # A WhatsApp day is not the sweeper's: each message has the live event that created it.
     other.create_job("day", {"tenant": "t", "total": 0, "state": "open", "open_ended": True,
                              "intake": "published", "fingerprint": "f"})  # fmt: skip
@@ -173,9 +185,12 @@ def test_the_sweeper_republishes_a_stalled_batchs_queued_items_and_pending_callb
     assert post(client, project, "sweeps", {"type": "sweep"}) == 200
     assert taps("work-items") == [{"job_id": "job1", "item_id": f"item{n}"} for n in range(3)]
     assert taps("batch-events") == [{"type": "batch.completed", "job_id": "done", "completion": 2}]
-    # The items it sent messages for are stamped: the next sweep leaves them to those messages.
+    assert other.get_job("done")["callback"]["sent_again_at"] is not None
+    # The items and callbacks it sent messages for are stamped: the next sweep leaves them to
+    # those messages.
     assert post(client, project, "sweeps", {"type": "sweep"}) == 200
     assert taps("work-items") == []
+    assert taps("batch-events") == []
 
 
 def test_the_sweeper_finishes_a_written_intake_and_abandons_a_half_written_one(

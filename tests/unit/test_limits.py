@@ -111,3 +111,12 @@ def test_a_429_halves_the_share_pauses_and_recovers_gradually():
     for n in range(20):
         floor = after_rate_limited(floor, T0 + timedelta(milliseconds=n), None, RECOVERY)
     assert floor.factor == 0.1
+
+
+def test_a_tenant_holds_at_most_its_cap_so_others_find_a_slot():
+    # A tenant whose endpoint hangs holds 2 slots of 10: it gets no third, another tenant does.
+    held = slots("a", "a", *[None] * 8)
+    capped = {"now": T0, "usable": 10, "interactive": False, "per_tenant": 2}
+    assert candidate_slots(held, tenant="a", **capped) == []
+    assert candidate_slots(held, tenant="b", **capped) == [2, 3, 4, 5, 6, 7]
+    assert candidate_slots(held, now=T0, usable=10, tenant="a", interactive=False) != []

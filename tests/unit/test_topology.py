@@ -96,6 +96,11 @@ def test_the_repository_topology_loads():
             r"exceed the whole delivery, work.bookkeeping_seconds \(30\)",
         ),
         (
+            "providers.callbacks.tenant_max_concurrent",
+            10,
+            r"providers.callbacks.tenant_max_concurrent \(10\) must be below its max_concurrent",
+        ),
+        (
             "firestore_triggers.item-written-to-sheets-writer.function",
             "webhook-ingest",
             "not a firestore function",

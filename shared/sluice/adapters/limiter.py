@@ -138,8 +138,9 @@ class Limiter:
                 ):
                     return None
                 free = limits.candidate_slots(
-                    slots, now=now, usable=usable, tenant=tenant, interactive=interactive
-                )
+                    slots, now=now, usable=usable, tenant=tenant, interactive=interactive,
+                    per_tenant=self._provider.tenant_max_concurrent,
+                )  # fmt: skip
                 caps = limits.shard_caps(self._provider.requests_per_minute, self._shards,
                                          self.factor())  # fmt: skip
                 places: list[tuple[int, list[datetime]]] = []

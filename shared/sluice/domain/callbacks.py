@@ -3,6 +3,16 @@
 Headers: `webhook-id` (the same for every retry of one completion, so the receiver can drop
 repeats), `webhook-timestamp` (epoch seconds), and `webhook-signature: v1,<base64 HMAC-SHA256 of
 "{id}.{timestamp}.{body}">`, keyed by the tenant's signing secret (`whsec_` + base64 key bytes).
+
+One live delivery per callback. A completion's callback record on its job (`callback`) names the
+delivery chain that owns it (`chain`: the Pub/Sub message id, the same at every redelivery of one
+message) and when that chain last began a delivery (`delivered_at`); a delivery holds a lease
+while calling (`leased_until`), and after a failed attempt the next waits out the subscription's
+minimum backoff (`retry_at`: Pub/Sub may redeliver sooner than its policy says). Another message
+for the same callback (a sweep's, or a duplicate publish) steps aside while the owning chain is
+alive, so the CRM sees attempts only on that chain's retry backoff; once no delivery has begun
+for longer than a chain can stay silent, the sweeper sends the callback again (stamping
+`sent_again_at`) and the new message takes it over.
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ import hmac
 import ipaddress
 import json
 import secrets
+from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -125,3 +137,40 @@ def callback_url_refusal(url: str, *, allow_loopback: bool) -> str | None:
     if parts.scheme == "http" and not (allow_loopback and loopback):
         return "must be https (plain http only to loopback, in the local cloud)"
     return None
+
+
+class Turn(Enum):
+    """What a delivery of a completion's callback does, given the job's callback record."""
+
+    SETTLED = "settled"  # sent, failed or superseded by a later completion: acknowledge
+    STEP_ASIDE = "step_aside"  # another chain owns it and is alive: acknowledge, send nothing
+    # This chain's other delivery is calling, or its last attempt failed less than the
+    # subscription's minimum backoff ago: have this one delivered again, later.
+    WAIT = "wait"
+    SEND = "send"  # take the lease and call the CRM
+
+
+def turn(
+    callback: dict[str, Any], *, completion: int, chain: str, now: datetime, quiet: timedelta
+) -> Turn:
+    if callback.get("completion") != completion or callback.get("state") != "pending":
+        return Turn.SETTLED
+    owner, last = callback.get("chain"), callback.get("delivered_at")
+    leased = callback.get("leased_until") is not None and callback["leased_until"] > now
+    alive = leased or (last is not None and last > now - quiet)
+    if owner is not None and owner != chain and alive:
+        return Turn.STEP_ASIDE
+    early = callback.get("retry_at") is not None and callback["retry_at"] > now
+    return Turn.WAIT if leased or early else Turn.SEND
+
+
+def needs_sending_again(
+    callback: dict[str, Any], *, completed_at: datetime | None, now: datetime, quiet: timedelta
+) -> bool:
+    """A pending callback no chain has touched for `quiet`: its message was lost (a publish
+    after the completion failed), so nothing will ever deliver it unless it is sent again."""
+    if callback.get("state") != "pending":
+        return False
+    stamps = [completed_at, callback.get("delivered_at"), callback.get("sent_again_at")]
+    known = [t for t in stamps if t is not None]
+    return bool(known) and max(known) < now - quiet

@@ -130,15 +130,26 @@ def candidate_slots(
     tenant: str,
     interactive: bool,
     backlog: Mapping[str, int] | None = None,
+    per_tenant: int | None = None,
 ) -> list[int]:
     """The free slots this caller may take, in the order to try them: bulk work uses the first
-    `usable - reserve` slots, and none while it must yield its turn to other tenants."""
+    `usable - reserve` slots, and none while it must yield its turn to other tenants, nor while
+    its tenant holds `per_tenant` slots (so that one tenant's slow or dead endpoint cannot hold
+    every slot while another tenant's calls wait)."""
     allowed = usable if interactive else usable - reserve(usable)
     if not interactive and yields_turn(
         slots, now=now, usable=usable, tenant=tenant, backlog=backlog or {}
     ):
         return []
+    if per_tenant is not None and held_by(slots, now=now, tenant=tenant) >= per_tenant:
+        return []
     return [s.index for s in slots[:allowed] if s.free(now)]
+
+
+def held_by(slots: list[Slot], *, now: datetime, tenant: str) -> int:
+    """How many live slots `tenant` holds (of all slots: a share learned from a 429 may have
+    shrunk the usable ones below what is held)."""
+    return sum(1 for s in slots if not s.free(now) and s.tenant == tenant)
 
 
 def candidate_shards(caps: list[int], interactive: bool) -> list[int]:

@@ -2,9 +2,11 @@
 
 Raising has Pub/Sub deliver the event again after the subscription's backoff (which is the retry
 schedule of callbacks); the job records the callback as `sent` after the CRM's 2xx, so a repeated
-event sends nothing more. A URL that may not be called (not https, or an address inside our
-network, checked once resolved) marks the callback `failed` with the reason, at once. A crash
-between the CRM's 2xx and that record sends it twice, with the same `webhook-id`, which
+event sends nothing more. One message's chain of deliveries owns the callback, and a delivery
+leases it while calling (see domain.callbacks), so a second message for it (the sweeper's) never
+adds attempts or POSTs at the same time. A URL that may not be called (not https, or an address
+inside our network, checked once resolved) marks the callback `failed` with the reason, at once.
+A crash between the CRM's 2xx and that record sends it twice, with the same `webhook-id`, which
 receivers use to drop the repeat.
 """
 
@@ -12,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 from sluice.adapters.callback_sender import CallbackSender, RefusedCallback
-from sluice.adapters.jobs_store import JobStore
+from sluice.adapters.jobs_store import JobStore, now
 from sluice.adapters.limiter import NoCapacity
 from sluice.adapters.outside import ProviderError
-from sluice.domain.callbacks import completed_event, signed_headers, webhook_id
+from sluice.domain.callbacks import Turn, completed_event, signed_headers, webhook_id
 from sluice.handlers.processor import Capacity, Outcome, RedeliverLater
 from sluice.messages import BatchCompleted
 
@@ -25,11 +28,29 @@ log = logging.getLogger(__name__)
 
 
 def send_completion_callback(
-    store: JobStore, sender: CallbackSender, capacity: Capacity, event: BatchCompleted
+    store: JobStore,
+    sender: CallbackSender,
+    capacity: Capacity,
+    event: BatchCompleted,
+    *,
+    chain: str,
+    quiet: timedelta,
+    lease: timedelta,
+    backoff: timedelta,
 ) -> Outcome:
+    """`chain` is the delivery's Pub/Sub message id; `quiet`, how long a live chain can go
+    without a delivery; `lease`, how long one delivery may take (its ack deadline); `backoff`,
+    the least time between two attempts (the subscription's minimum backoff)."""
     job_id, completion = event.job_id, event.completion
-    if not store.callback_pending(job_id, completion):
+    decided = store.lease_callback(
+        job_id, completion, chain=chain, now=now(), quiet=quiet, lease=lease
+    )
+    if decided is Turn.SETTLED:
         return Outcome(job_id, "callback", "duplicate delivery")
+    if decided is Turn.STEP_ASIDE:
+        return Outcome(job_id, "callback", "another delivery owns this callback")
+    if decided is Turn.WAIT:
+        raise RedeliverLater(f"callback for {job_id} is being sent by another delivery")
     found = store.job_with_counts(job_id)
     if found is None:
         return Outcome(job_id, "callback", "job missing")
@@ -51,6 +72,9 @@ def send_completion_callback(
             post, tenant=str(job.get("tenant")), interactive=False, wait=capacity.wait_seconds
         )
     except NoCapacity:
+        store.callback_not_delivered(
+            job_id, completion, error="no callback capacity", retry_at=now() + backoff
+        )
         raise RedeliverLater(f"no callback capacity for {job_id}") from None
     except RefusedCallback as refused:
         # Not retried: the address is not allowed, and would not be the next time either.
@@ -58,6 +82,7 @@ def send_completion_callback(
         store.mark_callback(job_id, completion, "failed", error=str(refused))
         return Outcome(job_id, "callback", str(refused))
     except ProviderError as error:
+        store.callback_not_delivered(job_id, completion, error=str(error), retry_at=now() + backoff)
         raise RedeliverLater(f"callback for {job_id} not delivered: {error}") from None
     store.mark_callback(job_id, completion, "sent")
     return Outcome(job_id, "callback", f"sent to {url}")

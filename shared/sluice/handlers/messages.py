@@ -64,11 +64,16 @@ def _dispatch(message: PubSubMessage) -> Outcome | None:
             # Ordered per conversation: a re-publish would jump the queue, so wait in it.
             raise RedeliverLater(str(deferred)) from None
     if message.topic == BATCH_EVENTS:
+        (delivery,) = (s for s in topology.subscriptions.values() if s.topic == BATCH_EVENTS)
         return send_completion_callback(
             wiring.job_store(),
             wiring.callback_sender(),
             wiring.capacity("callbacks", interactive=False),
             BatchCompleted.model_validate_json(message.data),
+            chain=message.message_id,
+            quiet=timedelta(seconds=topology.quiet_after(BATCH_EVENTS)),
+            lease=timedelta(seconds=delivery.ack_deadline_seconds),
+            backoff=timedelta(seconds=delivery.retry.minimum_backoff_seconds),
         )
     if message.topic == SWEEPS:
         Sweep.model_validate_json(message.data or b"{}")
@@ -78,6 +83,7 @@ def _dispatch(message: PubSubMessage) -> Outcome | None:
             wiring.export_store(),
             now=now(),
             stall=timedelta(seconds=limits.stall_seconds),
+            callback_quiet=timedelta(seconds=topology.quiet_after(BATCH_EVENTS)),
             export_lease=timedelta(seconds=topology.exports.lease_seconds),
             intakes=IntakeTimes(
                 lease=timedelta(seconds=topology.api.intake_lease_seconds),

@@ -9,7 +9,9 @@
 - an intake nobody is finishing (answered 503 and never retried): one whose items are all written
   is published, one left half-written for `abandon_after` is marked abandoned (see
   sluice.domain.intake);
-- a completion whose callback is still pending after `stall` gets its batch-events message again;
+- a completion whose callback is still pending and that no delivery touched for `callback_quiet`
+  (longer than a live delivery chain stays silent: its message was lost) gets its batch-events
+  message again, once per `callback_quiet`; a chain still retrying is left to its backoff;
 - a Sheets export whose backfill or writer died (its lease expired with work left: a backfill
   still `running`, or results queued and unwritten) is touched, which triggers the backfill
   function to resume it.
@@ -89,6 +91,7 @@ def sweep(
     *,
     now: datetime,
     stall: timedelta,
+    callback_quiet: timedelta,
     export_lease: timedelta,
     intakes: IntakeTimes,
 ) -> Outcome:
@@ -113,7 +116,7 @@ def sweep(
             publisher.publish(
                 WORK_ITEMS, (WorkItem(job_id=job_id, item_id=i).model_dump() for i in orphans)
             )
-    callbacks = store.pending_callbacks(before=now - stall)
+    callbacks = store.callbacks_to_send_again(now=now, quiet=callback_quiet)
     if callbacks:
         publisher.publish(
             BATCH_EVENTS,
