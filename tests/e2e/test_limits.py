@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -117,6 +118,13 @@ def test_a_provider_trickling_its_answer_is_cut_off_at_the_total_deadline(
         assert "provider did not answer within its 1 s deadline" in item["error"]
         assert item["attempts"] == 2
     # The provider saw each call's connection closed before it had sent the whole answer.
-    calls = http.get(d.provider_url + "/_sluice/requests", params={"limit": 100}).json()
+    # (The server notices a hang-up at its next write, up to one trickle step after the client
+    # went: wait until it has seen every call end.)
+    deadline = time.monotonic() + 15
+    while True:
+        calls = http.get(d.provider_url + "/_sluice/requests", params={"limit": 100}).json()
+        if all(c["ended"] is not None for c in calls) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert len(calls) == 4
     assert all(c["client_closed"] for c in calls), calls
