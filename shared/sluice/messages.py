@@ -18,6 +18,9 @@ class WorkItem(BaseModel):
 
     job_id: str
     item_id: str
+    # Which send of the item this message is: a newer one supersedes it (see
+    # sluice.domain.items.superseded). 0 for the first, at intake.
+    dispatch: int = 0
 
 
 class WhatsAppEventMessage(BaseModel):

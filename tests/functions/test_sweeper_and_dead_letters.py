@@ -155,7 +155,34 @@ def test_the_sweeper_takes_over_dead_workers_items_and_leaves_a_moving_batch_alo
     assert post(client, project, "sweeps", {"type": "sweep"}) == 200
     # The expired lease gets a new message; the live one and the queued item of a batch that
     # progressed within stall_seconds (120 s) do not.
-    assert taps("work-items") == [{"job_id": "job1", "item_id": "item0"}]
+    (sent,) = taps("work-items")
+    assert (sent["job_id"], sent["item_id"]) == ("job1", "item0")
+    # Stamped with a dispatch the item records: it supersedes the dead worker's message.
+    assert sent["dispatch"] == store.item_ref("job1", "item0").get().to_dict()["dispatch"] > 0
+
+
+def test_a_message_the_sweeper_superseded_ends_without_work_and_the_new_one_works(
+    function_client, project, store, taps, stall_one_second
+):
+    time.sleep(1.2)  # no progress for stall_seconds: the queued items get new messages
+    client = function_client("batch-item-processor")
+    assert post(client, project, "sweeps", {"type": "sweep"}) == 200
+    newer = {m["item_id"]: m for m in taps("work-items")}
+    assert sorted(newer) == ["item0", "item1", "item2"]
+    before = store.item_ref("job1", "item0").get()
+    # The old message (the intake's, dispatch 0), still waiting for capacity somewhere, comes
+    # again: acknowledged, nothing re-published, the item untouched.
+    assert post(client, project, "work-items", {"job_id": "job1", "item_id": "item0"}) == 200
+    assert taps("work-items") == []
+    after = store.item_ref("job1", "item0").get()
+    assert after.update_time == before.update_time
+    # The new one is worked on (this provider cannot be reached: a counted attempt, redelivery).
+    assert post(client, project, "work-items", newer["item0"]) == 500
+    assert store.item_ref("job1", "item0").get().to_dict()["attempts"] == 1
+    # And a superseded message that Pub/Sub gave up on does not fail an item a newer one carries.
+    assert post(client, project, "work-items-dead-letter",
+                {"job_id": "job1", "item_id": "item1"}, DEAD_LETTERED) == 200  # fmt: skip
+    assert store.item_ref("job1", "item1").get().to_dict()["state"] == "queued"
 
 
 def test_the_sweeper_republishes_a_stalled_batchs_queued_items_and_pending_callbacks(
@@ -183,7 +210,8 @@ def test_the_sweeper_republishes_a_stalled_batchs_queued_items_and_pending_callb
     time.sleep(1.2)  # no progress for stall_seconds
     client = function_client("batch-item-processor")
     assert post(client, project, "sweeps", {"type": "sweep"}) == 200
-    assert taps("work-items") == [{"job_id": "job1", "item_id": f"item{n}"} for n in range(3)]
+    sent = taps("work-items")
+    assert [(m["job_id"], m["item_id"]) for m in sent] == [("job1", f"item{n}") for n in range(3)]
     assert taps("batch-events") == [{"type": "batch.completed", "job_id": "done", "completion": 2}]
     assert other.get_job("done")["callback"]["sent_again_at"] is not None
     # The items and callbacks it sent messages for are stamped: the next sweep leaves them to
@@ -213,7 +241,9 @@ def test_the_sweeper_finishes_a_written_intake_and_abandons_a_half_written_one(
 
     client = function_client("batch-item-processor")
     assert post(client, project, "sweeps", {"type": "sweep"}) == 200
-    assert taps("work-items") == [{"job_id": "c", "item_id": f"c{n}"} for n in range(2)]
+    assert taps("work-items") == [
+        {"job_id": "c", "item_id": f"c{n}", "dispatch": 0} for n in range(2)
+    ]
     assert store.get_job("c")["intake"] == "published"
     assert store.get_job("b")["intake"] == "abandoned"
     assert store.tenant_backlogs() == {"A": 2, "C": 2}

@@ -15,9 +15,12 @@ from sluice.domain.items import (
     after_error,
     claim,
     dead_lettered,
+    dispatch_at,
     holds_lease,
+    retry,
     stalled,
     succeed,
+    superseded,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -148,3 +151,19 @@ def test_a_batch_is_stalled_once_nothing_moved_for_the_stall_period():
     stall = timedelta(seconds=120)
     assert not stalled(NOW - timedelta(seconds=119), now=NOW, stall=stall)
     assert stalled(NOW - timedelta(seconds=120), now=NOW, stall=stall)
+
+
+def test_a_message_older_than_the_items_latest_dispatch_is_superseded():
+    sent_again = ItemRecord(ItemState.QUEUED, dispatch=dispatch_at(NOW))
+    assert superseded(sent_again, 0)  # the intake's message, still waiting for capacity
+    assert superseded(sent_again, dispatch_at(NOW - timedelta(milliseconds=1)))
+    assert not superseded(sent_again, dispatch_at(NOW))  # the newest message itself
+    assert not superseded(ItemRecord.from_doc({"state": "queued"}), 0)  # never sent again
+    assert dispatch_at(NOW + timedelta(seconds=1)) > dispatch_at(NOW)
+
+
+def test_retry_failed_stamps_the_dispatch_its_messages_carry():
+    change = retry(ItemRecord(ItemState.FAILED, attempts=5, dispatch=1), now=NOW)
+    assert change is not None
+    again = ItemRecord.from_doc({**change.fields})
+    assert again.dispatch == dispatch_at(NOW) and not superseded(again, dispatch_at(NOW))

@@ -583,12 +583,18 @@ class JobStore:
         docs = ((snap.id, snap.to_dict() or {}) for snap in query.select(["updated_at"]).stream())
         return [i for i, doc in docs if doc.get("updated_at") is None or doc["updated_at"] < before]
 
-    def touch_queued(self, job_id: str, item_ids: Sequence[str], at: datetime) -> None:
-        """Stamp items the sweeper sent a message for, so the next sweep leaves them a while."""
+    def redispatched(
+        self, job_id: str, item_ids: Sequence[str], *, dispatch: int, at: datetime
+    ) -> None:
+        """Record the dispatch of the new messages the sweeper sent these items, which
+        supersedes their older ones, and stamp them so that the next sweep leaves them a while.
+        Only these two fields: a delivery changing an item meanwhile keeps its own change."""
         for start in range(0, len(item_ids), WRITE_BATCH):
             batch = self._db.batch()
             for item_id in item_ids[start : start + WRITE_BATCH]:
-                batch.update(self.item_ref(job_id, item_id), {"updated_at": at})
+                batch.update(
+                    self.item_ref(job_id, item_id), {"updated_at": at, "dispatch": dispatch}
+                )
             batch.commit()
 
     # -- what the sweeper looks at --------------------------------------------------------------

@@ -37,6 +37,8 @@ class ItemRecord:
     attempts: int = 0
     lease_token: str | None = None
     lease_until: datetime | None = None
+    # The dispatch of the item's latest message (see `superseded`); 0 for the intake's.
+    dispatch: int = 0
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> ItemRecord:
@@ -46,6 +48,7 @@ class ItemRecord:
             attempts=int(doc.get("attempts", 0)),
             lease_token=lease.get("token"),
             lease_until=lease.get("until"),
+            dispatch=int(doc.get("dispatch") or 0),
         )
 
 
@@ -164,14 +167,15 @@ def after_error(
 
 
 def retry(item: ItemRecord, *, now: datetime) -> Transition | None:
-    """retry-failed: a failed item goes back to the queue with its attempts renewed; any other
-    item is left alone (so the call can be repeated safely)."""
+    """retry-failed: a failed item goes back to the queue with its attempts renewed, for a
+    message sent with `dispatch_at(now)`; any other item is left alone (so the call can be
+    repeated safely)."""
     if item.state is not ItemState.FAILED:
         return None
     # Asked for on purpose: what earlier attempts saved (a reply whose sending was left in
     # doubt) is forgotten, so the work is done again from the start.
     fields = {"state": ItemState.QUEUED.value, "attempts": 0, "lease": None, "progress": None,
-              "finished_at": None, "updated_at": now}  # fmt: skip
+              "finished_at": None, "updated_at": now, "dispatch": dispatch_at(now)}  # fmt: skip
     return Transition(item.state, ItemState.QUEUED, fields)
 
 
@@ -195,6 +199,24 @@ def dead_lettered(item: ItemRecord, *, reason: str, now: datetime) -> Transition
     if item.state.finished or lease_live(item, now):
         return None
     return fail(item, reason, now=now)
+
+
+def dispatch_at(now: datetime) -> int:
+    """The dispatch number of messages sent for an item at `now`: later sends, larger numbers."""
+    return int(now.timestamp() * 1000)
+
+
+def superseded(item: ItemRecord, dispatch: int) -> bool:
+    """Whether a message of dispatch `dispatch` was overtaken by a newer one for its item.
+
+    A message waiting for capacity is acknowledged and published again, so it stays alive for as
+    long as an outage lasts; the sweeper, which cannot tell it from a lost one, sends the item a
+    new message, stamped with a later dispatch that it records on the item. A delivery of an
+    older message then ends there: acknowledged, not published again, not recorded as a failure.
+    So an item has at most two live messages (the newest, and an older one until its next
+    delivery), however many sweeps an outage outlasts.
+    """
+    return dispatch < item.dispatch
 
 
 def stalled(last_progress: datetime, *, now: datetime, stall: timedelta) -> bool:

@@ -10,10 +10,9 @@ of it is working on.
 from __future__ import annotations
 
 import logging
-from functools import partial
 
 from sluice.adapters.jobs_store import JobStore, now
-from sluice.domain.items import dead_lettered
+from sluice.domain.items import ItemRecord, Transition, dead_lettered, superseded
 from sluice.events import PubSubMessage
 from sluice.handlers.processor import Outcome
 from sluice.handlers.whatsapp import WhatsAppDeps, record_message
@@ -37,8 +36,15 @@ def reason_of(message: PubSubMessage, source: str) -> str:
     return f"dead-lettered: {subscription} gave up after {attempts} deliveries"
 
 
-def fail_item(store: JobStore, job_id: str, item_id: str, reason: str) -> Outcome:
-    change = store.change_item(job_id, item_id, partial(dead_lettered, reason=reason, now=now()))
+def fail_item(
+    store: JobStore, job_id: str, item_id: str, reason: str, *, dispatch: int = 0
+) -> Outcome:
+    def decide(item: ItemRecord) -> Transition | None:
+        # A superseded message's work is carried by a newer one: its end is not the item's.
+        return None if superseded(item, dispatch) else dead_lettered(item, reason=reason, now=at)
+
+    at = now()
+    change = store.change_item(job_id, item_id, decide)
     if change is None:
         return Outcome(item_id, "unchanged", f"{reason} (already settled)")
     completed = store.complete_if_done(job_id)
@@ -55,7 +61,7 @@ def handle_dead_letter(
     log.error("%s: message %s on %s", reason, message.message_id, source)
     if source == WORK_ITEMS:
         work = WorkItem.model_validate_json(message.data)
-        return fail_item(store, work.job_id, work.item_id, reason)
+        return fail_item(store, work.job_id, work.item_id, reason, dispatch=work.dispatch)
     if source == WHATSAPP_EVENTS:
         event = WhatsAppEventMessage.model_validate_json(message.data)
         if event.kind != "message":

@@ -112,10 +112,12 @@ def _work_item(work: WorkItem) -> Outcome:
             lease_seconds=limits.lease_seconds,
             max_attempts=limits.max_attempts,
             capacity=wiring.capacity("ai", interactive=False),
+            dispatch=work.dispatch,
         )
     except Deferred as deferred:
         # Not a failure: acknowledge and publish the item again, so that waiting for capacity
-        # never counts as a delivery attempt and never slows the subscription with nacks.
+        # never counts as a delivery attempt and never slows the subscription with nacks. The
+        # same dispatch: it is the same message, moved to the back of the queue.
         wiring.publisher().publish(WORK_ITEMS, [work.model_dump()])
         return Outcome(work.item_id, "deferred", str(deferred))
     announce_completion(work.job_id, outcome)

@@ -29,6 +29,7 @@ from sluice.domain.items import (
     after_error,
     requeue_uncounted,
     succeed,
+    superseded,
 )
 
 log = logging.getLogger(__name__)
@@ -101,12 +102,17 @@ def process_item(
     lease_seconds: int,
     max_attempts: int,
     capacity: Capacity | None = None,
+    dispatch: int = 0,
 ) -> Outcome:
+    """`dispatch`: which send of the item the message being handled is (see
+    sluice.domain.items.superseded)."""
     # A finished item needs no capacity: answer a repeated delivery before waiting for any.
     # The claim below is conditional on the item staying as read here.
     seen = store.read_item(job_id, item_id)
     if seen is not None and ItemState(seen.doc["state"]).finished:
         return Outcome(item_id, seen.doc["state"], "duplicate delivery")
+    if seen is not None and superseded(ItemRecord.from_doc(seen.doc), dispatch):
+        return Outcome(item_id, "superseded", "a newer message carries the item")
     job = store.job_meta(job_id)
     permit = None
     if capacity is not None:

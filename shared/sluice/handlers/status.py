@@ -97,7 +97,8 @@ def retry_failed(store: JobStore, publisher: Publisher, tenant: Tenant, job_id: 
     job = own_job(store.get_job(job_id), tenant, job_id)
     if job.get("state") == "cancelled":
         raise Problem(409, "Batch cancelled", "a cancelled batch is not retried")
-    requeued = store.transition_items(job_id, "failed", partial(items.retry, now=now()))
+    at = now()
+    requeued = store.transition_items(job_id, "failed", partial(items.retry, now=at))
     if requeued:
         store.set_job_state(job_id, to="open", allowed_from=("completed",))
         if job.get("kind") == "whatsapp":
@@ -108,7 +109,11 @@ def retry_failed(store: JobStore, publisher: Publisher, tenant: Tenant, job_id: 
             )
         else:
             publisher.publish(
-                WORK_ITEMS, (WorkItem(job_id=job_id, item_id=i).model_dump() for i in requeued)
+                WORK_ITEMS,
+                (
+                    WorkItem(job_id=job_id, item_id=i, dispatch=items.dispatch_at(at)).model_dump()
+                    for i in requeued
+                ),
             )
     return {"batch_id": job_id, "requeued": len(requeued)}
 

@@ -5,7 +5,9 @@
 - the queued items of a batch that made no progress for `stall`, and that no delivery touched for
   as long, get new messages: a requeue whose publish failed (retry-failed answered 503) leaves
   items no message will ever reach. `stall` must exceed the subscription's longest retry backoff,
-  or items waiting out their backoff would get duplicate messages;
+  or items waiting out their backoff would get duplicate messages. Each new message supersedes
+  the item's older ones (sluice.domain.items.superseded), so an outage of any length never
+  multiplies an item's messages;
 - an intake nobody is finishing (answered 503 and never retried): one whose items are all written
   is published, one left half-written for `abandon_after` is marked abandoned (see
   sluice.domain.intake);
@@ -31,7 +33,7 @@ from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
 from sluice.domain import intake
-from sluice.domain.items import ItemState, lease_live, stalled
+from sluice.domain.items import ItemState, dispatch_at, lease_live, stalled
 from sluice.handlers.processor import Outcome
 from sluice.messages import BATCH_EVENTS, WORK_ITEMS, BatchCompleted, WorkItem
 
@@ -106,16 +108,23 @@ def sweep(
         taken_over += len(orphans)
         if stalled(store.last_progress(job_id), now=now, stall=stall):
             # Only items no delivery has touched for as long: one whose message is in Pub/Sub's
-            # retry backoff is claimed (and so touched) at every delivery.
+            # retry backoff is claimed (and so touched) at every delivery. One whose message
+            # waits for capacity is not touched, and cannot be told from one whose message was
+            # lost: it gets a new message too, which supersedes the waiting one.
             queued = store.queued_untouched_since(job_id, now - stall)
             requeued += len(queued)
             orphans += queued
-            # Touched now: however long an outage lasts, one extra message per item per stall.
-            store.touch_queued(job_id, queued, now)
         if orphans:
+            dispatch = dispatch_at(now)
             publisher.publish(
-                WORK_ITEMS, (WorkItem(job_id=job_id, item_id=i).model_dump() for i in orphans)
-            )
+                WORK_ITEMS,
+                (WorkItem(job_id=job_id, item_id=i, dispatch=dispatch).model_dump()
+                 for i in orphans),
+            )  # fmt: skip
+            # Recorded once published (a failed publish leaves the old messages in charge):
+            # from now on a delivery of an older message ends there, and the items are left
+            # alone for another `stall`.
+            store.redispatched(job_id, orphans, dispatch=dispatch, at=now)
     callbacks = store.callbacks_to_send_again(now=now, quiet=callback_quiet)
     if callbacks:
         publisher.publish(

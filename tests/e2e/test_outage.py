@@ -1,0 +1,108 @@
+"""A long provider outage on the local cloud: waiting costs nothing and multiplies nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+
+import pytest
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+from google.pubsub_v1.types import PushConfig
+
+from sluice.localcloud.cloud import Deployment
+from tests.e2e.test_batch_path import items_of, submit, wait_done
+
+pytestmark = pytest.mark.cloud
+
+WORK = "work-items-to-processor"
+SWEEPS = "sweeps-to-processor"
+
+
+def live_messages(d: Deployment, settle: float) -> Counter[str]:
+    """How many messages the broker holds for each item right now, counted by Pub/Sub itself:
+    the work subscription (and the sweeps', so that no sweep adds any meanwhile) is switched to
+    pull, the deliveries under way are let finish, everything it holds is pulled, then handed
+    back (not acknowledged) and pushing resumes."""
+    subscriber = pubsub_v1.SubscriberClient()
+    names = [subscriber.subscription_path(d.project, s) for s in (SWEEPS, WORK)]
+    pushes = {n: subscriber.get_subscription(subscription=n).push_config for n in names}
+    for name in names:
+        subscriber.modify_push_config(subscription=name, push_config=PushConfig())
+    work = names[-1]
+    held: dict[str, str] = {}
+    ack_ids: list[str] = []
+    try:
+        time.sleep(settle)  # a delivery under way ends (deferred, re-published) within this
+        # Pulled messages stay out of the way until their ack deadline: each is counted once.
+        while pulled := subscriber.pull(subscription=work, max_messages=500, timeout=5):
+            if not pulled.received_messages:
+                break
+            for m in pulled.received_messages:
+                held[m.message.message_id] = m.message.data.decode()
+                ack_ids.append(m.ack_id)
+        return Counter(json.loads(data)["item_id"] for data in held.values())
+    finally:
+        for name, push in pushes.items():
+            subscriber.modify_push_config(subscription=name, push_config=push)
+        if ack_ids:  # handed back, to be pushed again at once
+            subscriber.modify_ack_deadline(subscription=work, ack_ids=ack_ids,
+                                           ack_deadline_seconds=0)  # fmt: skip
+        subscriber.close()
+
+
+def test_a_long_429_outage_never_multiplies_an_items_messages(http, deploy, make_tenant):
+    stall = 6
+    d = deploy(
+        topology_overrides={
+            # Scaled down: a sweep every 2 s, a batch stalled after 6 s without progress, a
+            # delivery deferred after 1 s without capacity. The outage below outlasts seven
+            # stall periods, as 15 minutes of 429s would with the declared 120 s.
+            "work": {"stall_seconds": stall, "capacity_wait_seconds": 1, "recovery_seconds": 5},
+            "subscriptions": {
+                WORK: {"retry": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 2}}
+            },
+            "schedules": {"sweeper": {"every_seconds": 2}},
+        },
+        # Every call refused with 429 and Retry-After: 60 (the limit is 0 a minute).
+        provider_args=["--rate-limit-per-minute", "0"],
+    )
+    subscriber = pubsub_v1.SubscriberClient()
+    tap = subscriber.subscription_path(d.project, "tap")
+    subscriber.create_subscription(name=tap, topic=f"projects/{d.project}/topics/work-items")
+    tenant = make_tenant()
+    accepted = submit(http, d, tenant.api_key, 3)
+
+    time.sleep(7 * stall + 3)
+    live = live_messages(d, settle=3)
+
+    # What was published meanwhile, on the wire: the sweeper did send every item new messages,
+    # sweep after sweep, since nothing moved (no item was touched while it waited).
+    sent: defaultdict[str, set[int]] = defaultdict(set)
+    read_from = time.time()  # deferred messages keep coming: read what was sent until now
+    caught_up = False
+    while not caught_up:
+        tapped = subscriber.pull(subscription=tap, max_messages=1000, timeout=5)
+        caught_up = not tapped.received_messages
+        for m in tapped.received_messages:
+            message = json.loads(m.message.data)
+            sent[message["item_id"]].add(message.get("dispatch", 0))
+            caught_up |= m.message.publish_time.timestamp() > read_from
+        if tapped.received_messages:
+            subscriber.acknowledge(
+                subscription=tap, ack_ids=[m.ack_id for m in tapped.received_messages]
+            )
+    assert len(sent) == 3 and all(len(sends) >= 4 for sends in sent.values()), sent
+    # Yet the broker holds at most two messages per item: the newest, and an older one that
+    # ends at its next delivery.
+    assert sum(live.values()) >= 1 and max(live.values()) <= 2, live
+
+    # The provider accepts again: every item finishes once, no attempt spent on the wait.
+    http.post(d.provider_url + "/_sluice/config", json={"rate_limit_per_minute": None})
+    polls = wait_done(http, accepted["status_url"], tenant.api_key, timeout=180)
+    assert polls[-1]["counts"]["succeeded"] == 3
+    assert {i["attempts"] for i in items_of(http, accepted["status_url"], tenant.api_key)} == {1}
+    calls = http.get(d.provider_url + "/_sluice/requests", params={"limit": 1000}).json()
+    answered = Counter(c["content"] for c in calls if c["status"] == 200)
+    assert len(answered) == 3 and set(answered.values()) == {1}, answered
+    subscriber.close()
