@@ -47,6 +47,8 @@ class DocumentChange:
     path: str
     before: dict[str, Any] | None
     after: dict[str, Any] | None
+    # The CloudEvent id: the same in every delivery of this change, redeliveries included.
+    event_id: str = ""
 
     @property
     def parts(self) -> list[str]:
@@ -65,7 +67,7 @@ def document_change(event: CloudEvent) -> DocumentChange:
     after = _fields(decoded.value) if decoded.value and decoded.value.name else None
     before = _fields(decoded.old_value) if decoded.old_value and decoded.old_value.name else None
     path = event.get("document") or event["subject"].removeprefix("documents/")
-    return DocumentChange(path, before, after)
+    return DocumentChange(path, before, after, event_id=str(event["id"] or ""))
 
 
 def _fields(document: Any) -> dict[str, Any]:

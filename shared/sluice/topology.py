@@ -142,6 +142,12 @@ class Exports(_Strict):
     capacity_wait_seconds: float = Field(ge=0)
     configure_wait_seconds: float = Field(ge=0)
     backfill_budget_seconds: int = Field(ge=1)
+    # The promise: every result is in the sheet this long after its batch's end, even when a
+    # writer or backfill dies, as long as the write quota has room.
+    complete_within_seconds: int = Field(ge=1)
+    # How long after a delivery dies its event is delivered again (Eventarc's first retry; the
+    # local router's longest backoff). The redelivery takes the dead delivery's lease over.
+    redelivery_seconds: float = Field(gt=0, le=600)
 
 
 class ParkingLot(_Strict):
@@ -216,6 +222,7 @@ class Topology(_Strict):
         backfill = self.functions.get("backfill")
         if backfill and self.exports.backfill_budget_seconds >= backfill.limits.timeout_seconds:
             problems.append("exports: backfill_budget_seconds must be below backfill's timeout")
+        problems += self._export_deadline_problems()
         problems += self._budget_problems()
         if self.api.default_page_size > self.api.max_page_size:
             problems.append(
@@ -235,6 +242,26 @@ class Topology(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _export_deadline_problems(self) -> list[str]:
+        """A writer dying at its batch's last row still leaves every row in the sheet within
+        exports.complete_within_seconds: its event comes again within redelivery_seconds, takes
+        its own lease over at once, and drains what is left in one write call (a wait for the
+        quota, then the call), rows_per_call at a time."""
+        exports, sheets = self.exports, self.providers.get("sheets")
+        after_death = {
+            "exports.redelivery_seconds": exports.redelivery_seconds,
+            "exports.capacity_wait_seconds": exports.capacity_wait_seconds,
+            "providers.sheets.timeout_seconds": sheets.timeout_seconds if sheets else 0,
+        }
+        total = sum(after_death.values())
+        if total <= exports.complete_within_seconds:
+            return []
+        return [
+            f"exports.complete_within_seconds ({exports.complete_within_seconds}) must be at "
+            f"least {' + '.join(after_death)} ({total:g}): the redelivery of a writer that died, "
+            "then one write call's wait and the call"
+        ]
 
     def _budget_problems(self) -> list[str]:
         """Time budgets: a lease outlasts the work after its claim, an ack deadline the whole

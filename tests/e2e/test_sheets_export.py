@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import time
+from datetime import datetime
 
 import httpx
 import pytest
@@ -140,6 +141,58 @@ def test_killed_writers_and_429s_still_give_every_result_exactly_once(http, depl
     assert stats.get("throttled", 0) > 0, "the Sheets server never said 429"
     restarts = d.functions["sheets-writer"].restarts + d.functions["backfill"].restarts
     assert restarts >= 6
+
+
+def test_a_killed_writer_and_backfill_leave_every_result_in_the_sheet_within_the_deadline(
+    http, deploy, make_tenant
+):
+    # The declared topology (leases, sweeps a minute apart, redelivery): only the provider is
+    # fast, and each Sheets call takes 150 ms so that a kill lands in the middle of one.
+    d = deploy(topology_overrides=FAST_AI, sheets_args=["--latency-ms", "150"])
+    within = d.topology.exports.complete_within_seconds
+    key = make_tenant("sheety", sheets=True).api_key
+    accepted = submit(http, d, key, 240)
+    url = accepted["status_url"]
+    wait_until(lambda: status_of(http, url, key)["finished"] >= 40, 120, "40 done")
+    configured = http.post(url + "/sheets", headers=bearer(key))
+    assert configured.status_code == 201, configured.text
+    export = configured.json()
+
+    def kill(name: str) -> bool:
+        pid = d.functions[name].pid
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        return True
+
+    # The backfill while it writes the first 40 rows, then both, one after the other, until the
+    # batch ends, and both again at its end, when the last rows are queued or being written.
+    rng, kills = random.Random(8), {"sheets-writer": 0, "backfill": 0}
+    time.sleep(rng.uniform(0.1, 0.4))
+    kills["backfill"] += kill("backfill")
+    victims = ["sheets-writer", "backfill"]
+    while status_of(http, url, key)["state"] != "completed":
+        time.sleep(rng.uniform(0.5, 1.5))
+        victim = victims[sum(kills.values()) % 2]
+        kills[victim] += kill(victim)
+    for name in victims:
+        kills[name] += kill(name)
+    assert kills["sheets-writer"] >= 2 and kills["backfill"] >= 2, kills
+
+    ended = datetime.fromisoformat(status_of(http, url, key)["completed_at"]).timestamp()
+    succeeded = {item["id"] for item in items_of(http, url, key, state="succeeded")}
+    assert len(succeeded) == 240
+
+    def complete() -> bool:
+        rows = sheet_rows(d, export["spreadsheet_id"])[1:]
+        return sorted(row[0] for row in rows if row) == sorted(succeeded)
+
+    # The deadline is the topology's: `within` seconds after the batch's last result.
+    while not complete() and time.time() < ended + within:
+        time.sleep(0.5)
+    assert_exactly_the_succeeded_results(http, d, accepted, key, export)
+    restarts = d.functions["sheets-writer"].restarts + d.functions["backfill"].restarts
+    assert restarts >= 4
 
 
 def test_configure_answers_before_the_backfill_and_only_for_the_whitelist(

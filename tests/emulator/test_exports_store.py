@@ -1,5 +1,6 @@
 """The Sheets export's Firestore side on the emulator: one export per job, rows fixed once even
-under concurrent writers, and one flusher at a time."""
+under concurrent writers, one flusher at a time, and a lease taken over at once by a redelivery
+of the event that took it."""
 
 from __future__ import annotations
 
@@ -113,10 +114,16 @@ def test_the_sweeper_finds_a_stalled_backfill_and_a_queue_left_behind(exports, d
 
     exports.enqueue("job", "q", ["q"])
     later = datetime.now(UTC) + timedelta(seconds=1)
-    assert exports.stranded_rows(queued_before=now - timedelta(seconds=60)) == set()
-    assert exports.stranded_rows(queued_before=later) == {"job"}
+    assert exports.stranded_rows(now=later, queued_before=now - timedelta(seconds=60)) == set()
+    assert exports.stranded_rows(now=later, queued_before=later) == {"job"}
+    # A live flusher is draining it: not stranded until its lease has run out.
+    token = exports.take_lease("job", "flush", now=later, seconds=60, holder="e1")
+    assert exports.stranded_rows(now=later, queued_before=later) == set()
+    expired = later + timedelta(seconds=61)
+    assert exports.stranded_rows(now=expired, queued_before=later) == {"job"}
+    exports.release_lease("job", "flush", token)
     exports.mark_written("job", ["q"])
-    assert exports.stranded_rows(queued_before=later) == set()
+    assert exports.stranded_rows(now=later, queued_before=later) == set()
 
 
 def test_many_concurrent_takers_get_one_lease_without_waiting_on_a_lock(exports):
@@ -130,3 +137,51 @@ def test_many_concurrent_takers_get_one_lease_without_waiting_on_a_lock(exports)
         tokens = list(pool.map(lambda _: exports.take_lease("job", "flush", now=later,
                                                              seconds=60), range(32)))  # fmt: skip
     assert sum(t is not None for t in tokens) == 1
+
+
+@pytest.mark.parametrize("name", ["flush", "backfill"])
+def test_a_redelivery_of_the_holders_event_takes_the_lease_over_at_once(exports, name):
+    def take(after: float, event: str | None) -> str | None:
+        at = T0 + timedelta(seconds=after)
+        return exports.take_lease("job", name, now=at, seconds=60, holder=event)
+
+    dead = take(0, "event-1")
+    assert dead is not None
+    # Another event's delivery waits for the lease to expire, as does one with no event id.
+    assert take(1, "event-2") is None
+    assert take(1, None) is None
+    # event-1 again: the delivery that took the lease is over, so this one takes it now.
+    again = take(1, "event-1")
+    assert again is not None and again != dead
+    with pytest.raises(LeaseLost):  # were the first still alive, it stops at its next renewal
+        exports.renew_lease("job", name, dead, now=T0 + timedelta(seconds=2), seconds=60)
+    exports.release_lease("job", name, dead)  # and its release changes nothing
+    assert take(59, "event-2") is None  # held until 61 by the redelivery
+    exports.renew_lease("job", name, again, now=T0 + timedelta(seconds=30), seconds=60)
+    assert take(89, "event-2") is None
+    assert take(91, "event-2") is not None  # expired: another event takes it
+
+
+def test_concurrent_redeliveries_of_one_event_take_its_lease_one_at_a_time(exports):
+    assert exports.take_lease("job", "flush", now=T0, seconds=60, holder="event-1")
+    at = T0 + timedelta(seconds=1)
+
+    def take(event: str) -> str | None:
+        return exports.take_lease("job", "flush", now=at, seconds=60, holder=event)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(take, ["event-2"] * 16)) == [None] * 16  # another event's lease
+    with ThreadPoolExecutor(8) as pool:
+        tokens = list(pool.map(take, ["event-1"] * 16))
+    won = [t for t in tokens if t is not None]
+    assert won  # taken over; whoever holds it last, exactly one token is the lease's now
+    held = [t for t in won if _renews(exports, t, at)]
+    assert len(held) == 1
+
+
+def _renews(exports: ExportStore, token: str, at: datetime) -> bool:
+    try:
+        exports.renew_lease("job", "flush", token, now=at, seconds=60)
+    except LeaseLost:
+        return False
+    return True

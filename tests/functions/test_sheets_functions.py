@@ -11,6 +11,7 @@ import httpx
 import pytest
 from werkzeug.serving import make_server
 
+from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.jobs_store import JobStore, NewItem
 from sluice.adapters.sheets_api import SheetsAPI
 from sluice.adapters.tenants_store import TenantStore
@@ -50,8 +51,10 @@ def succeed(db, job_id: str, item_id: str) -> dict:
     return ref.get().to_dict()
 
 
-def deliver(client, project: str, path: str, after: dict) -> int:
+def deliver(client, project: str, path: str, after: dict, event_id: str | None = None) -> int:
     body, headers = firestore_event(project, path, after)
+    if event_id is not None:
+        headers["ce-id"] = event_id
     return client.post("/", data=body, headers=headers).status_code
 
 
@@ -120,3 +123,39 @@ def test_a_result_that_is_not_a_success_or_has_no_export_writes_nothing(
     assert writer.post("/", data=b"\xff", headers=headers).status_code == 200  # undecodable
     assert list(db.collection_group("rows").stream()) == []
     assert httpx.get(sheets_server + "/_sluice/stats").json().get("write_requests", 0) == 0
+
+
+def test_a_redelivered_event_takes_over_at_once_what_its_dead_delivery_held(
+    function_client, sheets_server, batch, db, project
+):
+    key, job = batch
+    status, writer = function_client("status-api"), function_client("sheets-writer")
+    backfill = function_client("backfill")
+    export = status.post(f"/v1/batches/{job}/sheets", headers=bearer(key)).get_json()
+    exports, now = ExportStore(db), datetime.now(UTC)
+    # A writer died holding the flush lease while delivering event "dead-writer"; the backfill
+    # died holding its lease while delivering "dead-backfill". Both leases have a minute left.
+    assert exports.take_lease(job, "flush", now=now, seconds=60, holder="dead-writer")
+    assert exports.take_lease(job, "backfill", now=now, seconds=60, holder="dead-backfill")
+    exports.update(job, {"backfill_state": "running"})
+
+    item = succeed(db, job, "i0")
+    # Another event finds the lease live: its row waits in the queue.
+    assert deliver(writer, project, f"jobs/{job}/items/i0", item) == 200
+    assert deliver(backfill, project, f"jobs/{job}/exports/sheets", {"x": 1}) == 200
+    seen = status.get(f"/v1/batches/{job}/sheets", headers=bearer(key)).get_json()
+    assert seen["rows_written"] == 0 and seen["backfill_state"] == "running"
+
+    # The dead writer's event, delivered again: it drains the queue now, not in a minute.
+    assert deliver(writer, project, f"jobs/{job}/items/i0", item, "dead-writer") == 200
+    assert (
+        status.get(f"/v1/batches/{job}/sheets", headers=bearer(key)).get_json()["rows_written"] == 1
+    )
+    # The dead backfill's event, delivered again: it resumes and completes the backfill now.
+    assert (
+        deliver(backfill, project, f"jobs/{job}/exports/sheets", {"x": 1}, "dead-backfill") == 200
+    )
+    seen = status.get(f"/v1/batches/{job}/sheets", headers=bearer(key)).get_json()
+    assert seen["backfill_state"] == "completed" and seen["rows_written"] == 1
+    rows = SheetsAPI(endpoint=sheets_server, timeout=5).read(export["spreadsheet_id"], "A1:E")
+    assert [r[0] for r in rows] == ["item_id", "i0"]

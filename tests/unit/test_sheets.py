@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,6 +15,7 @@ from sluice.domain.sheets import (
     allocate,
     columns,
     exported,
+    may_take_lease,
     row_of,
     rows_to_add,
 )
@@ -81,3 +82,17 @@ def test_the_grid_grows_only_when_needed_doubling_in_whole_steps():
 def test_after_growing_the_highest_row_always_fits(highest, grid):
     added = rows_to_add(highest, grid)
     assert grid + added >= highest and added % GRID_STEP == 0
+
+
+def test_a_lease_is_taken_when_free_expired_or_left_by_an_earlier_delivery_of_the_same_event():
+    now = datetime(2026, 11, 21, tzinfo=UTC)
+    live = {"token": "t", "until": now + timedelta(seconds=30), "holder": "event-1"}
+    assert may_take_lease(None, now=now, holder="event-2")
+    assert may_take_lease({**live, "until": now}, now=now, holder="event-2")  # expired
+    # The event that took it is being delivered again: that delivery is over, take it at once.
+    assert may_take_lease(live, now=now, holder="event-1")
+    # Any other event waits for it to expire, and so does a delivery without an id.
+    assert not may_take_lease(live, now=now, holder="event-2")
+    assert not may_take_lease(live, now=now, holder=None)
+    assert not may_take_lease({**live, "holder": None}, now=now, holder=None)
+    assert not may_take_lease({**live, "holder": ""}, now=now, holder="")

@@ -44,6 +44,20 @@ def test_the_repository_topology_loads():
         ("exports.lease_seconds", 30, "a live writer loses its lease while it waits"),
         ("exports.backfill_budget_seconds", 600, "must be below backfill's timeout"),
         ("exports.rows_per_call", 501, "less than or equal"),
+        # The export's deadline: a dead writer's redelivery, then one write call's wait and call.
+        (
+            "exports.complete_within_seconds",
+            49,
+            r"exports.complete_within_seconds \(49\) must be at least exports.redelivery_seconds"
+            r" \+ exports.capacity_wait_seconds \+ providers.sheets.timeout_seconds \(50\)",
+        ),
+        (
+            "exports.redelivery_seconds",
+            25,
+            r"complete_within_seconds \(60\) must be at least.*\(65\)",
+        ),
+        ("providers.sheets.timeout_seconds", 31, r"complete_within_seconds \(60\).*\(61\)"),
+        ("exports.redelivery_seconds", 0, "greater than"),
         ("functions.status-api.publishes", ["nope"], "publishes to unknown topic 'nope'"),
         ("retention.whatsapp_message_days", 7, "greater than or equal"),
         # The time budgets: each problem names the setting at fault.

@@ -24,7 +24,7 @@ from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFou
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from sluice.domain.sheets import HEADER_ROW, allocate
+from sluice.domain.sheets import HEADER_ROW, allocate, may_take_lease
 
 # A transaction writes at most 500 documents: the row documents plus the allocator.
 ASSIGN_CHUNK = 499
@@ -202,10 +202,14 @@ class ExportStore:
     def _lease_ref(self, job_id: str, name: str) -> firestore.DocumentReference:
         return self.export_ref(job_id).collection("leases").document(name)
 
-    def take_lease(self, job_id: str, name: str, *, now: datetime, seconds: float) -> str | None:
-        """The lease `name` for `seconds`, if nobody holds it or its holder let it expire."""
+    def take_lease(self, job_id: str, name: str, *, now: datetime, seconds: float,
+                   holder: str | None = None) -> str | None:  # fmt: skip
+        """The lease `name` for `seconds`, if nobody holds it, its holder let it expire, or its
+        holder was an earlier delivery of the event `holder` (its CloudEvent id), which is over
+        since that event is being delivered again (see `may_take_lease`)."""
         ref, token = self._lease_ref(job_id, name), uuid.uuid4().hex
-        lease = {"token": token, "until": now + timedelta(seconds=seconds), "taken_at": now}
+        lease = {"token": token, "until": now + timedelta(seconds=seconds), "taken_at": now,
+                 "holder": holder}  # fmt: skip
         for _ in range(2):
             try:
                 ref.create(lease)
@@ -213,12 +217,16 @@ class ExportStore:
             except AlreadyExists:
                 pass
             snap = ref.get()
-            if snap.exists and snap.get("until") > now:
+            if not snap.exists:
+                continue  # let go meanwhile: create it
+            if not may_take_lease(snap.to_dict(), now=now, holder=holder):
                 return None
-            if snap.exists:
-                # Expired: remove exactly that lease (another taker may have done it first).
-                with contextlib.suppress(FailedPrecondition, NotFound):
-                    ref.delete(option=self._db.write_option(last_update_time=snap.update_time))
+            # Replace exactly the lease as read: of several takers at once, one succeeds.
+            try:
+                ref.update(lease, option=self._db.write_option(last_update_time=snap.update_time))
+                return token
+            except (FailedPrecondition, NotFound):
+                continue
         return None
 
     def renew_lease(self, job_id: str, name: str, token: str, *, now: datetime,
@@ -254,16 +262,26 @@ class ExportStore:
 
     # -- for the sweeper: exports whose worker died ------------------------------------------------
 
-    def stranded_rows(self, *, queued_before: datetime, limit: int = 500) -> set[str]:
-        """Jobs with results queued for the writer before `queued_before` and still unwritten:
-        their flusher died (a live one drains a queue within seconds)."""
+    def stranded_rows(self, *, now: datetime, queued_before: datetime,
+                      limit: int = 500) -> set[str]:  # fmt: skip
+        """Jobs with results queued for the writer before `queued_before`, still unwritten, and
+        no live flush lease: their flusher died (a live one renews its lease after every write
+        call, and takes it within moments of queueing a row)."""
         query = (
             self._db.collection_group("rows")
             .where(filter=FieldFilter("written", "==", False))
             .where(filter=FieldFilter("queued_at", "<", queued_before))
             .limit(limit)
         )
-        return {_job_of(snap.reference) for snap in query.stream()}
+        jobs = {_job_of(snap.reference) for snap in query.stream()}
+        if not jobs:
+            return set()
+        live = {
+            _job_of(snap.reference)
+            for snap in self._db.get_all([self._lease_ref(j, "flush") for j in jobs])
+            if snap.exists and snap.get("until") > now
+        }
+        return jobs - live
 
     def stalled_backfills(self, *, now: datetime, idle_since: datetime) -> set[str]:
         """Jobs whose backfill is `running` with an expired lease, or `pending` with no run since

@@ -89,3 +89,19 @@ def rows_to_add(highest_row: int, grid_rows: int) -> int:
         return 0
     wanted = max(highest_row - grid_rows, min(grid_rows, MAX_GROWTH))
     return -(-wanted // GRID_STEP) * GRID_STEP
+
+
+def may_take_lease(lease: Mapping[str, Any] | None, *, now: datetime, holder: str | None) -> bool:
+    """Whether a delivery may take a writer's lease as it stands: nobody holds it, its holder let
+    it expire, or its holder was an earlier delivery of this same event (`holder`, the CloudEvent
+    id). Eventarc (and the local router) delivers an event again only once its delivery has
+    ended: failed, timed out or lost with its instance. So a lease held under the id of the event
+    now being delivered was left by a delivery that is over, and is taken over at once instead of
+    after it expires. Should that ever be wrong (a duplicate delivery while the first still runs),
+    nothing is written twice: rows keep the numbers their row documents hold, and the first holder
+    stops at its next renewal (LeaseLost)."""
+    if lease is None:
+        return True
+    if lease.get("until") is None or lease["until"] <= now:
+        return True
+    return bool(holder) and lease.get("holder") == holder

@@ -11,6 +11,13 @@ Exactly once, whatever is delivered twice or dies half-way:
   without the writer it could be missed, since the backfill's query may already have passed it.
 - one flusher per job drains the queued rows, up to `rows_per_call` per write: under load the
   rows queued while one call is in flight go out together in the next.
+
+Who holds a lease, and for which event: a lease records the CloudEvent id of the delivery that
+took it. A writer or backfill that dies has its event delivered again (Eventarc retries a failed
+delivery), and that redelivery takes its own dead lease over at once instead of waiting for it to
+expire, so a death costs one redelivery, not a lease plus a sweep. Taken over wrongly (a live
+holder), nothing is written twice: the row documents decide every row's number, and the holder
+that lost its lease stops at its next renewal and leaves the queue to the one that took it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sluice.adapters.exports_store import ExportStore, Row
+from sluice.adapters.exports_store import ExportStore, LeaseLost, Row
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter, NoCapacity
 from sluice.adapters.outside import ProviderError
@@ -194,13 +201,16 @@ def _write(deps: SheetsDeps, job_id: str, export: dict[str, Any], rows: dict[str
     return deps.exports.mark_written(job_id, list(rows))
 
 
-def flush(deps: SheetsDeps, job_id: str, export: dict[str, Any]) -> int:
+def flush(
+    deps: SheetsDeps, job_id: str, export: dict[str, Any], *, holder: str | None = None
+) -> int:
     """Drain the job's queued rows, if no other writer is: a live flusher looks again after it
-    lets go, so a row queued while it held the lease is never left behind. Returns rows written."""
+    lets go, so a row queued while it held the lease is never left behind. `holder` is the
+    delivery's event id (a redelivery takes its own dead lease over). Returns rows written."""
     settings, written = deps.settings, 0
     while True:
         token = deps.exports.take_lease(
-            job_id, "flush", now=deps.clock(), seconds=settings.lease_seconds
+            job_id, "flush", now=deps.clock(), seconds=settings.lease_seconds, holder=holder
         )
         if token is None:
             return written
@@ -211,18 +221,23 @@ def flush(deps: SheetsDeps, job_id: str, export: dict[str, Any]) -> int:
                 deps.exports.renew_lease(
                     job_id, "flush", token, now=deps.clock(), seconds=settings.lease_seconds
                 )
+        except LeaseLost:
+            # Taken over: the taker drains the whole queue, this delivery's rows included.
+            log.warning("job %s: flush lease taken over; leaving the queue to its taker", job_id)
+            return written
         finally:
             deps.exports.release_lease(job_id, "flush", token)
         if not deps.exports.unwritten(job_id, 1):
             return written
 
 
-def drain(deps: SheetsDeps, job_id: str, export: dict[str, Any]) -> tuple[int, str | None]:
+def drain(deps: SheetsDeps, job_id: str, export: dict[str, Any], *,
+          holder: str | None = None) -> tuple[int, str | None]:  # fmt: skip
     """`flush`, except that a sheet refusing for good (deleted, access removed) is recorded and
     acknowledged: the queue stays, the export says why, and configuring again drains it.
     Returns (rows written, the refusal)."""
     try:
-        return flush(deps, job_id, export), None
+        return flush(deps, job_id, export, holder=holder), None
     except ProviderError as error:
         if not error.permanent:
             raise
@@ -241,7 +256,7 @@ def on_item_written(deps: SheetsDeps, change: DocumentChange) -> Outcome:
         return Outcome(change.path, "skipped", "the job has no Sheets export")
     values = row_of(str(export.get("kind")), item_id, change.after)
     queued = deps.exports.enqueue(job_id, item_id, values)
-    written, refused = drain(deps, job_id, export)
+    written, refused = drain(deps, job_id, export, holder=change.event_id)
     if refused:
         return Outcome(change.path, "failed", refused)
     return Outcome(change.path, "queued" if queued else "seen before", f"{written} rows written")
@@ -260,26 +275,27 @@ def on_export_written(deps: SheetsDeps, change: DocumentChange) -> Outcome:
     action = "idle"
     if export.get("backfill_state") in ("pending", "running"):
         try:
-            action = backfill(deps, job_id, export)
+            action = backfill(deps, job_id, export, holder=change.event_id)
         except ProviderError as error:
             if not error.permanent:
                 raise
             deps.exports.update(job_id, {"backfill_state": "failed", "backfill_error": str(error),
                                          "updated_at": deps.clock()})  # fmt: skip
             return Outcome(change.path, "backfill failed", str(error))
-    written, refused = drain(deps, job_id, export)
+    written, refused = drain(deps, job_id, export, holder=change.event_id)
     if refused:
         return Outcome(change.path, "failed", refused)
     return Outcome(change.path, action, f"{written} queued rows written")
 
 
-def backfill(deps: SheetsDeps, job_id: str, export: dict[str, Any]) -> str:
+def backfill(deps: SheetsDeps, job_id: str, export: dict[str, Any], *,
+             holder: str | None = None) -> str:  # fmt: skip
     """Write the results that finished before the export, `rows_per_call` per write, recording a
     cursor after each so a restart resumes there. After `backfill_budget_seconds` it hands over to
-    a fresh invocation (an event function runs at most 9 minutes)."""
+    a fresh invocation (an event function runs at most 9 minutes). `holder`: as for `flush`."""
     settings = deps.settings
     token = deps.exports.take_lease(
-        job_id, "backfill", now=deps.clock(), seconds=settings.lease_seconds
+        job_id, "backfill", now=deps.clock(), seconds=settings.lease_seconds, holder=holder
     )
     if token is None:
         return "running elsewhere"
@@ -310,6 +326,10 @@ def backfill(deps: SheetsDeps, job_id: str, export: dict[str, Any]) -> str:
             if time.monotonic() - started > settings.backfill_budget_seconds:
                 state = "pending"
                 break
+    except LeaseLost:
+        # Taken over: the taker resumes from the cursor and records the state.
+        log.warning("job %s: backfill lease taken over; leaving the backfill to its taker", job_id)
+        return "backfill taken over"
     finally:
         deps.exports.release_lease(job_id, "backfill", token)
     # Only once the lease is let go: a "pending" hand-over triggers the next invocation, which

@@ -15,8 +15,8 @@
   (longer than a live delivery chain stays silent: its message was lost) gets its batch-events
   message again, once per `callback_quiet`; a chain still retrying is left to its backoff;
 - a Sheets export whose backfill or writer died (its lease expired with work left: a backfill
-  still `running`, or results queued and unwritten) is touched, which triggers the backfill
-  function to resume it.
+  still `running`, or results queued and unwritten with no live flush lease) is touched, which
+  triggers the backfill function to resume it.
 
 Every message it sends may duplicate a live one; that is harmless, since a delivery claims its item
 in a transaction and a finished item or a settled callback acknowledges a repeat.
@@ -131,10 +131,13 @@ def sweep(
             BATCH_EVENTS,
             (BatchCompleted(job_id=job, completion=n).model_dump() for job, n in callbacks),
         )
-    # Twice the lease: a live writer renews it after every write call and drains within seconds.
-    idle = now - 2 * export_lease
+    # As soon as the lease expired with work left: a live writer or backfill renews its lease
+    # after every write call, so an expired one means its holder died. (A delivery that died is
+    # usually delivered again first, and takes its own lease over at once: this is for the event
+    # that is not.) A row is older than a lease by the time its dead flusher's lease runs out.
+    idle = now - export_lease
     resumed = exports.stalled_backfills(now=now, idle_since=idle)
-    resumed |= exports.stranded_rows(queued_before=idle)
+    resumed |= exports.stranded_rows(now=now, queued_before=idle)
     for job_id in sorted(resumed):
         exports.nudge(job_id, now)
     report = SweepReport(taken_over, requeued, len(callbacks), len(resumed), intakes_published,

@@ -297,7 +297,10 @@ class Deployment:
     def register_triggers(self) -> None:
         firestore = f"http://{self.cloud.emulators.firestore_host}"
         for trigger_id, trigger in self.topology.firestore_triggers.items():
-            self.cloud.router.route(self.project, trigger_id, self.url(trigger.function))
+            self.cloud.router.route(
+                self.project, trigger_id, self.url(trigger.function),
+                max_backoff=self.topology.exports.redelivery_seconds,
+            )  # fmt: skip
             response = httpx.post(
                 f"{firestore}/emulator/v1/projects/{self.project}/eventarcTrigger",
                 params={"eventarcTriggerId": trigger_id},

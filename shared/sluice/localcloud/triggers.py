@@ -5,7 +5,8 @@ The Firestore emulator posts each matching change to `--functions_emulator`, at
 *base64 text* of the DocumentEventData protobuf. In the cloud, Eventarc posts the raw protobuf. This
 router takes the emulator's post, answers it at once, and delivers the production form to the
 trigger's function, retrying with backoff until the function answers 2xx, as Eventarc does for a
-trigger with retries enabled: at least once, in no particular order.
+trigger with retries enabled: at least once, in no particular order, each redelivery carrying
+the event's CloudEvent id, one attempt at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ FIRESTORE_SOURCE = "//firestore.googleapis.com/projects/{project}/databases/(def
 @dataclass(frozen=True)
 class Route:
     function_url: str
+    # The longest wait between two attempts (the topology's exports.redelivery_seconds).
+    max_backoff: float
 
 
 class TriggerRouter(BackgroundServer):
@@ -51,9 +54,9 @@ class TriggerRouter(BackgroundServer):
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
 
-    def route(self, project: str, trigger: str, function_url: str) -> None:
+    def route(self, project: str, trigger: str, function_url: str, *, max_backoff: float) -> None:
         with self._lock:
-            self._routes[(project, trigger)] = Route(function_url)
+            self._routes[(project, trigger)] = Route(function_url, max_backoff)
 
     def unroute(self, project: str) -> None:
         with self._lock:
@@ -95,7 +98,10 @@ class TriggerRouter(BackgroundServer):
     def _deliver(
         self, project: str, trigger: str, route: Route, headers: dict[str, str], payload: bytes
     ) -> None:
-        delay = 0.2
+        delay = min(0.2, route.max_backoff)
+        # One attempt at a time: the next is sent only once the last has ended (answered, or its
+        # connection lost with the instance), so no event is ever being handled twice at once by
+        # this router's doing; the function's leases rely on it (see sluice.handlers.exports).
         for _attempt in range(self.max_attempts):
             if self._stopping.is_set():
                 return
@@ -117,7 +123,7 @@ class TriggerRouter(BackgroundServer):
                 return
             self._bump(f"{project}/{trigger}/retried")
             self._stopping.wait(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, route.max_backoff)
         self._bump(f"{project}/{trigger}/abandoned")
         log.error(
             "trigger %s/%s: delivery abandoned after %d attempts",
