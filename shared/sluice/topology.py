@@ -94,6 +94,11 @@ class Provider(_Strict):
     # The most concurrent calls one tenant may hold, so that its slow or dead endpoint leaves
     # slots to the other tenants (at most max_concurrent; none: no cap).
     tenant_max_concurrent: int | None = Field(default=None, ge=1)
+    # The most concurrent calls the WhatsApp replies of one business number may hold, so that a
+    # flood of messages on one number leaves slots to batches and to other numbers (below
+    # max_concurrent; none: no cap). One user's messages hold one at most: a conversation's
+    # events are delivered one at a time.
+    number_max_concurrent: int | None = Field(default=None, ge=1)
 
 
 class Work(_Strict):
@@ -203,12 +208,14 @@ class Topology(_Strict):
             if fn is None or fn.trigger != "firestore":
                 problems.append(f"trigger {name}: {trig.function!r} is not a firestore function")
         for name, provider in self.providers.items():
-            cap = provider.tenant_max_concurrent
-            if cap is not None and cap >= provider.max_concurrent:
-                problems.append(
-                    f"providers.{name}.tenant_max_concurrent ({cap}) must be below its "
-                    f"max_concurrent ({provider.max_concurrent}), or one tenant can hold every slot"
-                )
+            for field, holder in (("tenant_max_concurrent", "tenant"),
+                                  ("number_max_concurrent", "phone number")):  # fmt: skip
+                cap = getattr(provider, field)
+                if cap is not None and cap >= provider.max_concurrent:
+                    problems.append(
+                        f"providers.{name}.{field} ({cap}) must be below its max_concurrent "
+                        f"({provider.max_concurrent}), or one {holder} can hold every slot"
+                    )
         for name, schedule in self.schedules.items():
             if schedule.topic not in self.topics:
                 problems.append(f"schedule {name}: unknown topic {schedule.topic!r}")

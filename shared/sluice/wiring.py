@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from functools import cache
 
@@ -77,8 +78,13 @@ def whatsapp_deps() -> WhatsAppDeps:
         ai=ai_provider(),
         whatsapp=whatsapp_api(),
         # Replies are interactive: they go ahead of bulk work for the AI provider's capacity.
-        ai_capacity=capacity("ai", interactive=True),
+        # Counted per business number: one number's flood leaves slots to everyone else.
+        ai_capacity=replace(
+            capacity("ai", interactive=True),
+            holder_cap=settings().topology.providers["ai"].number_max_concurrent,
+        ),
         send_capacity=capacity("whatsapp", interactive=True),
+        publisher=publisher(),
     )
 
 

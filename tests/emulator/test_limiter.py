@@ -14,12 +14,14 @@ from sluice.adapters.limiter import Limiter
 from sluice.topology import Provider
 
 
-def limiter(project: str, *, per_minute: int, concurrent: int, timeout: float = 5) -> Limiter:
+def limiter(
+    project: str, *, per_minute: int, concurrent: int, timeout: float = 5, name: str = "ai"
+) -> Limiter:
     # A client of its own, as each function instance has.
     provider = Provider(
         requests_per_minute=per_minute, max_concurrent=concurrent, timeout_seconds=timeout
     )
-    return Limiter(firestore.Client(project=project), "ai", provider, shards=3, recovery_seconds=30)
+    return Limiter(firestore.Client(project=project), name, provider, shards=3, recovery_seconds=30)
 
 
 def test_racing_instances_never_hold_more_slots_than_declared(project):
@@ -78,3 +80,17 @@ def test_a_release_after_the_slot_was_taken_over_leaves_the_new_holder_alone(pro
     assert second.acquire(tenant="t", interactive=True, wait=0.3) is None
     second.release(taker)
     assert second.acquire(tenant="t", interactive=True, wait=1) is not None
+
+
+def test_one_holder_never_takes_more_than_its_cap_and_others_still_get_slots(project):
+    """A flood of WhatsApp replies on one business number holds at most its cap of the slots."""
+    shared = limiter(project, per_minute=10_000, concurrent=6, name="capped")
+    flooded = [shared.acquire(tenant="number-1", interactive=True, wait=0.5, cap=2)
+               for _ in range(3)]  # fmt: skip
+    assert sum(p is not None for p in flooded) == 2
+    # The slots it may not take are there for another number and for bulk work.
+    assert shared.acquire(tenant="number-2", interactive=True, wait=2, cap=2) is not None
+    assert shared.acquire(tenant="tenant-a", interactive=False, wait=2) is not None
+    # Once one of its calls ends, the number may call again.
+    shared.release(next(p for p in flooded if p is not None))
+    assert shared.acquire(tenant="number-1", interactive=True, wait=2, cap=2) is not None

@@ -115,6 +115,12 @@ def test_the_repository_topology_loads():
             r"providers.callbacks.tenant_max_concurrent \(10\) must be below its max_concurrent",
         ),
         (
+            "providers.ai.number_max_concurrent",
+            10,
+            r"providers.ai.number_max_concurrent \(10\) must be below its max_concurrent "
+            r"\(10\), or one phone number can hold every slot",
+        ),
+        (
             "firestore_triggers.item-written-to-sheets-writer.function",
             "webhook-ingest",
             "not a firestore function",

@@ -1,8 +1,12 @@
 """WhatsApp conversations in Firestore: every inbound and outbound message, with its status.
 
 `conversations/{phone_number_id}:{wa_id}/messages/{message key}`: one conversation per business
-number and user. Message ids (`wamid....`) are hashed into document ids, since they may hold
-characters a document id cannot. Each write stamps `expires_at`: a Firestore TTL policy deletes a
+number and user. The conversation document itself holds the messages waiting for their turn
+(`waiting`, oldest first, see sluice.domain.conversations) and since when (`waiting_since`, absent
+when none waits, which keeps it out of the sweeper's query).
+
+Message ids (`wamid....`) are hashed into document ids, since they may hold characters a document
+id cannot. Each write stamps `expires_at`: a Firestore TTL policy deletes a
 message once nothing can repeat it any more (retention.whatsapp_message_days in topology.yaml).
 """
 
@@ -15,7 +19,10 @@ from typing import Any
 
 from google.api_core.exceptions import AlreadyExists
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
+from sluice.domain import conversations
+from sluice.domain.conversations import Ref, Turn
 from sluice.domain.whatsapp import advance_status
 
 
@@ -31,9 +38,75 @@ class ConversationStore:
     def _expires_at(self) -> datetime:
         return datetime.now(UTC) + self._keep
 
+    def conversation_ref(self, phone_id: str, wa_id: str) -> firestore.DocumentReference:
+        return self._db.collection("conversations").document(f"{phone_id}:{wa_id}")
+
     def message_ref(self, phone_id: str, wa_id: str, wamid: str) -> firestore.DocumentReference:
-        conversation = self._db.collection("conversations").document(f"{phone_id}:{wa_id}")
+        conversation = self.conversation_ref(phone_id, wa_id)
         return conversation.collection("messages").document(message_key(wamid))
+
+    # -- turns: the messages waiting, in order ----------------------------------------------------
+
+    def waiting(self, phone_id: str, wa_id: str) -> list[Ref]:
+        """The messages waiting, read without a transaction: enough to go ahead when none waits,
+        since Pub/Sub hands the conversation's events over one at a time."""
+        return _waiting(self.conversation_ref(phone_id, wa_id).get().to_dict())
+
+    def take_turn(self, phone_id: str, wa_id: str, me: Ref, *, at: datetime) -> Turn:
+        return self._queue_change(
+            phone_id, wa_id, lambda waiting: conversations.turn(waiting, me), at=at
+        )
+
+    def park(self, phone_id: str, wa_id: str, me: Ref, *, at: datetime) -> None:
+        self._queue_change(
+            phone_id, wa_id, lambda waiting: (None, conversations.park(waiting, me)), at=at
+        )
+
+    def done(self, phone_id: str, wa_id: str, me: Ref, *, at: datetime) -> Ref | None:
+        """`me` is finished: the message to bring next, if `me` was holding it back."""
+
+        def decide(waiting: list[Ref]) -> tuple[Ref | None, list[Ref]]:
+            rest, bring = conversations.done(waiting, me)
+            return bring, rest
+
+        return self._queue_change(phone_id, wa_id, decide, at=at)
+
+    def _queue_change(self, phone_id: str, wa_id: str, decide: Any, *, at: datetime) -> Any:
+        """Apply `decide` (the queue -> (result, the queue afterwards)) in a transaction."""
+        ref = self.conversation_ref(phone_id, wa_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> Any:
+            before = _waiting(ref.get(transaction=tx).to_dict())
+            result, after = decide(before)
+            if after != before:
+                since = at if after else firestore.DELETE_FIELD
+                tx.set(ref, {"waiting": [r.to_doc() for r in after], "waiting_since": since,
+                             "phone_number_id": phone_id, "wa_id": wa_id}, merge=True)  # fmt: skip
+            return result
+
+        return run(self._db.transaction())
+
+    def waiting_heads(
+        self, *, since_before: datetime, limit: int = 500
+    ) -> list[tuple[str, str, Ref]]:
+        """(phone number id, user, the head) of each conversation whose messages have waited since
+        before `since_before` with nothing brought for them since."""
+        query = (
+            self._db.collection("conversations")
+            .where(filter=FieldFilter("waiting_since", "<", since_before))
+            .limit(limit)
+        )
+        heads = []
+        for snap in query.stream():
+            doc = snap.to_dict() or {}
+            if waiting := _waiting(doc):
+                heads.append((str(doc["phone_number_id"]), str(doc["wa_id"]), waiting[0]))
+        return heads
+
+    def brought(self, phone_id: str, wa_id: str, *, at: datetime) -> None:
+        """The head was sent again: left alone by the sweeper for a while."""
+        self.conversation_ref(phone_id, wa_id).update({"waiting_since": at})
 
     def record_inbound(self, phone_id: str, wa_id: str, wamid: str, fields: dict[str, Any]) -> None:
         # A repeated delivery finds it recorded the first time.
@@ -79,3 +152,7 @@ class ConversationStore:
             return new
 
         return str(run(self._db.transaction()))
+
+
+def _waiting(doc: dict[str, Any] | None) -> list[Ref]:
+    return [Ref.from_doc(r) for r in (doc or {}).get("waiting") or []]

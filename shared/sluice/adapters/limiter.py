@@ -108,8 +108,11 @@ class Limiter:
 
     # -- permits ----------------------------------------------------------------------------------
 
-    def acquire(self, *, tenant: str, interactive: bool, wait: float) -> Permit | None:
+    def acquire(
+        self, *, tenant: str, interactive: bool, wait: float, cap: int | None = None
+    ) -> Permit | None:
         """A concurrency slot and a place in the rate window, waiting up to `wait` seconds.
+        `tenant` holds at most `cap` slots at once (default: the provider's tenant cap).
 
         None when there was no capacity in that time: the caller defers its work, which is not a
         failure and costs the item no attempt.
@@ -139,7 +142,7 @@ class Limiter:
                     return None
                 free = limits.candidate_slots(
                     slots, now=now, usable=usable, tenant=tenant, interactive=interactive,
-                    per_tenant=self._provider.tenant_max_concurrent,
+                    per_tenant=cap if cap is not None else self._provider.tenant_max_concurrent,
                 )  # fmt: skip
                 caps = limits.shard_caps(self._provider.requests_per_minute, self._shards,
                                          self.factor())  # fmt: skip

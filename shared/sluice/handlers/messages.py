@@ -15,7 +15,6 @@ from sluice.handlers.dead_letters import handle_dead_letter
 from sluice.handlers.processor import (
     Deferred,
     Outcome,
-    RedeliverLater,
     process_item,
     without_progress,
 )
@@ -53,16 +52,12 @@ def _dispatch(message: PubSubMessage) -> Outcome | None:
         return _work_item(WorkItem.model_validate_json(message.data))
     if message.topic == WHATSAPP_EVENTS:
         event = WhatsAppEventMessage.model_validate_json(message.data)
-        try:
-            return handle_event(
-                wiring.whatsapp_deps(),
-                event,
-                lease_seconds=limits.lease_seconds,
-                max_attempts=limits.max_attempts,
-            )
-        except Deferred as deferred:
-            # Ordered per conversation: a re-publish would jump the queue, so wait in it.
-            raise RedeliverLater(str(deferred)) from None
+        return handle_event(
+            wiring.whatsapp_deps(),
+            event,
+            lease_seconds=limits.lease_seconds,
+            max_attempts=limits.max_attempts,
+        )
     if message.topic == BATCH_EVENTS:
         (delivery,) = (s for s in topology.subscriptions.values() if s.topic == BATCH_EVENTS)
         return send_completion_callback(
@@ -81,10 +76,13 @@ def _dispatch(message: PubSubMessage) -> Outcome | None:
             wiring.job_store(),
             wiring.publisher(),
             wiring.export_store(),
+            wiring.whatsapp_deps(),
             now=now(),
             stall=timedelta(seconds=limits.stall_seconds),
             callback_quiet=timedelta(seconds=topology.quiet_after(BATCH_EVENTS)),
             export_lease=timedelta(seconds=topology.exports.lease_seconds),
+            # A head parked more recently than a capacity wait may be being tried right now.
+            parked_idle=timedelta(seconds=limits.capacity_wait_seconds),
             intakes=IntakeTimes(
                 lease=timedelta(seconds=topology.api.intake_lease_seconds),
                 abandon_after=timedelta(seconds=topology.api.intake_abandon_seconds),

@@ -86,6 +86,10 @@ class Capacity:
     limiter: Limiter
     interactive: bool
     wait_seconds: float
+    # Whose share of the slots the work counts against (default: its job's tenant), and the
+    # most that holder may have at once (default: the provider's tenant cap).
+    holder: str = ""
+    holder_cap: int | None = None
 
 
 class Deferred(Exception):
@@ -102,24 +106,29 @@ def process_item(
     lease_seconds: int,
     max_attempts: int,
     capacity: Capacity | None = None,
-    dispatch: int = 0,
+    dispatch: int | None = None,
 ) -> Outcome:
-    """`dispatch`: which send of the item the message being handled is (see
-    sluice.domain.items.superseded)."""
+    """`dispatch`: which send of the item the message being handled is, for messages the
+    sweeper sends again (see sluice.domain.items.superseded); None for those it never does."""
     # A finished item needs no capacity: answer a repeated delivery before waiting for any.
     # The claim below is conditional on the item staying as read here.
     seen = store.read_item(job_id, item_id)
     if seen is not None and ItemState(seen.doc["state"]).finished:
         return Outcome(item_id, seen.doc["state"], "duplicate delivery")
-    if seen is not None and superseded(ItemRecord.from_doc(seen.doc), dispatch):
+    if (
+        dispatch is not None
+        and seen is not None
+        and superseded(ItemRecord.from_doc(seen.doc), dispatch)
+    ):
         return Outcome(item_id, "superseded", "a newer message carries the item")
     job = store.job_meta(job_id)
     permit = None
     if capacity is not None:
         permit = capacity.limiter.acquire(
-            tenant=str(job.get("tenant")),
+            tenant=capacity.holder or str(job.get("tenant")),
             interactive=capacity.interactive,
             wait=capacity.wait_seconds,
+            cap=capacity.holder_cap,
         )
         if permit is None:
             raise Deferred(f"no {capacity.limiter.name} capacity for item {item_id}")

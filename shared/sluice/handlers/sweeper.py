@@ -14,6 +14,8 @@
 - a completion whose callback is still pending and that no delivery touched for `callback_quiet`
   (longer than a live delivery chain stays silent: its message was lost) gets its batch-events
   message again, once per `callback_quiet`; a chain still retrying is left to its backoff;
+- a WhatsApp conversation whose messages wait for capacity (parked: see
+  sluice.domain.conversations) gets its oldest one's event again, once per sweep;
 - a Sheets export whose backfill or writer died (its lease expired with work left: a backfill
   still `running`, or results queued and unwritten with no live flush lease) is touched, which
   triggers the backfill function to resume it.
@@ -35,6 +37,7 @@ from sluice.adapters.publisher import Publisher
 from sluice.domain import intake
 from sluice.domain.items import ItemState, dispatch_at, lease_live, stalled
 from sluice.handlers.processor import Outcome
+from sluice.handlers.whatsapp import WhatsAppDeps, bring, let_next_go
 from sluice.messages import BATCH_EVENTS, WORK_ITEMS, BatchCompleted, WorkItem
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ class SweepReport:
     exports: int = 0
     intakes_published: int = 0
     intakes_abandoned: int = 0
+    conversations: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,16 +90,31 @@ def sweep_intakes(
     return published, abandoned
 
 
+def bring_waiting(whatsapp: WhatsAppDeps, *, now: datetime, idle: timedelta) -> int:
+    """Bring back the head of each conversation whose messages wait for capacity (parked, not
+    refused: see sluice.domain.conversations); how many were brought."""
+    brought = 0
+    for phone_id, user, head in whatsapp.conversations.waiting_heads(since_before=now - idle):
+        if bring(whatsapp, phone_id, head):
+            whatsapp.conversations.brought(phone_id, user, at=now)
+            brought += 1
+        else:  # its item is gone: it will never be answered, so it holds nobody back
+            let_next_go(whatsapp, phone_id, user, head)
+    return brought
+
+
 def sweep(
     store: JobStore,
     publisher: Publisher,
     exports: ExportStore,
+    whatsapp: WhatsAppDeps,
     *,
     now: datetime,
     stall: timedelta,
     callback_quiet: timedelta,
     export_lease: timedelta,
     intakes: IntakeTimes,
+    parked_idle: timedelta,
 ) -> Outcome:
     intakes_published, intakes_abandoned = sweep_intakes(store, publisher, now=now, times=intakes)
     taken_over = requeued = 0
@@ -140,8 +159,9 @@ def sweep(
     resumed |= exports.stranded_rows(now=now, queued_before=idle)
     for job_id in sorted(resumed):
         exports.nudge(job_id, now)
+    conversations = bring_waiting(whatsapp, now=now, idle=parked_idle)
     report = SweepReport(taken_over, requeued, len(callbacks), len(resumed), intakes_published,
-                         intakes_abandoned)  # fmt: skip
+                         intakes_abandoned, conversations)  # fmt: skip
     if report != SweepReport():
         log.warning("sweep republished %s", report)
     return Outcome("sweep", "done", str(report))

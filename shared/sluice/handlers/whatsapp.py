@@ -7,7 +7,7 @@ delivery Meta repeats (for up to 7 days) finds the item already there, and alrea
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sluice.adapters.ai_provider import AIProvider
@@ -15,16 +15,20 @@ from sluice.adapters.conversations_store import ConversationStore, message_key
 from sluice.adapters.jobs_store import JobStore, now
 from sluice.adapters.limiter import NoCapacity
 from sluice.adapters.outside import ProviderError
+from sluice.adapters.publisher import Publisher
 from sluice.adapters.whatsapp_api import WhatsAppAPI
+from sluice.domain.conversations import Ref, Turn
+from sluice.domain.items import ItemState
 from sluice.domain.replies import SENT_IN_DOUBT, Composed, InDoubt, Sending, Sent, reply_progress
 from sluice.domain.whatsapp import (
     daily_job_id,
     inbound_input,
+    message_again,
     message_time,
     should_reply,
 )
-from sluice.handlers.processor import Capacity, Outcome, Progress, process_item
-from sluice.messages import WhatsAppEventMessage
+from sluice.handlers.processor import Capacity, Deferred, Outcome, Progress, process_item
+from sluice.messages import WHATSAPP_EVENTS, WhatsAppEventMessage
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ class WhatsAppDeps:
     whatsapp: WhatsAppAPI
     ai_capacity: Capacity
     send_capacity: Capacity
+    publisher: Publisher
 
 
 def handle_event(
@@ -90,10 +95,54 @@ def handle_message(
         )
         return {"reply": answer, "reply_message_id": wamid}
 
-    return process_item(
-        deps.store, reply, job_id, item_id, lease_seconds=lease_seconds,
-        max_attempts=max_attempts, capacity=deps.ai_capacity,
-    )  # fmt: skip
+    # Its turn in the conversation first (see sluice.domain.conversations): an earlier message
+    # waiting for capacity is answered first.
+    me, user = Ref(job_id, item_id), str(event.body["from"])
+    queued = deps.conversations.waiting(phone_id, user)
+    if queued:
+        seen = deps.store.read_item(job_id, item_id)
+        if seen is not None and ItemState(seen.doc["state"]).finished:
+            # A repeat of a finished message (perhaps one that died before letting the next
+            # one go): the next one goes now.
+            let_next_go(deps, phone_id, user, me)
+            return Outcome(item_id, seen.doc["state"], "duplicate delivery")
+        turn = deps.conversations.take_turn(phone_id, user, me, at=now())
+        if turn is not Turn.GO:
+            return Outcome(item_id, "waiting", "an earlier message of its conversation waits")
+    try:
+        outcome = process_item(
+            deps.store, reply, job_id, item_id, lease_seconds=lease_seconds,
+            max_attempts=max_attempts, capacity=replace(deps.ai_capacity, holder=phone_id),
+        )  # fmt: skip
+    except Deferred as deferred:
+        # Acknowledged, not refused: a refusal would count toward dead-lettering it. It waits
+        # at the head of its conversation for the sweeper to bring it back.
+        deps.conversations.park(phone_id, user, me, at=now())
+        return Outcome(item_id, "waiting", f"parked: {deferred}")
+    if queued and outcome.state in FINISHED_STATES:
+        let_next_go(deps, phone_id, user, me)
+    return outcome
+
+
+FINISHED_STATES = frozenset(s.value for s in ItemState if s.finished)
+
+
+def let_next_go(deps: WhatsAppDeps, phone_id: str, user: str, me: Ref) -> None:
+    """`me` is finished: out of its conversation's queue, and the message it held back brought."""
+    after = deps.conversations.done(phone_id, user, me, at=now())
+    if after is not None:
+        bring(deps, phone_id, after)
+
+
+def bring(deps: WhatsAppDeps, phone_id: str, waiting: Ref) -> bool:
+    """Send a waiting message's event again, in its conversation's order: False if its item is
+    gone (nothing to bring)."""
+    inputs = deps.store.item_inputs(waiting.job_id, [waiting.item_id])
+    if waiting.item_id not in inputs:
+        return False
+    event = message_again(phone_id, inputs[waiting.item_id])
+    deps.publisher.publish_keyed(WHATSAPP_EVENTS, [(event.to_message(), event.ordering_key)])
+    return True
 
 
 def record_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> tuple[str, str] | None:
