@@ -162,3 +162,37 @@ def test_whatsapp_messages_waiting_out_a_long_429_outage_are_answered_once_in_or
     first = [text for to, text in replies if to == "16315551181"]
     assert first == ["echo: first question", "echo: second question"]
     assert Counter(s.to_dict()["state"] for s in items.stream()) == {"succeeded": 3}
+
+
+def test_a_flood_on_one_business_number_holds_no_more_ai_slots_than_its_cap(
+    http, deploy, db, make_tenant
+):
+    d = deploy(
+        topology_overrides={"providers": {"ai": {"max_concurrent": 4, "number_max_concurrent": 1}}},
+        provider_args=["--latency-ms", "700"],
+    )
+    TenantStore(db).create("shop")
+    TenantStore(db).add_phone("shop", d.whatsapp["phone_number_id"])
+    phone, secret = d.whatsapp["phone_number_id"], d.whatsapp["app_secret"]
+    tenant = make_tenant()
+    accepted = submit(http, d, tenant.api_key, 12)
+    # Twelve customers write to the number at once: their conversations are pushed two at a
+    # time (the emulator's push threads), so without the cap two replies would be computed at
+    # once.
+    flood = [text_message(f"1631555{n:04d}", f"flood {n}") for n in range(12)]
+    body, headers = signed(delivery(change(phone, messages=flood)), secret)
+    assert http.post(webhook(d), content=body, headers=headers).status_code == 200
+
+    wait_done(http, accepted["status_url"], tenant.api_key, timeout=180)
+    wait_for(lambda: len(http.get(d.graph_url + "/_sluice/messages").json()) == 12, timeout=180,
+             what="the twelve replies")  # fmt: skip
+    calls = http.get(d.provider_url + "/_sluice/requests", params={"limit": 1000}).json()
+    replies = [c for c in calls if "flood" in c["content"] and c["status"] == 200]
+    assert len(replies) == 12
+    # At the provider: never two of the number's replies in flight at once.
+    events = sorted([(c["at"], 1) for c in replies] + [(c["ended"], -1) for c in replies])
+    in_flight = peak = 0
+    for _, step in events:
+        in_flight += step
+        peak = max(peak, in_flight)
+    assert peak == 1

@@ -94,3 +94,26 @@ def test_one_holder_never_takes_more_than_its_cap_and_others_still_get_slots(pro
     # Once one of its calls ends, the number may call again.
     shared.release(next(p for p in flooded if p is not None))
     assert shared.acquire(tenant="number-1", interactive=True, wait=2, cap=2) is not None
+
+
+def test_racing_instances_never_give_one_holder_more_than_its_cap(project):
+    instances = [limiter(project, per_minute=10_000, concurrent=8, name="raced") for _ in range(4)]
+    lock = threading.Lock()
+    held, peak, calls = 0, 0, 0
+
+    def call(n: int) -> None:
+        nonlocal held, peak, calls
+        permit = instances[n % 4].acquire(tenant="number-1", interactive=True, wait=30, cap=2)
+        assert permit is not None
+        with lock:
+            held += 1
+            calls += 1
+            peak = max(peak, held)
+        time.sleep(0.05)
+        with lock:
+            held -= 1
+        instances[n % 4].release(permit)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(call, range(24)))
+    assert calls == 24 and peak == 2

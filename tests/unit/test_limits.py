@@ -14,6 +14,7 @@ from sluice.domain.limits import (
     candidate_slots,
     current_factor,
     fair_share,
+    live_holds,
     shard_caps,
     usable_slots,
     yields_turn,
@@ -120,3 +121,12 @@ def test_a_tenant_holds_at_most_its_cap_so_others_find_a_slot():
     assert candidate_slots(held, tenant="a", **capped) == []
     assert candidate_slots(held, tenant="b", **capped) == [2, 3, 4, 5, 6, 7]
     assert candidate_slots(held, now=T0, usable=10, tenant="a", interactive=False) != []
+
+
+def test_a_capped_holders_record_counts_only_permits_still_live():
+    held = {"live": T0 + timedelta(seconds=5), "crashed": T0 - timedelta(seconds=1)}
+    assert live_holds(held, T0) == {"live": T0 + timedelta(seconds=5)}
+    # The count from the record decides, whatever the slots show.
+    capped = {"now": T0, "usable": 10, "interactive": True, "per_tenant": 1}
+    assert candidate_slots(slots(*[None] * 10), tenant="n", holding=1, **capped) == []
+    assert candidate_slots(slots(*[None] * 10), tenant="n", holding=0, **capped) != []

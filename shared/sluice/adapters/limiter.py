@@ -8,6 +8,7 @@ document, picked at random among those allowed, so instances rarely contend.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import random
 import time
@@ -17,8 +18,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from google.api_core.exceptions import Aborted, AlreadyExists, FailedPrecondition
+from google.api_core.exceptions import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from google.cloud import firestore
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from sluice.adapters.outside import ProviderError
 from sluice.domain import limits
@@ -49,6 +51,7 @@ class Permit:
     slot: int
     token: str
     taken_at: datetime  # the slot document's update time once taken: the release's condition
+    holder: firestore.DocumentReference | None = None  # a capped holder's record of its permits
 
 
 class Limiter:
@@ -125,6 +128,8 @@ class Limiter:
         """
         deadline = time.monotonic() + wait
         token = uuid.uuid4().hex
+        cap = cap if cap is not None else self._provider.tenant_max_concurrent
+        holder = None if cap is None else self._holder_ref(tenant)
         while True:
             now = utcnow()
             backoff = self.backoff()
@@ -132,7 +137,15 @@ class Limiter:
             if backoff.paused_until is not None and backoff.paused_until > now:
                 pause = max(pause, (backoff.paused_until - now).total_seconds())
             else:
-                snaps = {s.reference.path: s for s in self._db.get_all([*self._slots, *self._rate])}
+                refs = [*self._slots, *self._rate, *([holder] if holder else [])]
+                snaps = {s.reference.path: s for s in self._db.get_all(refs)}
+                holds = (
+                    None
+                    if holder is None
+                    else limits.live_holds(
+                        (snaps[holder.path].to_dict() or {}).get("held", {}), now
+                    )
+                )
                 slots = [_slot(i, snaps[ref.path].to_dict()) for i, ref in enumerate(self._slots)]
                 usable = limits.usable_slots(self._provider.max_concurrent, self.factor())
                 backlog = {} if interactive else self.backlog()
@@ -142,7 +155,7 @@ class Limiter:
                     return None
                 free = limits.candidate_slots(
                     slots, now=now, usable=usable, tenant=tenant, interactive=interactive,
-                    per_tenant=cap if cap is not None else self._provider.tenant_max_concurrent,
+                    per_tenant=cap, holding=None if holds is None else len(holds),
                 )  # fmt: skip
                 caps = limits.shard_caps(self._provider.requests_per_minute, self._shards,
                                          self.factor())  # fmt: skip
@@ -156,9 +169,10 @@ class Limiter:
                     soonest = min(soonest, wait_for_place)
                 if free and places:
                     slot, (shard, calls) = random.choice(free), random.choice(places)
-                    taken_at = self._take(snaps, token, tenant, now, slot, shard, calls)
+                    held = None if holds is None or holder is None else (holder, holds)
+                    taken_at = self._take(snaps, token, tenant, now, slot, shard, calls, held)
                     if taken_at is not None:
-                        return Permit(slot, token, taken_at)
+                        return Permit(slot, token, taken_at, holder)
                     pause = random.uniform(0, 0.02)  # lost a race: read again at once
                 elif free:  # a slot is free but the rate window is full: wait for a place
                     pause = soonest + random.uniform(0, 0.05)
@@ -167,19 +181,28 @@ class Limiter:
                 return None
             time.sleep(min(max(pause, 0.02), remaining))
 
+    def _holder_ref(self, holder: str) -> firestore.DocumentReference:
+        # Hashed: a holder's name (a tenant, a phone number id) need not be a valid document id.
+        key = hashlib.sha256(holder.encode()).hexdigest()[:32]
+        return self._root.collection("holders").document(key)
+
     def _take(
         self, snaps: dict[str, Any], token: str, tenant: str, now: datetime,
         slot: int, shard: int, calls: list[datetime],
+        held: tuple[firestore.DocumentReference, dict[str, datetime]] | None = None,
     ) -> datetime | None:  # fmt: skip
-        """Take slot `slot` and a place in shard `shard` in one commit, if neither changed since
-        it was read. The slot's new update time, which the release is conditional on; None if
-        another instance got there first."""
+        """Take slot `slot` and a place in shard `shard` (and in the capped holder's record,
+        `held`) in one commit, if none of them changed since it was read. The slot's new update
+        time, which the release is conditional on; None if another instance got there first."""
         until = now + timedelta(seconds=self._provider.timeout_seconds + SLOT_GRACE_SECONDS)
         batch = self._db.batch()
-        for ref, fields in (
+        writes: list[tuple[firestore.DocumentReference, dict[str, Any]]] = [
             (self._slots[slot], {"holder": token, "tenant": tenant, "until": until}),
             (self._rate[shard], {"calls": calls}),
-        ):
+        ]
+        if held is not None:
+            writes.append((held[0], {"held": {**held[1], token: until}}))
+        for ref, fields in writes:
             read = snaps[ref.path]
             if read.exists:
                 when = self._db.write_option(last_update_time=read.update_time)
@@ -218,6 +241,11 @@ class Limiter:
                 {"holder": None, "tenant": None, "until": None},
                 option=self._db.write_option(last_update_time=permit.taken_at),
             )
+        if permit.holder is not None:
+            # Its own entry only; one left behind by a crash expires with its `until`.
+            with contextlib.suppress(NotFound):
+                entry = FieldPath("held", permit.token).to_api_repr()
+                permit.holder.update({entry: firestore.DELETE_FIELD})
 
 
 def _slot(index: int, doc: dict | None) -> limits.Slot:

@@ -131,19 +131,31 @@ def candidate_slots(
     interactive: bool,
     backlog: Mapping[str, int] | None = None,
     per_tenant: int | None = None,
+    holding: int | None = None,
 ) -> list[int]:
     """The free slots this caller may take, in the order to try them: bulk work uses the first
     `usable - reserve` slots, and none while it must yield its turn to other tenants, nor while
     its tenant holds `per_tenant` slots (so that one tenant's slow or dead endpoint cannot hold
-    every slot while another tenant's calls wait)."""
+    every slot while another tenant's calls wait). `holding`: how many it holds, when known
+    better than from the slots (see `live_holds`)."""
     allowed = usable if interactive else usable - reserve(usable)
     if not interactive and yields_turn(
         slots, now=now, usable=usable, tenant=tenant, backlog=backlog or {}
     ):
         return []
-    if per_tenant is not None and held_by(slots, now=now, tenant=tenant) >= per_tenant:
+    if holding is None:
+        holding = held_by(slots, now=now, tenant=tenant)
+    if per_tenant is not None and holding >= per_tenant:
         return []
     return [s.index for s in slots[:allowed] if s.free(now)]
+
+
+def live_holds(held: Mapping[str, datetime], now: datetime) -> dict[str, datetime]:
+    """A capped holder's record of its permits (token -> until), without those that expired (a
+    holder that crashed): what it holds now. Kept in one document per holder, written with
+    every take, so that two instances racing for the holder's last place cannot both win,
+    whichever slots they aim at."""
+    return {token: until for token, until in held.items() if until > now}
 
 
 def held_by(slots: list[Slot], *, now: datetime, tenant: str) -> int:
