@@ -24,28 +24,34 @@ def limiter(
     return Limiter(firestore.Client(project=project), name, provider, shards=3, recovery_seconds=30)
 
 
-def test_racing_instances_never_hold_more_slots_than_declared(project):
-    instances = [limiter(project, per_minute=10_000, concurrent=3) for _ in range(3)]
+def race(instances: list[Limiter], calls: int, threads: int, **acquire: object) -> tuple[int, int]:
+    """`calls` calls of 50 ms racing from `threads` threads over the instances, each waiting for
+    its permit: (how many got one, the most held at once)."""
     lock = threading.Lock()
-    held, peak, calls = 0, 0, 0
+    held, peak, done = 0, 0, 0
 
     def call(n: int) -> None:
-        nonlocal held, peak, calls
-        permit = instances[n % 3].acquire(tenant="t", interactive=True, wait=30)
+        nonlocal held, peak, done
+        permit = instances[n % len(instances)].acquire(wait=30, **acquire)  # type: ignore[arg-type]
         assert permit is not None
         with lock:
             held += 1
-            calls += 1
+            done += 1
             peak = max(peak, held)
         time.sleep(0.05)
         with lock:
             held -= 1
-        instances[n % 3].release(permit)
+        instances[n % len(instances)].release(permit)
 
-    with ThreadPoolExecutor(12) as pool:
-        list(pool.map(call, range(36)))
-    assert calls == 36
-    assert peak == 3  # every slot was used, and never one more
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(call, range(calls)))
+    return done, peak
+
+
+def test_racing_instances_never_hold_more_slots_than_declared(project):
+    instances = [limiter(project, per_minute=10_000, concurrent=3) for _ in range(3)]
+    # Every slot was used, and never one more.
+    assert race(instances, 36, 12, tenant="t", interactive=True) == (36, 3)
 
 
 def test_the_rate_window_admits_the_declared_calls_a_minute_and_no_more(project):
@@ -98,22 +104,4 @@ def test_one_holder_never_takes_more_than_its_cap_and_others_still_get_slots(pro
 
 def test_racing_instances_never_give_one_holder_more_than_its_cap(project):
     instances = [limiter(project, per_minute=10_000, concurrent=8, name="raced") for _ in range(4)]
-    lock = threading.Lock()
-    held, peak, calls = 0, 0, 0
-
-    def call(n: int) -> None:
-        nonlocal held, peak, calls
-        permit = instances[n % 4].acquire(tenant="number-1", interactive=True, wait=30, cap=2)
-        assert permit is not None
-        with lock:
-            held += 1
-            calls += 1
-            peak = max(peak, held)
-        time.sleep(0.05)
-        with lock:
-            held -= 1
-        instances[n % 4].release(permit)
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(call, range(24)))
-    assert calls == 24 and peak == 2
+    assert race(instances, 24, 8, tenant="number-1", interactive=True, cap=2) == (24, 2)
