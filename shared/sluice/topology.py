@@ -6,6 +6,7 @@ reads the same file with `yamldecode`. A mistake in the file fails here, loudly,
 
 from __future__ import annotations
 
+import math
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -94,11 +95,17 @@ class Provider(_Strict):
     # The most concurrent calls one tenant may hold, so that its slow or dead endpoint leaves
     # slots to the other tenants (at most max_concurrent; none: no cap).
     tenant_max_concurrent: int | None = Field(default=None, ge=1)
-    # The most concurrent calls the WhatsApp replies of one business number may hold, so that a
-    # flood of messages on one number leaves slots to batches and to other numbers (below
-    # max_concurrent; none: no cap). One user's messages hold one at most: a conversation's
-    # events are delivered one at a time.
-    number_max_concurrent: int | None = Field(default=None, ge=1)
+    # The share of max_concurrent the WhatsApp replies of one business number may hold (at
+    # least one slot), so that a flood of messages on one number leaves slots to batches and to
+    # other numbers; none: no cap. A share, so it keeps its meaning when max_concurrent changes.
+    # One user's messages hold one at most: a conversation's events are delivered one at a time.
+    number_max_share: float | None = Field(default=None, gt=0, lt=1)
+
+    @property
+    def number_max_concurrent(self) -> int | None:
+        if self.number_max_share is None:
+            return None
+        return max(1, math.floor(self.max_concurrent * self.number_max_share))
 
 
 class Work(_Strict):
@@ -208,14 +215,12 @@ class Topology(_Strict):
             if fn is None or fn.trigger != "firestore":
                 problems.append(f"trigger {name}: {trig.function!r} is not a firestore function")
         for name, provider in self.providers.items():
-            for field, holder in (("tenant_max_concurrent", "tenant"),
-                                  ("number_max_concurrent", "phone number")):  # fmt: skip
-                cap = getattr(provider, field)
-                if cap is not None and cap >= provider.max_concurrent:
-                    problems.append(
-                        f"providers.{name}.{field} ({cap}) must be below its max_concurrent "
-                        f"({provider.max_concurrent}), or one {holder} can hold every slot"
-                    )
+            cap = provider.tenant_max_concurrent
+            if cap is not None and cap >= provider.max_concurrent:
+                problems.append(
+                    f"providers.{name}.tenant_max_concurrent ({cap}) must be below its "
+                    f"max_concurrent ({provider.max_concurrent}), or one tenant can hold every slot"
+                )
         for name, schedule in self.schedules.items():
             if schedule.topic not in self.topics:
                 problems.append(f"schedule {name}: unknown topic {schedule.topic!r}")

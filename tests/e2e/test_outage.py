@@ -168,7 +168,8 @@ def test_a_flood_on_one_business_number_holds_no_more_ai_slots_than_its_cap(
     http, deploy, db, make_tenant
 ):
     d = deploy(
-        topology_overrides={"providers": {"ai": {"max_concurrent": 4, "number_max_concurrent": 1}}},
+        # A quarter of 4 slots: one.
+        topology_overrides={"providers": {"ai": {"max_concurrent": 4, "number_max_share": 0.25}}},
         provider_args=["--latency-ms", "700"],
     )
     TenantStore(db).create("shop")

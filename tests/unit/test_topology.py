@@ -115,10 +115,9 @@ def test_the_repository_topology_loads():
             r"providers.callbacks.tenant_max_concurrent \(10\) must be below its max_concurrent",
         ),
         (
-            "providers.ai.number_max_concurrent",
-            10,
-            r"providers.ai.number_max_concurrent \(10\) must be below its max_concurrent "
-            r"\(10\), or one phone number can hold every slot",
+            "providers.ai.number_max_share",
+            1.0,
+            r"providers.ai.number_max_share\s+Input should be less than 1",
         ),
         (
             "firestore_triggers.item-written-to-sheets-writer.function",
