@@ -13,6 +13,7 @@ from google.api_core.exceptions import Aborted
 from sluice.adapters.jobs_store import JobStore, NewItem
 from sluice.domain.intake import InFlight, Mismatch, Own, Stage
 from sluice.domain.items import AlreadyFinished, Claimed, LeaseHeld, succeed
+from sluice.handlers.dead_letters import fail_item
 
 
 @pytest.fixture
@@ -159,3 +160,15 @@ def test_an_outcome_from_a_claim_taken_over_is_dropped_even_on_the_conditional_p
     doc = store.read_item(job, "i0")
     assert doc is not None and doc.doc["result"] == {"by": "second"}
     assert store.job_with_counts(job)[1].by_state["succeeded"] == 1
+
+
+def test_a_dead_lettered_whatsapp_retry_fails_its_item_whatever_its_dispatch(db):
+    store = JobStore(db, shards=2)
+    store.create_job("day", {"tenant": "t", "total": 2, "state": "open", "fingerprint": "f"})
+    store.write_items("day", [NewItem("m1", 0, "x"), NewItem("w1", 1, "y")], at=datetime.now(UTC))
+    for item in ("m1", "w1"):  # retry-failed stamped a dispatch on both
+        store.item_ref("day", item).update({"dispatch": 5})
+    # A work item's older message is superseded: the item stays for the newer one.
+    assert fail_item(store, "day", "w1", "dead-lettered", dispatch=0).state == "unchanged"
+    # A WhatsApp event carries no dispatch: its dead letter fails the item.
+    assert fail_item(store, "day", "m1", "dead-lettered").state == "failed"

@@ -17,7 +17,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.api_core.exceptions import AlreadyExists
+from google.api_core.exceptions import AlreadyExists, FailedPrecondition
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
@@ -52,37 +52,59 @@ class ConversationStore:
         since Pub/Sub hands the conversation's events over one at a time."""
         return _waiting(self.conversation_ref(phone_id, wa_id).get().to_dict())
 
-    def take_turn(self, phone_id: str, wa_id: str, me: Ref, *, at: datetime) -> Turn:
-        return self._queue_change(
-            phone_id, wa_id, lambda waiting: conversations.turn(waiting, me), at=at
-        )
+    def take_turn(self, phone_id: str, wa_id: str, me: Ref) -> Turn:
+        # Queuing behind leaves `waiting_since` as it is: it dates the head's last try, and a
+        # user writing again and again must not keep their own oldest message from being tried.
+        return self._queue_change(phone_id, wa_id, lambda waiting: conversations.turn(waiting, me))
 
     def park(self, phone_id: str, wa_id: str, me: Ref, *, at: datetime) -> None:
+        """`me` was tried and found no capacity: at the head, its try dated `at`."""
         self._queue_change(
-            phone_id, wa_id, lambda waiting: (None, conversations.park(waiting, me)), at=at
+            phone_id, wa_id, lambda waiting: (None, conversations.park(waiting, me)), tried=at
         )
 
     def done(self, phone_id: str, wa_id: str, me: Ref, *, at: datetime) -> Ref | None:
-        """`me` is finished: the message to bring next, if `me` was holding it back."""
+        """`me` is finished: the message to bring next (its try dated `at`), if `me` was holding
+        it back."""
 
         def decide(waiting: list[Ref]) -> tuple[Ref | None, list[Ref]]:
             rest, bring = conversations.done(waiting, me)
             return bring, rest
 
-        return self._queue_change(phone_id, wa_id, decide, at=at)
+        return self._queue_change(phone_id, wa_id, decide, tried=at)
 
-    def _queue_change(self, phone_id: str, wa_id: str, decide: Any, *, at: datetime) -> Any:
-        """Apply `decide` (the queue -> (result, the queue afterwards)) in a transaction."""
+    def brought(self, phone_id: str, wa_id: str, head: Ref, *, at: datetime) -> None:
+        """The sweeper sent `head` again: its try dated `at`, if it is still the head (a
+        delivery may have finished it meanwhile, and an empty queue is never dated)."""
+        self._queue_change(phone_id, wa_id, lambda waiting: (None, waiting), tried=at, head=head)
+
+    def _queue_change(
+        self, phone_id: str, wa_id: str, decide: Any, *, tried: datetime | None = None,
+        head: Ref | None = None,
+    ) -> Any:  # fmt: skip
+        """Apply `decide` (the queue -> (result, the queue afterwards)) in a transaction, and
+        date the head's try `tried`; only while `head` is the head, when given. `waiting_since`
+        is removed with the last waiting message, which takes the conversation out of the
+        sweeper's query."""
         ref = self.conversation_ref(phone_id, wa_id)
 
         @firestore.transactional
         def run(tx: firestore.Transaction) -> Any:
-            before = _waiting(ref.get(transaction=tx).to_dict())
+            snap = ref.get(transaction=tx)
+            before = _waiting(snap.to_dict())
             result, after = decide(before)
+            if head is not None and before[:1] != [head]:
+                return result
+            fields: dict[str, Any] = {}
             if after != before:
-                since = at if after else firestore.DELETE_FIELD
-                tx.set(ref, {"waiting": [r.to_doc() for r in after], "waiting_since": since,
-                             "phone_number_id": phone_id, "wa_id": wa_id}, merge=True)  # fmt: skip
+                fields["waiting"] = [r.to_doc() for r in after]
+            if not after:
+                if (snap.to_dict() or {}).get("waiting_since") is not None:
+                    fields["waiting_since"] = firestore.DELETE_FIELD
+            elif tried is not None:
+                fields["waiting_since"] = tried
+            if fields:
+                tx.set(ref, {**fields, "phone_number_id": phone_id, "wa_id": wa_id}, merge=True)
             return result
 
         return run(self._db.transaction())
@@ -102,11 +124,13 @@ class ConversationStore:
             doc = snap.to_dict() or {}
             if waiting := _waiting(doc):
                 heads.append((str(doc["phone_number_id"]), str(doc["wa_id"]), waiting[0]))
+            else:  # dated but empty (left by an older version): out of the query, unless changed
+                with contextlib.suppress(FailedPrecondition):
+                    snap.reference.update(
+                        {"waiting_since": firestore.DELETE_FIELD},
+                        option=self._db.write_option(last_update_time=snap.update_time),
+                    )
         return heads
-
-    def brought(self, phone_id: str, wa_id: str, *, at: datetime) -> None:
-        """The head was sent again: left alone by the sweeper for a while."""
-        self.conversation_ref(phone_id, wa_id).update({"waiting_since": at})
 
     def record_inbound(self, phone_id: str, wa_id: str, wamid: str, fields: dict[str, Any]) -> None:
         # A repeated delivery finds it recorded the first time.

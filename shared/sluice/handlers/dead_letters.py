@@ -37,11 +37,15 @@ def reason_of(message: PubSubMessage, source: str) -> str:
 
 
 def fail_item(
-    store: JobStore, job_id: str, item_id: str, reason: str, *, dispatch: int = 0
+    store: JobStore, job_id: str, item_id: str, reason: str, *, dispatch: int | None = None
 ) -> Outcome:
+    """`dispatch`: the dead-lettered work-item message's (None for a WhatsApp event)."""
+
     def decide(item: ItemRecord) -> Transition | None:
         # A superseded message's work is carried by a newer one: its end is not the item's.
-        return None if superseded(item, dispatch) else dead_lettered(item, reason=reason, now=at)
+        if dispatch is not None and superseded(item, dispatch):
+            return None
+        return dead_lettered(item, reason=reason, now=at)
 
     at = now()
     change = store.change_item(job_id, item_id, decide)

@@ -96,7 +96,7 @@ def bring_waiting(whatsapp: WhatsAppDeps, *, now: datetime, idle: timedelta) -> 
     brought = 0
     for phone_id, user, head in whatsapp.conversations.waiting_heads(since_before=now - idle):
         if bring(whatsapp, phone_id, head):
-            whatsapp.conversations.brought(phone_id, user, at=now)
+            whatsapp.conversations.brought(phone_id, user, head, at=now)
             brought += 1
         else:  # its item is gone: it will never be answered, so it holds nobody back
             let_next_go(whatsapp, phone_id, user, head)

@@ -106,13 +106,16 @@ def handle_message(
             # one go): the next one goes now.
             let_next_go(deps, phone_id, user, me)
             return Outcome(item_id, seen.doc["state"], "duplicate delivery")
-        turn = deps.conversations.take_turn(phone_id, user, me, at=now())
+        turn = deps.conversations.take_turn(phone_id, user, me)
         if turn is not Turn.GO:
             return Outcome(item_id, "waiting", "an earlier message of its conversation waits")
+    # A message that gets no reply needs no capacity: it never waits, and is never parked.
+    replies = should_reply(event.body, event.display_phone_number)
+    capacity = replace(deps.ai_capacity, holder=phone_id) if replies else None
     try:
         outcome = process_item(
             deps.store, reply, job_id, item_id, lease_seconds=lease_seconds,
-            max_attempts=max_attempts, capacity=replace(deps.ai_capacity, holder=phone_id),
+            max_attempts=max_attempts, capacity=capacity,
         )  # fmt: skip
     except Deferred as deferred:
         # Acknowledged, not refused: a refusal would count toward dead-lettering it. It waits
