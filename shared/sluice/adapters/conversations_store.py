@@ -90,8 +90,8 @@ class ConversationStore:
 
         @firestore.transactional
         def run(tx: firestore.Transaction) -> Any:
-            snap = ref.get(transaction=tx)
-            before = _waiting(snap.to_dict())
+            stored = ref.get(transaction=tx).to_dict() or {}
+            before = _waiting(stored)
             result, after = decide(before)
             if head is not None and before[:1] != [head]:
                 return result
@@ -99,7 +99,7 @@ class ConversationStore:
             if after != before:
                 fields["waiting"] = [r.to_doc() for r in after]
             if not after:
-                if (snap.to_dict() or {}).get("waiting_since") is not None:
+                if stored.get("waiting_since") is not None:
                     fields["waiting_since"] = firestore.DELETE_FIELD
             elif tried is not None:
                 fields["waiting_since"] = tried

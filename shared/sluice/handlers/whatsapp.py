@@ -18,7 +18,7 @@ from sluice.adapters.outside import ProviderError
 from sluice.adapters.publisher import Publisher
 from sluice.adapters.whatsapp_api import WhatsAppAPI
 from sluice.domain.conversations import Ref, Turn
-from sluice.domain.items import ItemState
+from sluice.domain.items import FINISHED, ItemState
 from sluice.domain.replies import SENT_IN_DOUBT, Composed, InDoubt, Sending, Sent, reply_progress
 from sluice.domain.whatsapp import (
     daily_job_id,
@@ -122,12 +122,9 @@ def handle_message(
         # at the head of its conversation for the sweeper to bring it back.
         deps.conversations.park(phone_id, user, me, at=now())
         return Outcome(item_id, "waiting", f"parked: {deferred}")
-    if queued and outcome.state in FINISHED_STATES:
+    if queued and outcome.state in FINISHED:  # ItemState is a StrEnum: its values compare
         let_next_go(deps, phone_id, user, me)
     return outcome
-
-
-FINISHED_STATES = frozenset(s.value for s in ItemState if s.finished)
 
 
 def let_next_go(deps: WhatsAppDeps, phone_id: str, user: str, me: Ref) -> None:
