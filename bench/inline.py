@@ -13,11 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 import flask
 import functions_framework
 
-from sluice import wiring
+from sluice import bootstrap
 from sluice.domain.batches import BatchIn
+from sluice.domain.errors import Invalid, Unauthenticated
 from sluice.domain.whatsapp import check_signature, events_of, message_text
 from sluice.http import problem_response, read_json
-from sluice.problems import Problem
+from sluice.problems import Problem, from_refusal
+
+# The same adapters as the functions, built the same way, once per process.
+root = bootstrap.Once(lambda: bootstrap.Root(bootstrap.settings()))
 
 
 @functions_framework.http
@@ -28,25 +32,25 @@ def inline(request: flask.Request) -> flask.Response:
 
 
 def whatsapp(request: flask.Request) -> flask.Response:
-    secret = wiring.settings().required("whatsapp_app_secret")
+    secret = root().settings.required("whatsapp_app_secret")
     body = request.get_data()
     try:
         check_signature(body, request.headers.get("X-Hub-Signature-256"), secret)
         events = events_of(read_json(body))
     except Problem as problem:
         return problem_response(problem)
+    except (Invalid, Unauthenticated) as refusal:
+        return problem_response(from_refusal(refusal))
     for event in events:
         if event.kind == "message":
-            answer = wiring.ai_provider().complete(message_text(event.body))["content"]
-            wiring.whatsapp_api().send_text(event.phone_number_id, event.body["from"], answer)
+            answer = root().ai().complete(message_text(event.body))["content"]
+            root().whatsapp_api().send_text(event.phone_number_id, event.body["from"], answer)
     return flask.Response("ok", 200)
 
 
 def batch(request: flask.Request) -> flask.Response:
     submitted = BatchIn.model_validate(read_json(request.get_data()))
-    at_once = wiring.settings().topology.providers["ai"].max_concurrent
+    at_once = root().settings.topology.providers["ai"].max_concurrent
     with ThreadPoolExecutor(at_once) as pool:
-        results = list(
-            pool.map(lambda item: wiring.ai_provider().complete(item.input), submitted.items)
-        )
+        results = list(pool.map(lambda item: root().ai().complete(item.input), submitted.items))
     return flask.jsonify({"state": "completed", "total": len(results)})

@@ -1,24 +1,22 @@
-"""backfill: Firestore trigger on export writes (jobs/{job}/exports/{export})."""
+"""backfill: Firestore trigger on export writes (jobs/{job}/exports/{export}).
 
-import logging
+An event not done with (Sheets busy or down) is answered so that Eventarc delivers it again
+(see sluice.eventarc).
+"""
 
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from sluice import logs, wiring
-from sluice.events import BadEvent, document_change
-from sluice.handlers.exports import on_export_written
+from sluice import bootstrap, eventarc, logs
+from sluice.outcomes import NotDone
 
 logs.configure()
 
-log = logging.getLogger("backfill")
+# Built on the first event, once per process, and shared by its threads.
+handler = bootstrap.Once(bootstrap.backfill)
+functions_framework.errorhandler(NotDone)(eventarc.not_done)
 
 
 @functions_framework.cloud_event
 def backfill(cloud_event: CloudEvent) -> None:
-    try:
-        change = document_change(cloud_event)
-    except BadEvent as exc:
-        log.error("acknowledging an undecodable event %s: %s", cloud_event["id"], exc)
-        return
-    log.info("%s", on_export_written(wiring.sheets_deps(), change))
+    eventarc.handle(cloud_event, handler())

@@ -1,29 +1,23 @@
-"""batch-item-processor: one Pub/Sub push delivery at a time.
+"""batch-item-processor: one Pub/Sub push delivery at a time, from any of its subscriptions.
 
-Returning acknowledges the message; an exception makes functions-framework answer 500, and Pub/Sub
-delivers the message again after the subscription's backoff.
+Each delivery goes to the handler of the subscription it came through (see sluice.push): an
+acknowledgement, a nack for a delivery to come again, or a deferred one published again.
 """
 
-import logging
-
+import flask
 import functions_framework
-from cloudevents.http import CloudEvent
 
-from sluice import logs
-from sluice.events import BadEvent, pubsub_message
-from sluice.handlers.messages import handle_message
+from sluice import bootstrap, logs
 
 logs.configure()
 
-log = logging.getLogger("batch-item-processor")
+# A subscription with no handler, or a handler with no subscription, stops it here, at start.
+bootstrap.check_batch_item_processor()
+
+# Built on the first delivery, once per process, and shared by its threads.
+endpoint = bootstrap.Once(bootstrap.batch_item_processor)
 
 
-@functions_framework.cloud_event
-def batch_item_processor(cloud_event: CloudEvent) -> None:
-    try:
-        message = pubsub_message(cloud_event)
-    except BadEvent as exc:
-        log.error("acknowledging an undecodable delivery %s: %s", cloud_event["id"], exc)
-        return
-    outcome = handle_message(message)
-    log.info("%s", outcome)
+@functions_framework.http
+def batch_item_processor(request: flask.Request) -> flask.Response:
+    return endpoint()(request)

@@ -1,24 +1,22 @@
-"""sheets-writer: Firestore trigger on item writes (jobs/{job}/items/{item})."""
+"""sheets-writer: Firestore trigger on item writes (jobs/{job}/items/{item}).
 
-import logging
+An event not done with (Sheets busy or down) is answered so that Eventarc delivers it again
+(see sluice.eventarc).
+"""
 
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from sluice import logs, wiring
-from sluice.events import BadEvent, document_change
-from sluice.handlers.exports import on_item_written
+from sluice import bootstrap, eventarc, logs
+from sluice.outcomes import NotDone
 
 logs.configure()
 
-log = logging.getLogger("sheets-writer")
+# Built on the first event, once per process, and shared by its threads.
+handler = bootstrap.Once(bootstrap.sheets_writer)
+functions_framework.errorhandler(NotDone)(eventarc.not_done)
 
 
 @functions_framework.cloud_event
 def sheets_writer(cloud_event: CloudEvent) -> None:
-    try:
-        change = document_change(cloud_event)
-    except BadEvent as exc:
-        log.error("acknowledging an undecodable event %s: %s", cloud_event["id"], exc)
-        return
-    log.info("%s", on_item_written(wiring.sheets_deps(), change))
+    eventarc.handle(cloud_event, handler())

@@ -3,11 +3,14 @@
 import flask
 import functions_framework
 
-from sluice import logs, routes
+from sluice import bootstrap, logs
 
 logs.configure()
+
+# Built on the first request, once per process, and shared by its threads.
+router = bootstrap.Once(bootstrap.status_api)
 
 
 @functions_framework.http
 def status_api(request: flask.Request) -> flask.Response:
-    return routes.status(request)
+    return router()(request)

@@ -3,11 +3,14 @@
 import flask
 import functions_framework
 
-from sluice import logs, routes
+from sluice import bootstrap, logs
 
 logs.configure()
+
+# Built on the first request, once per process, and shared by its threads.
+router = bootstrap.Once(bootstrap.webhook_ingest)
 
 
 @functions_framework.http
 def webhook_ingest(request: flask.Request) -> flask.Response:
-    return routes.ingest(request)
+    return router()(request)

@@ -2,7 +2,9 @@
 
 Routing uses werkzeug's, which functions-framework already brings. A `Problem` becomes its
 `application/problem+json`; Pub/Sub or Firestore being unreachable becomes a 503, so the caller
-retries: nothing was accepted. Anything else is a bug and is left to become a 500, and so is a
+retries: nothing was accepted. So does an outcome that says "not now" (`Redeliver`, `Defer`: an
+outside service busy or down), with its Retry-After; `Fail` (an outside service refused for good)
+is a 502. Anything else is a bug and is left to become a 500, and so is a
 request Google refused as such (invalid argument, permission, a missing topic): retrying would
 not change the answer, and whatever a caller can get wrong is validated before it gets there.
 """
@@ -31,11 +33,16 @@ from google.api_core.exceptions import (
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
-from sluice.problems import Problem, unavailable
+from sluice.domain.errors import Invalid, Refused, Unauthenticated
+from sluice.outcomes import Fail, NotDone
+from sluice.problems import Problem, from_refusal, unavailable
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[..., flask.Response]
+
+# What a caller is told to wait when an outside service is busy and did not say for how long.
+RETRY_AFTER_SECONDS = 10
 
 # Google's answers that say the request itself was wrong, or was not allowed: not an outage.
 REFUSED_AS_SENT = (BadRequest, Unauthorized, Forbidden, GoogleNotFound, GoogleMethodNotAllowed)
@@ -103,6 +110,15 @@ class Router:
             return problem_response(Problem(405, "Method Not Allowed", headers={"Allow": allowed}))
         except Problem as problem:
             return problem_response(problem)
+        except (Invalid, Unauthenticated, Refused) as refusal:
+            return problem_response(from_refusal(refusal))
+        except Fail as failed:
+            return problem_response(Problem(502, "Upstream refused", failed.reason))
+        except NotDone as later:
+            retry = str(max(1, round(later.retry_after or RETRY_AFTER_SECONDS)))
+            return problem_response(
+                Problem(503, "Try again later", later.reason, headers={"Retry-After": retry})
+            )
         except REFUSED_AS_SENT:
             raise  # a 500, logged with its trace by the framework
         except (GoogleAPICallError, RetryError, TimeoutError) as exc:

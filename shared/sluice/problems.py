@@ -9,11 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass
-class FieldError:
-    field: str
-    message: str
+from sluice.domain.errors import FieldError, Invalid, Refused, Unauthenticated
 
 
 @dataclass
@@ -31,6 +27,15 @@ class Problem(Exception):
         if self.errors:
             doc["errors"] = [{"field": e.field, "message": e.message} for e in self.errors]
         return doc
+
+
+def from_refusal(refusal: Invalid | Unauthenticated | Refused) -> Problem:
+    """A domain refusal as the problem it is over HTTP."""
+    if isinstance(refusal, Invalid):
+        return Problem(400, refusal.title, refusal.detail, refusal.errors)
+    if isinstance(refusal, Unauthenticated):
+        return unauthorized(refusal.detail)
+    return Problem(403, "Forbidden", refusal.detail)
 
 
 def not_found(what: str) -> Problem:

@@ -9,7 +9,7 @@ libraries themselves: set them and the same code talks to the emulators.
 
 from __future__ import annotations
 
-from functools import cache
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     # cloud sets it (its CRM receivers listen on 127.0.0.1); in the cloud a callback must be https
     # to a public address.
     allow_loopback_callbacks: bool = False
+
+    # What the deployment puts before every resource name it creates (Terraform's `prefix`), so
+    # that two deployments can share a project; the push endpoint strips it from a
+    # subscription's name to find the subscription topology.yaml declares.
+    resource_prefix: str = ""
 
     # The function this process serves (Cloud Run sets K_SERVICE; so does the local cloud).
     function: str | None = Field(default=None, validation_alias="K_SERVICE")
@@ -85,6 +90,7 @@ def env_name(setting: str) -> str:
     return f"SLUICE_{setting.upper()}"
 
 
-@cache
-def get_settings() -> Settings:
-    return Settings()  # type: ignore[call-arg]  # values come from the environment
+def settings_topology_path() -> Path:
+    """The topology file the settings would read (SLUICE_TOPOLOGY), without the other settings:
+    for checks made when a function's module is imported."""
+    return Path(os.environ.get("SLUICE_TOPOLOGY") or REPO_TOPOLOGY)

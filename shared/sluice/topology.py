@@ -48,7 +48,9 @@ class Function(_Strict):
 
     @property
     def signature_type(self) -> str:
-        return "http" if self.trigger == "http" else "cloudevent"
+        # Pub/Sub push is an HTTP request whose envelope the function decodes itself (see
+        # sluice.push); Eventarc's Firestore events are CloudEvents.
+        return "cloudevent" if self.trigger == "firestore" else "http"
 
 
 class Topic(_Strict):

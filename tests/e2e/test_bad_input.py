@@ -3,12 +3,54 @@
 from __future__ import annotations
 
 import base64
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from google.cloud import firestore
 
+from sluice.adapters.tenants_store import NewTenant, TenantStore
+from sluice.localcloud.cloud import Deployment, LocalCloud
 from tests.conftest import bearer
 
 pytestmark = pytest.mark.cloud
+
+# Two deployments serve the whole module (deploying one per test was most of its time): `quiet`
+# for the tests whose bad input must change nothing (none of them gives it any work, so "no job,
+# no provider call" holds for its whole life), `busy` for those that submit a good batch too.
+# Each test makes tenants of its own.
+accepts_work = pytest.mark.accepts_work
+
+
+def _shared(local_cloud: LocalCloud) -> Iterator[Deployment]:
+    deployment = local_cloud.deploy(f"test-{uuid.uuid4().hex[:10]}")
+    yield deployment
+    deployment.stop()
+
+
+quiet = pytest.fixture(scope="module", name="quiet")(_shared)
+busy = pytest.fixture(scope="module", name="busy")(_shared)
+
+
+@pytest.fixture
+def deployment(request: pytest.FixtureRequest) -> Deployment:
+    shared = "busy" if request.node.get_closest_marker("accepts_work") else "quiet"
+    found: Deployment = request.getfixturevalue(shared)
+    return found
+
+
+@pytest.fixture
+def project(deployment: Deployment) -> str:
+    return deployment.project
+
+
+@pytest.fixture
+def make_tenant(db: firestore.Client) -> Callable[..., NewTenant]:
+    def make(name: str = "acme", **kwargs: Any) -> NewTenant:
+        return TenantStore(db).create(f"{name}-{uuid.uuid4().hex[:8]}", **kwargs)
+
+    return make
 
 
 @pytest.fixture
@@ -65,6 +107,7 @@ def test_a_body_over_the_limit_is_a_413(http, deployment, ingest, db, make_tenan
     nothing_changed(db, http, deployment)
 
 
+@accepts_work
 def test_an_idempotency_key_returns_the_same_batch_or_a_409(http, deployment, ingest, make_tenant):
     key = make_tenant().api_key
     headers = {**bearer(key), "Idempotency-Key": "order-42"}
@@ -82,6 +125,7 @@ def test_an_idempotency_key_returns_the_same_batch_or_a_409(http, deployment, in
     assert status["total"] == 1
 
 
+@accepts_work
 def test_another_tenants_batch_is_a_404(http, deployment, ingest, make_tenant):
     alice, bob = make_tenant("alice").api_key, make_tenant("bob").api_key
     batch = http.post(ingest, json=GOOD, headers=bearer(alice)).json()
@@ -92,6 +136,7 @@ def test_another_tenants_batch_is_a_404(http, deployment, ingest, make_tenant):
     assert http.get(missing, headers=bearer(alice)).status_code == 404
 
 
+@accepts_work
 def test_bad_listing_parameters_are_a_400(http, deployment, ingest, make_tenant):
     key = make_tenant().api_key
     batch = http.post(ingest, json=GOOD, headers=bearer(key)).json()
@@ -137,6 +182,7 @@ def test_input_firestore_refuses_is_a_400_naming_the_item_and_field(
     nothing_changed(db, http, deployment)
 
 
+@accepts_work
 def test_a_body_too_large_for_one_commit_is_written_in_several(
     http, deployment, ingest, db, make_tenant
 ):
@@ -184,6 +230,7 @@ def test_a_callback_url_into_a_private_network_or_without_tls_is_a_400(
     nothing_changed(db, http, deployment)
 
 
+@accepts_work
 def test_malformed_numbers_deep_json_and_ids_firestore_refuses_are_4xx(
     http, deployment, ingest, make_tenant
 ):

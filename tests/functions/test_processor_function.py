@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 from sluice.adapters.jobs_store import JobStore, NewItem
-
-
-def push_body(data: bytes, message_id: str = "1") -> dict:
-    return {
-        "message": {"data": base64.b64encode(data).decode(), "messageId": message_id,
-                    "publishTime": "2026-11-21T00:00:00Z", "attributes": {}},
-        "subscription": "projects/p/subscriptions/work-items-to-processor",
-    }  # fmt: skip
+from sluice.adapters.limiter import Limiter
+from sluice.topology import load_topology
+from tests.pushes import push_body
+from tests.topologies import mutated
 
 
 @pytest.fixture
@@ -48,8 +44,8 @@ def test_an_item_leased_by_another_worker_is_delivered_again_later(function_clie
         {"state": "running", "attempts": 1, "lease": {"token": "other", "until": until}}
     )
     client = function_client("batch-item-processor")
-    # A 500 is a nack: Pub/Sub delivers it again after the subscription's backoff.
-    assert deliver(client, project, {"job_id": "job1", "item_id": "item1"}) == 500
+    # A 503 is a nack: Pub/Sub delivers it again after the subscription's backoff.
+    assert deliver(client, project, {"job_id": "job1", "item_id": "item1"}) == 503
     assert store.item_ref("job1", "item1").get().to_dict()["lease"]["token"] == "other"
 
 
@@ -57,7 +53,7 @@ def test_a_provider_that_cannot_be_reached_requeues_the_item_for_redelivery(
     function_client, project, store
 ):
     client = function_client("batch-item-processor")
-    assert deliver(client, project, {"job_id": "job1", "item_id": "item1"}) == 500
+    assert deliver(client, project, {"job_id": "job1", "item_id": "item1"}) == 503
     item = store.item_ref("job1", "item1").get().to_dict()
     assert item["state"] == "queued" and item["attempts"] == 1
     assert "provider unreachable" in item["error"]
@@ -70,3 +66,33 @@ def test_an_unreadable_message_is_acknowledged_not_retried_forever(
     client = function_client("batch-item-processor")
     assert deliver(client, project, payload) == 200
     assert store.item_ref("job1", "item1").get().to_dict()["state"] == "queued"
+
+
+def test_an_item_that_finds_no_capacity_is_acknowledged_and_published_again_without_an_attempt(
+    function_client, project, store, db, tmp_path, monkeypatch
+):
+    topology = load_topology()
+    (tmp_path / "topology.yaml").write_text(
+        mutated({"work.capacity_wait_seconds": 1})  # a short wait for the AI slots
+    )
+    monkeypatch.setenv("SLUICE_TOPOLOGY", str(tmp_path / "topology.yaml"))
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(project, "work-items")
+    publisher.create_topic(name=topic)
+    tap = subscriber.subscription_path(project, "tap")
+    subscriber.create_subscription(name=tap, topic=topic)
+    # Every AI slot held (by replies: bulk work leaves some to them), through a limiter built as
+    # every processor instance builds it.
+    ai = topology.providers["ai"]
+    holder = Limiter(db, "ai", ai, shards=topology.work.rate_shards, recovery_seconds=30)
+    held = [holder.acquire(tenant=f"other-{n}", interactive=True, wait=5)
+            for n in range(ai.max_concurrent)]  # fmt: skip
+    assert all(held)
+
+    client = function_client("batch-item-processor")
+    assert deliver(client, project, {"job_id": "job1", "item_id": "item1"}) == 200
+    item = store.item_ref("job1", "item1").get().to_dict()
+    assert (item["state"], item.get("attempts", 0)) == ("queued", 0)
+    (again,) = subscriber.pull(subscription=tap, max_messages=10, timeout=10).received_messages
+    assert json.loads(again.message.data) == {"job_id": "job1", "item_id": "item1"}
+    subscriber.close()

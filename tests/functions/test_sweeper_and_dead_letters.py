@@ -14,7 +14,7 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from sluice.adapters.jobs_store import JobStore, NewItem
 from sluice.localcloud.cloud import merge
 from sluice.topology import REPO_TOPOLOGY
-from tests.functions.test_processor_function import push_body
+from tests.pushes import push_body
 
 TOPICS = ["work-items", "batch-events"]
 
@@ -70,8 +70,7 @@ def stall_one_second(tmp_path, monkeypatch):
 
 
 def post(client, project: str, topic: str, payload: dict, attributes: dict | None = None) -> int:
-    body = push_body(json.dumps(payload).encode())
-    body["message"]["attributes"] = attributes or {}
+    body = push_body(json.dumps(payload).encode(), topic=topic, attributes=attributes)
     return client.post(f"/projects/{project}/topics/{topic}", json=body).status_code
 
 
@@ -177,7 +176,7 @@ def test_a_message_the_sweeper_superseded_ends_without_work_and_the_new_one_work
     after = store.item_ref("job1", "item0").get()
     assert after.update_time == before.update_time
     # The new one is worked on (this provider cannot be reached: a counted attempt, redelivery).
-    assert post(client, project, "work-items", newer["item0"]) == 500
+    assert post(client, project, "work-items", newer["item0"]) == 503
     assert store.item_ref("job1", "item0").get().to_dict()["attempts"] == 1
     # And a superseded message that Pub/Sub gave up on does not fail an item a newer one carries.
     assert post(client, project, "work-items-dead-letter",

@@ -4,7 +4,6 @@ delivery after a failure finishes the item instead of sending again."""
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -21,6 +20,7 @@ from sluice.adapters.tenants_store import TenantStore
 from sluice.localcloud import graph_server, provider_server
 from sluice.localcloud.cloud import merge
 from sluice.topology import REPO_TOPOLOGY
+from tests.pushes import push_body
 from tests.whatsapp_payloads import text_message
 
 PHONE = "100000000000009"
@@ -62,9 +62,7 @@ def processor(function_client, served, monkeypatch, tmp_path, db):
 
 
 def deliver(client, project: str, event: dict) -> int:
-    data = base64.b64encode(json.dumps(event).encode()).decode()
-    body = {"message": {"data": data, "messageId": "m1", "attributes": {}},
-            "subscription": "projects/p/subscriptions/whatsapp-events-to-processor"}  # fmt: skip
+    body = push_body(json.dumps(event).encode(), topic="whatsapp-events", message_id="m1")
     return client.post(f"/projects/{project}/topics/whatsapp-events", json=body).status_code
 
 

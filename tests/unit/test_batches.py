@@ -3,15 +3,16 @@
 import pytest
 
 from sluice.domain.batches import fingerprint, item_ids, job_id_for, parse_batch
-from sluice.problems import Problem
+from sluice.domain.errors import Invalid, Unauthenticated
+from sluice.problems import from_refusal
 
 LIMITS = {"max_batch_items": 5, "max_item_input_bytes": 100}
 
 
 def fields_at_fault(payload) -> set[str]:
-    with pytest.raises(Problem) as caught:
+    with pytest.raises((Invalid, Unauthenticated)) as caught:
         parse_batch(payload, **LIMITS)
-    assert caught.value.status == 400
+    assert from_refusal(caught.value).status == 400
     return {e.field for e in caught.value.errors}
 
 

@@ -10,7 +10,7 @@ import pytest
 from sluice.adapters.callback_sender import CallbackSender, RefusedCallback
 from sluice.domain.batches import parse_batch
 from sluice.domain.callbacks import address_refusal, callback_url_refusal
-from sluice.problems import Problem
+from sluice.domain.errors import Invalid, Unauthenticated
 
 REFUSED_EVERYWHERE = [
     "http://crm.example/cb",  # plain http to the internet
@@ -53,11 +53,11 @@ def test_https_to_public_hosts_is_allowed(url):
 
 def test_a_batch_with_a_refused_callback_url_is_a_400_naming_it():
     payload = {"kind": "k", "items": [{"input": 1}], "callback_url": "https://10.0.0.1/cb"}
-    with pytest.raises(Problem) as caught:
+    with pytest.raises((Invalid, Unauthenticated)) as caught:
         parse_batch(payload, max_batch_items=5, max_item_input_bytes=100)
     assert [e.field for e in caught.value.errors] == ["callback_url"]
     payload["callback_url"] = "http://127.0.0.1:9/cb"
-    with pytest.raises(Problem):
+    with pytest.raises((Invalid, Unauthenticated)):
         parse_batch(payload, max_batch_items=5, max_item_input_bytes=100)
     parse_batch(payload, max_batch_items=5, max_item_input_bytes=100, allow_loopback_callbacks=True)
 

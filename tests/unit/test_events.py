@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from cloudevents.http import CloudEvent, from_http
 
-from sluice.events import BadEvent, document_change, pubsub_message
+from sluice.eventarc import BadEvent, document_change
+from sluice.push import BadDelivery, decode_push
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -35,15 +36,21 @@ def test_a_firestore_event_that_is_not_protobuf_is_a_bad_event():
         document_change(event)
 
 
-def test_a_pubsub_push_names_its_topic_and_carries_its_data():
-    event = CloudEvent(
-        {"type": "google.cloud.pubsub.topic.v1.messagePublished",
-         "source": "//pubsub.googleapis.com/projects/p/topics/work-items"},
-        {"message": {"data": base64.b64encode(b'{"a":1}').decode(), "attributes": {"k": "v"}}},
-    )  # fmt: skip
-    message = pubsub_message(event)
-    assert (message.topic, message.data, message.attributes) == ("work-items", b'{"a":1}',
-                                                                 {"k": "v"})  # fmt: skip
-    event.data = {"message": {"data": "!!not base64"}}
-    with pytest.raises(BadEvent):
-        pubsub_message(event)
+def test_a_pubsub_push_names_its_subscription_and_carries_its_message():
+    body = {
+        "message": {"data": base64.b64encode(b'{"a":1}').decode(), "attributes": {"k": "v"},
+                    "messageId": "m1", "orderingKey": "conv"},
+        "subscription": "projects/p/subscriptions/dev-work-items-to-processor",
+        "deliveryAttempt": 3,
+    }  # fmt: skip
+    delivery = decode_push(body, prefix="dev-")
+    assert delivery.subscription == "work-items-to-processor"
+    assert delivery.attempt == 3
+    message = delivery.message
+    assert (message.data, message.attributes, message.message_id, message.ordering_key) == (
+        b'{"a":1}', {"k": "v"}, "m1", "conv")  # fmt: skip
+    body["message"]["data"] = "!!not base64"
+    with pytest.raises(BadDelivery):
+        decode_push(body)
+    with pytest.raises(BadDelivery):
+        decode_push({"message": {"data": ""}})  # no subscription

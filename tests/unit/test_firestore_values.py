@@ -10,13 +10,14 @@ from hypothesis import strategies as st
 
 from sluice.adapters.jobs_store import commit_ranges
 from sluice.domain.batches import parse_batch
+from sluice.domain.errors import Invalid, Unauthenticated
 from sluice.domain.firestore_values import (
     MAX_DEPTH,
     document_id_refusal,
     encoded_size,
     refusal,
 )
-from sluice.problems import Problem
+from sluice.problems import from_refusal
 
 LIMITS = {"max_batch_items": 5, "max_item_input_bytes": 100_000, "max_params_bytes": 1000}
 
@@ -29,9 +30,9 @@ def nested(depth: int) -> object:
 
 
 def errors_of(payload: dict) -> dict[str, str]:
-    with pytest.raises(Problem) as caught:
+    with pytest.raises((Invalid, Unauthenticated)) as caught:
         parse_batch(payload, **LIMITS)
-    assert caught.value.status == 400
+    assert from_refusal(caught.value).status == 400
     return {e.field: e.message for e in caught.value.errors}
 
 

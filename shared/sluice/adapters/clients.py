@@ -1,12 +1,9 @@
-"""The process's clients: one of each kind, built on first use and reused by every invocation.
-
-Built lazily rather than at import so that a module can be imported (by tests, by the packaging
-check, by a gunicorn master before it forks) without opening connections.
+"""The clients of Google's services and of the outside HTTP services, as every function builds
+them. sluice.bootstrap builds one of each per process, on first use, and shares it.
 """
 
 from __future__ import annotations
 
-from functools import cache
 from typing import TYPE_CHECKING
 
 import httpx
@@ -18,12 +15,10 @@ if TYPE_CHECKING:
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 
-@cache
 def firestore_client(project: str) -> firestore.Client:
     return firestore.Client(project=project)
 
 
-@cache
 def publisher_client() -> pubsub_v1.PublisherClient:
     # Imported here: a function that never publishes (sheets-writer, backfill) starts without
     # the Pub/Sub client library (bench/cold_start.py).
@@ -39,7 +34,6 @@ def publisher_client() -> pubsub_v1.PublisherClient:
     )
 
 
-@cache
 def http_client() -> httpx.Client:
     # One pool for every outside HTTP service; each adapter gives each call its provider's total
     # deadline (sluice.adapters.deadlines.within), which the transport holds every read to.

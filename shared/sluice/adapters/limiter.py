@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from types import TracebackType
 from typing import Any, TypeVar
 
 from google.api_core.exceptions import Aborted, AlreadyExists, FailedPrecondition, NotFound
@@ -24,6 +25,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from sluice.adapters.outside import ProviderError
 from sluice.domain import limits
+from sluice.outcomes import Defer
 from sluice.topology import Provider
 
 T = TypeVar("T")
@@ -40,10 +42,6 @@ BACKLOG_CACHE_SECONDS = 2.0
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class NoCapacity(Exception):
-    """No permit came free within the wait: the caller defers its work, which is not a failure."""
 
 
 @dataclass(frozen=True)
@@ -216,22 +214,26 @@ class Limiter:
         taken_at: datetime = results[0].update_time
         return taken_at
 
+    def permit(
+        self, *, tenant: str, interactive: bool, wait: float, cap: int | None = None
+    ) -> Held:
+        """A permit for the calls made inside the `with` block, released when it ends, whatever
+        happens. A 429 raised inside slows every instance down, and comes out marked as told.
+        Entering raises Defer if no permit came free within `wait`: nothing was called."""
+        return Held(self, tenant=tenant, interactive=interactive, wait=wait, cap=cap)
+
+    def learn(self, error: ProviderError) -> ProviderError:
+        """A 429 the provider answered slows every instance down, once: the error comes back
+        marked as told, so no other limiter is told of it again."""
+        if not error.rate_limited or error.limiter_informed:
+            return error
+        self.rate_limited(error.retry_after)
+        return replace(error, limiter_informed=True)
+
     def call(self, call: Callable[[], T], *, tenant: str, interactive: bool, wait: float) -> T:
-        """One call to the provider under a permit, released whatever happens. A 429 it answers
-        slows every instance down, and its error comes back marked as told; NoCapacity if no
-        permit came free within `wait`."""
-        permit = self.acquire(tenant=tenant, interactive=interactive, wait=wait)
-        if permit is None:
-            raise NoCapacity(f"no {self.name} capacity came free within {wait:g}s")
-        try:
+        """One call under a permit (see `permit`)."""
+        with self.permit(tenant=tenant, interactive=interactive, wait=wait):
             return call()
-        except ProviderError as error:
-            if not error.rate_limited or error.limiter_informed:
-                raise
-            self.rate_limited(error.retry_after)
-            raise replace(error, limiter_informed=True) from None
-        finally:
-            self.release(permit)
 
     def release(self, permit: Permit) -> None:
         """Free the slot, unless it changed hands since it was taken (it expired and another
@@ -246,6 +248,37 @@ class Limiter:
             with contextlib.suppress(NotFound):
                 entry = FieldPath("held", permit.token).to_api_repr()
                 permit.holder.update({entry: firestore.DELETE_FIELD})
+
+
+class Held:
+    """`with limiter.permit(...)`: a class rather than a generator, because ProviderError is a
+    frozen dataclass and contextlib's generator wrapper assigns to a re-raised error."""
+
+    def __init__(
+        self, limiter: Limiter, *, tenant: str, interactive: bool, wait: float, cap: int | None
+    ) -> None:
+        self._limiter, self._tenant, self._interactive = limiter, tenant, interactive
+        self._wait, self._cap = wait, cap
+        self._permit: Permit | None = None
+
+    def __enter__(self) -> Permit:
+        limiter = self._limiter
+        permit = limiter.acquire(
+            tenant=self._tenant, interactive=self._interactive, wait=self._wait, cap=self._cap
+        )
+        if permit is None:
+            raise Defer(f"no {limiter.name} capacity came free within {self._wait:g}s")
+        self._permit = permit
+        return permit
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:  # fmt: skip
+        assert self._permit is not None
+        self._limiter.release(self._permit)
+        if isinstance(error, ProviderError):
+            told = self._limiter.learn(error)
+            if told is not error:
+                raise told from None
 
 
 def _slot(index: int, doc: dict | None) -> limits.Slot:

@@ -12,6 +12,8 @@ from google.api_core.retry import Retry
 if TYPE_CHECKING:  # imported by clients.publisher_client, only in functions that publish
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
+    from sluice.push import PubSubMessage
+
 
 class Publisher:
     def __init__(self, client: pubsub_v1.PublisherClient, project: str, *, timeout: float) -> None:
@@ -28,6 +30,15 @@ class Publisher:
         """Raises unless Pub/Sub answers for `topic` within the publish timeout. Not retried: a
         health check reports what is true now, and a retrying call would outlive the answer."""
         self._client.get_topic(topic=self.topic_path(topic), retry=None, timeout=self._timeout)
+
+    def republish(self, topic: str, message: PubSubMessage) -> str:
+        """A delivered message published again as it came: its data, attributes and key."""
+        future = self._client.publish(
+            self.topic_path(topic), message.data, ordering_key=message.ordering_key,
+            retry=self._retry, timeout=self._timeout, **message.attributes,
+        )  # fmt: skip
+        result: str = future.result(timeout=self._timeout)
+        return result
 
     def publish(
         self, topic: str, messages: Iterable[dict[str, Any]], *, ordering_key: str = ""

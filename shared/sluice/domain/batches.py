@@ -24,8 +24,8 @@ from pydantic import (
 )
 
 from sluice.domain.callbacks import callback_url_refusal
+from sluice.domain.errors import FieldError, Invalid
 from sluice.domain.firestore_values import refusal
-from sluice.problems import FieldError, Problem
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Name = Annotated[str, Field(pattern=ID_PATTERN)]
@@ -129,7 +129,7 @@ def parse_batch(
             FieldError(".".join(str(p) for p in err["loc"]) or "body", err["msg"])
             for err in exc.errors(include_url=False)
         ]
-        raise Problem(400, "Invalid batch", "the batch has fields at fault", errors) from None
+        raise Invalid("Invalid batch", "the batch has fields at fault", errors) from None
 
 
 def canonical_json(value: Any) -> bytes:
@@ -162,8 +162,7 @@ def validate_idempotency_key(key: str | None) -> str | None:
     if key is None:
         return None
     if not 1 <= len(key) <= 255 or not key.isprintable():
-        raise Problem(
-            400,
+        raise Invalid(
             "Invalid Idempotency-Key",
             errors=[FieldError("Idempotency-Key", "must be 1 to 255 printable characters")],
         )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 
+from sluice.domain.errors import FieldError, Invalid
 from sluice.domain.firestore_values import document_id_refusal
-from sluice.problems import FieldError, Problem
 
 
 def encode_token(last_id: str) -> str:
@@ -23,8 +23,8 @@ def decode_token(token: str | None) -> str | None:
             raise ValueError(last_id)
         return last_id
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise Problem(
-            400, "Invalid page token", errors=[FieldError("page_token", "not a token we issued")]
+        raise Invalid(
+            "Invalid page token", errors=[FieldError("page_token", "not a token we issued")]
         ) from None
 
 
@@ -33,8 +33,7 @@ def page_size(raw: str | None, *, default: int, maximum: int) -> int:
         return default
     # isdigit() alone admits digits int() refuses, such as "²".
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
-        raise Problem(
-            400,
+        raise Invalid(
             "Invalid page size",
             errors=[FieldError("page_size", f"must be a whole number from 1 to {maximum}")],
         )

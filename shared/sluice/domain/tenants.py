@@ -8,7 +8,7 @@ import hmac
 import re
 import secrets
 
-from sluice.problems import unauthorized
+from sluice.domain.errors import Unauthenticated
 
 KEY_PREFIX = "sk_"
 _SLUG = re.compile(r"[^a-z0-9]+")
@@ -32,13 +32,13 @@ def tenant_id(name: str) -> str:
 def bearer_key(authorization: str | None) -> str:
     """The API key of an `Authorization: Bearer <key>` header, or a 401 saying what is wrong."""
     if not authorization:
-        raise unauthorized("missing Authorization header")
+        raise Unauthenticated("missing Authorization header")
     scheme, _, key = authorization.partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
-        raise unauthorized("Authorization must be 'Bearer <api key>'")
+        raise Unauthenticated("Authorization must be 'Bearer <api key>'")
     if not key.startswith(KEY_PREFIX):
-        raise unauthorized("not a Sluice API key")
+        raise Unauthenticated("not a Sluice API key")
     return key
 
 

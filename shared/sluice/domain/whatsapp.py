@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sluice.problems import FieldError, Problem, unauthorized
+from sluice.domain.errors import FieldError, Invalid, Refused, Unauthenticated
 
 SIGNATURE_PREFIX = "sha256="
 
@@ -40,7 +40,7 @@ def verify_handshake(params: dict[str, str], verify_token: str) -> str:
     if params.get("hub.mode") != "subscribe" or not hmac.compare_digest(
         token.encode(), verify_token.encode()
     ):
-        raise Problem(403, "Forbidden", "verification token mismatch")
+        raise Refused("verification token mismatch")
     return params.get("hub.challenge", "")
 
 
@@ -50,11 +50,11 @@ def sign(body: bytes, app_secret: str) -> str:
 
 def check_signature(body: bytes, header: str | None, app_secret: str) -> None:
     if not header:
-        raise unauthorized("missing X-Hub-Signature-256")
+        raise Unauthenticated("missing X-Hub-Signature-256")
     if not header.startswith(SIGNATURE_PREFIX) or len(header) != len(SIGNATURE_PREFIX) + 64:
-        raise unauthorized("malformed X-Hub-Signature-256")
+        raise Unauthenticated("malformed X-Hub-Signature-256")
     if not hmac.compare_digest(header.encode(), sign(body, app_secret).encode()):
-        raise unauthorized("X-Hub-Signature-256 does not match the body")
+        raise Unauthenticated("X-Hub-Signature-256 does not match the body")
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,8 @@ def _dict(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _bad(where: str, message: str) -> Problem:
-    return Problem(400, "Invalid webhook payload", errors=[FieldError(where, message)])
+def _bad(where: str, message: str) -> Invalid:
+    return Invalid("Invalid webhook payload", errors=[FieldError(where, message)])
 
 
 def events_of(payload: Any) -> list[WhatsAppEvent]:

@@ -1,4 +1,4 @@
-"""Who is calling: an API key, found by its digest, names the tenant."""
+"""Who is calling: an API key, found by its digest, names the tenant; and what it may do."""
 
 from __future__ import annotations
 
@@ -28,3 +28,14 @@ def own_job(job: dict[str, Any] | None, tenant: Tenant, job_id: str) -> dict[str
     if job is None or job.get("tenant") != tenant.id:
         raise not_found(f"batch {job_id}")
     return job
+
+
+def features(tenant: Tenant) -> dict[str, Any]:
+    """`GET /v1/me`, what a frontend asks before it shows a button: the caller's features."""
+    enabled = {
+        "batches": True,
+        "whatsapp": bool(tenant.doc.get("phone_number_ids")),
+        "sheets_export": bool(tenant.doc.get("sheets_enabled")),
+        "completion_callbacks": bool(tenant.doc.get("callback_url")),
+    }
+    return {"tenant": tenant.id, "name": tenant.doc.get("name"), "features": enabled}

@@ -10,11 +10,12 @@ of it is working on.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.publisher import Publisher
 from sluice.domain.items import ItemRecord, Transition, dead_lettered, superseded
-from sluice.events import PubSubMessage
-from sluice.handlers.processor import Outcome
+from sluice.handlers.processor import announce_completion
 from sluice.handlers.whatsapp import WhatsAppDeps, record_message
 from sluice.messages import (
     BATCH_EVENTS,
@@ -24,6 +25,8 @@ from sluice.messages import (
     WhatsAppEventMessage,
     WorkItem,
 )
+from sluice.outcomes import Ack
+from sluice.push import PubSubMessage
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ def reason_of(message: PubSubMessage, source: str) -> str:
 
 def fail_item(
     store: JobStore, job_id: str, item_id: str, reason: str, *, dispatch: int | None = None
-) -> Outcome:
+) -> Ack:
     """`dispatch`: the dead-lettered work-item message's (None for a WhatsApp event)."""
 
     def decide(item: ItemRecord) -> Transition | None:
@@ -50,17 +53,28 @@ def fail_item(
     at = now()
     change = store.change_item(job_id, item_id, decide)
     if change is None:
-        return Outcome(item_id, "unchanged", f"{reason} (already settled)")
+        return Ack(item_id, "unchanged", f"{reason} (already settled)")
     completed = store.complete_if_done(job_id)
-    return Outcome(item_id, change.after.value, reason, completed=completed, job=job_id)
+    return Ack(item_id, change.after.value, reason, completed=completed, job=job_id)
 
 
-def handle_dead_letter(
-    store: JobStore, whatsapp: WhatsAppDeps, source: str, message: PubSubMessage
-) -> Outcome | None:
+@dataclass(frozen=True)
+class DeadLetterDeps:
+    store: JobStore
+    publisher: Publisher
+    whatsapp: WhatsAppDeps
+
+
+def handle_dead_letter(deps: DeadLetterDeps, source: str, message: PubSubMessage) -> Ack:
     """`source` is the topic the message was first published on. Raises ValidationError for a
     message that is not what that topic carries."""
-    reason = reason_of(message, source)
+    ack = _record_dead_letter(deps, source, message)
+    announce_completion(deps.publisher, ack)
+    return ack
+
+
+def _record_dead_letter(deps: DeadLetterDeps, source: str, message: PubSubMessage) -> Ack:
+    store, reason = deps.store, reason_of(message, source)
     # Not the message itself: a WhatsApp event carries what a customer wrote.
     log.error("%s: message %s on %s", reason, message.message_id, source)
     if source == WORK_ITEMS:
@@ -69,11 +83,13 @@ def handle_dead_letter(
     if source == WHATSAPP_EVENTS:
         event = WhatsAppEventMessage.model_validate_json(message.data)
         if event.kind != "message":
-            return None  # a status or an error lost: nothing was owed to anyone
-        recorded = record_message(whatsapp, event)
-        return None if recorded is None else fail_item(store, *recorded, reason)
+            return Ack(event.kind, "lost", "a status or an error: nothing was owed to anyone")
+        recorded = record_message(deps.whatsapp, event)
+        if recorded is None:
+            return Ack(str(event.body.get("id")), "dropped", "no tenant has the phone number")
+        return fail_item(store, *recorded, reason)
     if source == BATCH_EVENTS:
         done = BatchCompleted.model_validate_json(message.data)
         store.mark_callback(done.job_id, done.completion, "failed", error=reason)
-        return Outcome(done.job_id, "callback", reason)
-    return None
+        return Ack(done.job_id, "callback", reason)
+    return Ack(message.message_id, "unhandled", f"nothing records dead letters of {source}")

@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sluice.adapters.exports_store import ExportStore, LeaseLost, Row
 from sluice.adapters.jobs_store import JobStore
-from sluice.adapters.limiter import Limiter, NoCapacity
+from sluice.adapters.limiter import Limiter
 from sluice.adapters.outside import ProviderError
 from sluice.domain.sheets import columns, exported, row_of, rows_to_add
-from sluice.events import DocumentChange
+from sluice.eventarc import DocumentChange
 from sluice.handlers.auth import Tenant, own_job
+from sluice.outcomes import Ack, Fail, Redeliver
 from sluice.problems import Problem
 from sluice.topology import Exports
 
@@ -58,33 +59,15 @@ class SheetsDeps:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    path: str
-    action: str
-    detail: str = ""
-
-
 def _write_call(deps: SheetsDeps, call: Callable[[], T], *, tenant: str, interactive: bool) -> T:
-    """One write request under the Sheets quota. A 429, or no place under the quota in time
-    (NoCapacity), raises for the event to be delivered again."""
+    """One write request under the Sheets quota. A 429 raises ProviderError, and no place under
+    the quota in time raises Defer: either way the event is delivered again."""
     settings = deps.settings
     wait = settings.configure_wait_seconds if interactive else settings.capacity_wait_seconds
     return deps.limiter.call(call, tenant=tenant, interactive=interactive, wait=wait)
 
 
 # -- status-api ------------------------------------------------------------------------------------
-
-
-def features(tenant: Tenant) -> dict[str, Any]:
-    """What a frontend asks before it shows a button: which features this tenant has."""
-    enabled = {
-        "batches": True,
-        "whatsapp": bool(tenant.doc.get("phone_number_ids")),
-        "sheets_export": bool(tenant.doc.get("sheets_enabled")),
-        "completion_callbacks": bool(tenant.doc.get("callback_url")),
-    }
-    return {"tenant": tenant.id, "name": tenant.doc.get("name"), "features": enabled}
 
 
 def _require_sheets(tenant: Tenant) -> None:
@@ -133,19 +116,17 @@ def _create_export(deps: SheetsDeps, tenant: Tenant, job_id: str, job: dict[str,
     name = f"Sluice {kind} {job_id}"
     title = deps.settings.sheet_title
     try:
+        # Defer when the write quota is in use: the caller tries again.
         made = _write_call(
             deps, lambda: deps.sheets.create(name, title, columns(kind)),
             tenant=tenant.id, interactive=True,
         )  # fmt: skip
-    except NoCapacity:
-        raise Problem(503, "Sheets busy", "the Sheets write quota is in use; try again",
-                      headers={"Retry-After": "10"}) from None  # fmt: skip
     except ProviderError as error:
         if error.permanent:
-            raise Problem(502, "Google Sheets refused", str(error)) from None
-        retry = str(int(error.retry_after or 5))
-        raise Problem(503, "Google Sheets unavailable", str(error),
-                      headers={"Retry-After": retry}) from None  # fmt: skip
+            raise Fail(f"Google Sheets refused: {error}") from None
+        raise Redeliver(
+            f"Google Sheets unavailable: {error}", retry_after=error.retry_after or 5
+        ) from None
     now = deps.clock()
     export = {
         "tenant": tenant.id,
@@ -240,52 +221,52 @@ def drain(deps: SheetsDeps, job_id: str, export: dict[str, Any], *,
         return flush(deps, job_id, export, holder=holder), None
     except ProviderError as error:
         if not error.permanent:
-            raise
+            raise Redeliver(f"job {job_id}: {error}", retry_after=error.retry_after) from None
         log.error("job %s: Sheets export stopped: %s", job_id, error)
         deps.exports.set_last_error(job_id, str(error))
         return 0, str(error)
 
 
-def on_item_written(deps: SheetsDeps, change: DocumentChange) -> Outcome:
+def on_item_written(deps: SheetsDeps, change: DocumentChange) -> Ack:
     """sheets-writer: a result's write, seen after its job's export exists, goes to the sheet."""
     job_id, item_id = change.parts[1], change.parts[3]
     if change.after is None or not exported(change.after):
-        return Outcome(change.path, "skipped", "not a succeeded result")
+        return Ack(change.path, "skipped", "not a succeeded result")
     export = deps.exports.get(job_id)
     if export is None:
-        return Outcome(change.path, "skipped", "the job has no Sheets export")
+        return Ack(change.path, "skipped", "the job has no Sheets export")
     values = row_of(str(export.get("kind")), item_id, change.after)
     queued = deps.exports.enqueue(job_id, item_id, values)
     written, refused = drain(deps, job_id, export, holder=change.event_id)
     if refused:
-        return Outcome(change.path, "failed", refused)
-    return Outcome(change.path, "queued" if queued else "seen before", f"{written} rows written")
+        return Ack(change.path, "failed", refused)
+    return Ack(change.path, "queued" if queued else "seen before", f"{written} rows written")
 
 
 # -- backfill --------------------------------------------------------------------------------------
 
 
-def on_export_written(deps: SheetsDeps, change: DocumentChange) -> Outcome:
+def on_export_written(deps: SheetsDeps, change: DocumentChange) -> Ack:
     """backfill: runs (or resumes) the backfill while it is pending or running, then drains any
     rows a dead writer left queued (the sweeper touches the export for both)."""
     job_id = change.parts[1]
     export = deps.exports.get(job_id)  # as it is now: events arrive in no particular order
     if export is None:
-        return Outcome(change.path, "skipped", "the export no longer exists")
+        return Ack(change.path, "skipped", "the export no longer exists")
     action = "idle"
     if export.get("backfill_state") in ("pending", "running"):
         try:
             action = backfill(deps, job_id, export, holder=change.event_id)
         except ProviderError as error:
             if not error.permanent:
-                raise
+                raise Redeliver(f"job {job_id}: {error}", retry_after=error.retry_after) from None
             deps.exports.update(job_id, {"backfill_state": "failed", "backfill_error": str(error),
                                          "updated_at": deps.clock()})  # fmt: skip
-            return Outcome(change.path, "backfill failed", str(error))
+            return Ack(change.path, "backfill failed", str(error))
     written, refused = drain(deps, job_id, export, holder=change.event_id)
     if refused:
-        return Outcome(change.path, "failed", refused)
-    return Outcome(change.path, action, f"{written} queued rows written")
+        return Ack(change.path, "failed", refused)
+    return Ack(change.path, action, f"{written} queued rows written")
 
 
 def backfill(deps: SheetsDeps, job_id: str, export: dict[str, Any], *,

@@ -53,17 +53,20 @@ def in_flight(retry_after: int) -> Problem:
     )
 
 
+@dataclass(frozen=True)
+class IntakeDeps:
+    store: JobStore
+    publisher: Publisher
+    status_api_url: str  # where the answer's status_url points
+    intake_lease: timedelta  # how long one request owns a batch's intake
+    retry_after: int  # what a request finding the intake in flight is told to wait
+
+
 def submit_batch(
-    store: JobStore,
-    publisher: Publisher,
-    *,
-    tenant: str,
-    batch: BatchIn,
-    idempotency_key: str | None,
-    status_api_url: str,
-    intake_lease: timedelta,
-    retry_after: int,
+    deps: IntakeDeps, *, tenant: str, batch: BatchIn, idempotency_key: str | None
 ) -> Accepted:
+    store, publisher = deps.store, deps.publisher
+    intake_lease, retry_after = deps.intake_lease, deps.retry_after
     job_id = job_id_for(tenant, idempotency_key)
     at = now()
     new_job = {
@@ -106,7 +109,7 @@ def submit_batch(
         batch_id=job_id,
         state=job["state"],
         total=job["total"],
-        status_url=f"{status_api_url.rstrip('/')}/v1/batches/{job_id}",
+        status_url=f"{deps.status_api_url.rstrip('/')}/v1/batches/{job_id}",
     )
 
 

@@ -1,24 +1,27 @@
 """Processing one item: claim it, do its work, record the outcome, close the job.
 
 The work differs (an AI call for a CRM item, an AI reply sent over WhatsApp for a message); the
-life around it is the same, and is here. What happens next is said by how this returns: returning
-acknowledges the message; raising has Pub/Sub deliver it again after the subscription's backoff.
-A repeated delivery of a finished item is acknowledged and does nothing; one of an item another
-worker is on is delivered again later.
+life around it is the same, and is here. It returns `Ack` or raises `Redeliver` or `Defer` (see
+sluice.outcomes). A repeated delivery of a finished item is acknowledged and does nothing; one of
+an item another worker is on comes again later; one that found no capacity, or a provider saying
+"too many", comes again without spending an attempt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sluice.adapters.jobs_store import JobStore, SeenItem, now
-from sluice.adapters.limiter import Limiter
+from sluice.adapters.ai_provider import AIProvider
+from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.limiter import Limiter, Permit
 from sluice.adapters.outside import ProviderError
+from sluice.adapters.publisher import Publisher
 from sluice.domain.items import (
     AlreadyFinished,
     Claimed,
@@ -31,8 +34,14 @@ from sluice.domain.items import (
     succeed,
     superseded,
 )
+from sluice.messages import BATCH_EVENTS, BatchCompleted, WorkItem
+from sluice.outcomes import Ack, Defer, Redeliver
 
 log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """The claim passed to another delivery (this one was presumed dead): its outcome counts."""
 
 
 class Progress:
@@ -51,32 +60,14 @@ class Progress:
         self.saved.update(fields)
 
 
-class LeaseLost(Exception):
-    """The claim passed to another delivery (this one was presumed dead): its outcome counts."""
-
-
 # The work of one item: its input, its job's params and its progress in, its result out;
-# ProviderError if not.
+# ProviderError if not, Defer if it found no capacity for a call it makes.
 Work = Callable[[Any, dict[str, Any], Progress], dict[str, Any]]
 
 
 def without_progress(call: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> Work:
     """Work that can be repeated as it is (a model call): it needs no record of its progress."""
     return lambda item_input, params, _progress: call(item_input, params)
-
-
-class RedeliverLater(Exception):
-    """Raised to have Pub/Sub deliver the message again: the item is not finished yet."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    item: str
-    state: str
-    detail: str = ""
-    # Set when this outcome completed its job: the completion's number.
-    completed: int | None = None
-    job: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,10 +82,18 @@ class Capacity:
     holder: str = ""
     holder_cap: int | None = None
 
+    def permit(self, tenant: str) -> contextlib.AbstractContextManager[Permit]:
+        """Held for the block (see Limiter.permit); Defer if none came free in time."""
+        return self.limiter.permit(
+            tenant=self.holder or tenant, interactive=self.interactive,
+            wait=self.wait_seconds, cap=self.holder_cap,
+        )  # fmt: skip
 
-class Deferred(Exception):
-    """No capacity came free in time: the item was not touched and lost no attempt. The caller
-    has the message delivered again without it counting as a failure."""
+
+@dataclass(frozen=True)
+class ClaimRules:
+    lease_seconds: int  # how long a claim holds its item before another delivery may take it
+    max_attempts: int  # failed attempts before the item fails for good
 
 
 def process_item(
@@ -103,122 +102,140 @@ def process_item(
     job_id: str,
     item_id: str,
     *,
-    lease_seconds: int,
-    max_attempts: int,
+    rules: ClaimRules,
     capacity: Capacity | None = None,
     dispatch: int | None = None,
-) -> Outcome:
+) -> Ack:
     """`dispatch`: which send of the item the message being handled is, for messages the
     sweeper sends again (see sluice.domain.items.superseded); None for those it never does."""
     # A finished item needs no capacity: answer a repeated delivery before waiting for any.
     # The claim below is conditional on the item staying as read here.
     seen = store.read_item(job_id, item_id)
     if seen is not None and ItemState(seen.doc["state"]).finished:
-        return Outcome(item_id, seen.doc["state"], "duplicate delivery")
+        return Ack(item_id, seen.doc["state"], "duplicate delivery")
     if (
         dispatch is not None
         and seen is not None
         and superseded(ItemRecord.from_doc(seen.doc), dispatch)
     ):
-        return Outcome(item_id, "superseded", "a newer message carries the item")
+        return Ack(item_id, "superseded", "a newer message carries the item")
     job = store.job_meta(job_id)
-    permit = None
-    if capacity is not None:
-        permit = capacity.limiter.acquire(
-            tenant=capacity.holder or str(job.get("tenant")),
-            interactive=capacity.interactive,
-            wait=capacity.wait_seconds,
-            cap=capacity.holder_cap,
-        )
-        if permit is None:
-            raise Deferred(f"no {capacity.limiter.name} capacity for item {item_id}")
-    released = False
-
-    def release() -> None:
-        # Once the provider call is over: the slot is not held while the outcome is recorded.
-        nonlocal released
-        if permit is not None and capacity is not None and not released:
-            released = True
-            capacity.limiter.release(permit)
-
-    try:
-        return _claim_and_work(
-            store, work, job_id, item_id, job["params"], capacity, seen, release,
-            lease_seconds=lease_seconds, max_attempts=max_attempts,
-        )  # fmt: skip
-    finally:
-        release()
-
-
-def _claim_and_work(
-    store: JobStore,
-    work: Work,
-    job_id: str,
-    item_id: str,
-    params: dict[str, Any],
-    capacity: Capacity | None,
-    seen: SeenItem | None,
-    done_calling: Callable[[], None],
-    *,
-    lease_seconds: int,
-    max_attempts: int,
-) -> Outcome:
     token = uuid.uuid4().hex
-    claimed = store.claim_item(
-        job_id, item_id, token=token, lease_seconds=lease_seconds, max_attempts=max_attempts,
-        seen=seen,
-    )  # fmt: skip
-    if claimed is None:
-        # Nothing to do, ever: a message for an item that does not exist is acknowledged.
-        log.error("work item %s/%s does not exist", job_id, item_id)
-        return Outcome(item_id, "missing")
-    decision = claimed.decision
-    if isinstance(decision, AlreadyFinished):
-        return Outcome(item_id, decision.state.value, "duplicate delivery")
-    if isinstance(decision, LeaseHeld):
-        raise RedeliverLater(f"item {item_id} is leased until {decision.until}")
-    if isinstance(decision, Transition):
-        completed = store.complete_if_done(job_id)
-        return Outcome(item_id, decision.after.value, "lease expired too often", completed)
-    assert isinstance(decision, Claimed)
+    # The permit covers the claim and the provider call, and is let go before the outcome is
+    # recorded. The claim is conditional on the item staying as read above.
+    with _permit(capacity, str(job.get("tenant"))):
+        claimed = store.claim_item(
+            job_id, item_id, token=token, lease_seconds=rules.lease_seconds,
+            max_attempts=rules.max_attempts, seen=seen,
+        )  # fmt: skip
+        if claimed is None:
+            # Nothing to do, ever: a message for an item that does not exist is acknowledged.
+            log.error("work item %s/%s does not exist", job_id, item_id)
+            return Ack(item_id, "missing")
+        decision = claimed.decision
+        if isinstance(decision, AlreadyFinished):
+            return Ack(item_id, decision.state.value, "duplicate delivery")
+        if isinstance(decision, LeaseHeld):
+            raise Redeliver(f"item {item_id} is leased until {decision.until}")
+        if isinstance(decision, Transition):
+            completed = store.complete_if_done(job_id)
+            return Ack(item_id, decision.after.value, "lease expired too often", completed, job_id)
+        assert isinstance(decision, Claimed)
+        attempt = _Attempt(store, job_id, item_id, token, claimed.after)
+        decide, deferred = attempt.run(
+            work, claimed.input, job["params"], claimed.progress, rules, capacity
+        )
+    if decide is None:
+        return Ack(item_id, "superseded", "another delivery took the item over")
+    change = store.finish_item(job_id, item_id, token=token, decide=decide, seen=attempt.latest)
+    if change is None:
+        return Ack(item_id, "superseded", "another delivery took the item over")
+    if change.after is ItemState.QUEUED:
+        reason = f"item {item_id}: {change.fields['error']}"
+        raise Defer(reason) if deferred else Redeliver(reason)
+    return Ack(item_id, change.after.value, completed=store.complete_if_done(job_id), job=job_id)
 
-    latest = claimed.after
 
-    def save(fields: dict[str, Any]) -> bool:
-        nonlocal latest
-        saved, latest = store.save_progress(
-            job_id, item_id, token=token, fields=fields, seen=latest
+def _superseded(doc: dict[str, Any], dispatch: int) -> bool:
+    return superseded(ItemRecord.from_doc(doc), dispatch)
+
+
+@contextlib.contextmanager
+def _permit(capacity: Capacity | None, tenant: str) -> Iterator[None]:
+    if capacity is None:
+        yield
+        return
+    with capacity.permit(tenant):
+        yield
+
+
+class _Attempt:
+    """One claimed attempt at the work: the item as this claim last wrote it (`latest`), which
+    every later write of the claim is conditional on."""
+
+    def __init__(self, store: JobStore, job_id: str, item_id: str, token: str, latest: Any) -> None:
+        self._store, self._job, self._item, self._token = store, job_id, item_id, token
+        self.latest = latest
+
+    def _save(self, fields: dict[str, Any]) -> bool:
+        saved, self.latest = self._store.save_progress(
+            self._job, self._item, token=self._token, fields=fields, seen=self.latest
         )
         return saved
 
-    decide: Callable[[ItemRecord], Transition]
-    rate_limited = False
-    try:
-        result = work(claimed.input, params, Progress(claimed.progress, save))
-        decide = partial(succeed, result=result, now=now())
-    except LeaseLost:
-        return Outcome(item_id, "superseded", "another delivery took the item over")
-    except ProviderError as error:
-        rate_limited = error.rate_limited
-        if rate_limited:
-            if capacity is not None and not error.limiter_informed:
-                capacity.limiter.rate_limited(error.retry_after)
-            decide = partial(requeue_uncounted, reason=str(error), now=now())
-        else:
-            decide = partial(
-                after_error,
-                reason=str(error),
-                permanent=error.permanent,
-                max_attempts=max_attempts,
-                now=now(),
-            )
-    finally:
-        done_calling()
+    def run(
+        self, work: Work, item_input: Any, params: dict[str, Any], progress: dict[str, Any],
+        rules: ClaimRules, capacity: Capacity | None,
+    ) -> tuple[Callable[[ItemRecord], Transition] | None, bool]:  # fmt: skip
+        """The decision to record (None if the claim was lost) and whether the item waits for
+        capacity rather than failed."""
+        try:
+            result = work(item_input, params, Progress(progress, self._save))
+        except LeaseLost:
+            return None, False
+        except Defer as deferred:
+            # A call of the work found no capacity (a WhatsApp send): it waits, losing nothing.
+            return partial(requeue_uncounted, reason=deferred.reason, now=now()), True
+        except ProviderError as error:
+            if capacity is not None:
+                # Caught inside the permit, so the permit does not see it: tell its limiter.
+                error = capacity.limiter.learn(error)
+            if error.rate_limited:
+                return partial(requeue_uncounted, reason=str(error), now=now()), True
+            return partial(
+                after_error, reason=str(error), permanent=error.permanent,
+                max_attempts=rules.max_attempts, now=now(),
+            ), False  # fmt: skip
+        return partial(succeed, result=result, now=now()), False
 
-    change = store.finish_item(job_id, item_id, token=token, decide=decide, seen=latest)
-    if change is None:
-        return Outcome(item_id, "superseded", "another delivery took the item over")
-    if change.after is ItemState.QUEUED:
-        reason = f"item {item_id}: {change.fields['error']}"
-        raise Deferred(reason) if rate_limited else RedeliverLater(reason)
-    return Outcome(item_id, change.after.value, completed=store.complete_if_done(job_id))
+
+# -- CRM items -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkItemDeps:
+    store: JobStore
+    ai: AIProvider
+    # Bulk work: behind interactive replies for the AI provider's capacity, shared by tenants.
+    capacity: Capacity
+    publisher: Publisher
+    rules: ClaimRules
+
+
+def handle_work_item(deps: WorkItemDeps, work: WorkItem) -> Ack:
+    """A CRM item: one model call. Raises Defer when it found no capacity (the push entry point
+    publishes the same message again: waiting never counts as a delivery attempt)."""
+    ack = process_item(
+        deps.store, without_progress(deps.ai.complete), work.job_id, work.item_id,
+        rules=deps.rules, capacity=deps.capacity, dispatch=work.dispatch,
+    )  # fmt: skip
+    announce_completion(deps.publisher, ack)
+    return ack
+
+
+def announce_completion(publisher: Publisher, ack: Ack) -> None:
+    if ack.completed is not None:
+        # Raising here would not bring the event back (the item is finished); a lost publish
+        # leaves the job's callback `pending`, which the sweeper republishes.
+        completed = BatchCompleted(job_id=ack.job, completion=ack.completed)
+        publisher.publish(BATCH_EVENTS, [completed.model_dump()])

@@ -36,9 +36,9 @@ from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
 from sluice.domain import intake
 from sluice.domain.items import ItemState, dispatch_at, lease_live, stalled
-from sluice.handlers.processor import Outcome
 from sluice.handlers.whatsapp import WhatsAppDeps, bring, let_next_go
 from sluice.messages import BATCH_EVENTS, WORK_ITEMS, BatchCompleted, WorkItem
+from sluice.outcomes import Ack
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +103,25 @@ def bring_waiting(whatsapp: WhatsAppDeps, *, now: datetime, idle: timedelta) -> 
     return brought
 
 
-def sweep(
-    store: JobStore,
-    publisher: Publisher,
-    exports: ExportStore,
-    whatsapp: WhatsAppDeps,
-    *,
-    now: datetime,
-    stall: timedelta,
-    callback_quiet: timedelta,
-    export_lease: timedelta,
-    intakes: IntakeTimes,
-    parked_idle: timedelta,
-) -> Outcome:
-    intakes_published, intakes_abandoned = sweep_intakes(store, publisher, now=now, times=intakes)
+@dataclass(frozen=True)
+class SweepDeps:
+    store: JobStore
+    publisher: Publisher
+    exports: ExportStore
+    whatsapp: WhatsAppDeps
+    stall: timedelta
+    callback_quiet: timedelta
+    export_lease: timedelta
+    intakes: IntakeTimes
+    # A head parked more recently than a capacity wait may be being tried right now.
+    parked_idle: timedelta
+
+
+def sweep(deps: SweepDeps, *, now: datetime) -> Ack:
+    store, publisher, stall = deps.store, deps.publisher, deps.stall
+    intakes_published, intakes_abandoned = sweep_intakes(
+        store, publisher, now=now, times=deps.intakes
+    )
     taken_over = requeued = 0
     for job_id in store.open_batches():
         orphans = [
@@ -144,7 +149,7 @@ def sweep(
             # from now on a delivery of an older message ends there, and the items are left
             # alone for another `stall`.
             store.redispatched(job_id, orphans, dispatch=dispatch, at=now)
-    callbacks = store.callbacks_to_send_again(now=now, quiet=callback_quiet)
+    callbacks = store.callbacks_to_send_again(now=now, quiet=deps.callback_quiet)
     if callbacks:
         publisher.publish(
             BATCH_EVENTS,
@@ -154,14 +159,14 @@ def sweep(
     # after every write call, so an expired one means its holder died. (A delivery that died is
     # usually delivered again first, and takes its own lease over at once: this is for the event
     # that is not.) A row is older than a lease by the time its dead flusher's lease runs out.
-    idle = now - export_lease
-    resumed = exports.stalled_backfills(now=now, idle_since=idle)
-    resumed |= exports.stranded_rows(now=now, queued_before=idle)
+    idle = now - deps.export_lease
+    resumed = deps.exports.stalled_backfills(now=now, idle_since=idle)
+    resumed |= deps.exports.stranded_rows(now=now, queued_before=idle)
     for job_id in sorted(resumed):
-        exports.nudge(job_id, now)
-    conversations = bring_waiting(whatsapp, now=now, idle=parked_idle)
+        deps.exports.nudge(job_id, now)
+    conversations = bring_waiting(deps.whatsapp, now=now, idle=deps.parked_idle)
     report = SweepReport(taken_over, requeued, len(callbacks), len(resumed), intakes_published,
                          intakes_abandoned, conversations)  # fmt: skip
     if report != SweepReport():
         log.warning("sweep republished %s", report)
-    return Outcome("sweep", "done", str(report))
+    return Ack("sweep", "done", str(report))

@@ -13,7 +13,6 @@ from typing import Any
 from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.conversations_store import ConversationStore, message_key
 from sluice.adapters.jobs_store import JobStore, now
-from sluice.adapters.limiter import NoCapacity
 from sluice.adapters.outside import ProviderError
 from sluice.adapters.publisher import Publisher
 from sluice.adapters.whatsapp_api import WhatsAppAPI
@@ -27,8 +26,9 @@ from sluice.domain.whatsapp import (
     message_time,
     should_reply,
 )
-from sluice.handlers.processor import Capacity, Deferred, Outcome, Progress, process_item
+from sluice.handlers.processor import Capacity, ClaimRules, Progress, process_item
 from sluice.messages import WHATSAPP_EVENTS, WhatsAppEventMessage
+from sluice.outcomes import Ack, Defer
 
 log = logging.getLogger(__name__)
 
@@ -44,30 +44,27 @@ class WhatsAppDeps:
     ai_capacity: Capacity
     send_capacity: Capacity
     publisher: Publisher
+    rules: ClaimRules
 
 
-def handle_event(
-    deps: WhatsAppDeps, event: WhatsAppEventMessage, *, lease_seconds: int, max_attempts: int
-) -> Outcome | None:
+def handle_event(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> Ack:
     if event.kind == "error":
         log.warning("WhatsApp reported an error for %s: %s", event.phone_number_id, event.body)
-        return None
+        return Ack(event.phone_number_id, "error reported")
     if event.kind == "status":
         status = event.body
         recipient = str(status.get("recipient_id", ""))
         new = deps.conversations.apply_status(
             event.phone_number_id, recipient, str(status["id"]), status, at=now()
         )
-        return Outcome(str(status["id"]), new, f"status {status['status']}")
-    return handle_message(deps, event, lease_seconds=lease_seconds, max_attempts=max_attempts)
+        return Ack(str(status["id"]), new, f"status {status['status']}")
+    return handle_message(deps, event)
 
 
-def handle_message(
-    deps: WhatsAppDeps, event: WhatsAppEventMessage, *, lease_seconds: int, max_attempts: int
-) -> Outcome | None:
+def handle_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> Ack:
     recorded = record_message(deps, event)
     if recorded is None:
-        return None
+        return Ack(str(event.body.get("id")), "dropped", "no tenant has the phone number")
     job_id, item_id = recorded
     phone_id = event.phone_number_id
 
@@ -105,26 +102,23 @@ def handle_message(
             # A repeat of a finished message (perhaps one that died before letting the next
             # one go): the next one goes now.
             let_next_go(deps, phone_id, user, me)
-            return Outcome(item_id, seen.doc["state"], "duplicate delivery")
+            return Ack(item_id, seen.doc["state"], "duplicate delivery")
         turn = deps.conversations.take_turn(phone_id, user, me)
         if turn is not Turn.GO:
-            return Outcome(item_id, "waiting", "an earlier message of its conversation waits")
+            return Ack(item_id, "waiting", "an earlier message of its conversation waits")
     # A message that gets no reply needs no capacity: it never waits, and is never parked.
     replies = should_reply(event.body, event.display_phone_number)
     capacity = replace(deps.ai_capacity, holder=phone_id) if replies else None
     try:
-        outcome = process_item(
-            deps.store, reply, job_id, item_id, lease_seconds=lease_seconds,
-            max_attempts=max_attempts, capacity=capacity,
-        )  # fmt: skip
-    except Deferred as deferred:
+        ack = process_item(deps.store, reply, job_id, item_id, rules=deps.rules, capacity=capacity)
+    except Defer as deferred:
         # Acknowledged, not refused: a refusal would count toward dead-lettering it. It waits
         # at the head of its conversation for the sweeper to bring it back.
         deps.conversations.park(phone_id, user, me, at=now())
-        return Outcome(item_id, "waiting", f"parked: {deferred}")
-    if queued and outcome.state in FINISHED:  # ItemState is a StrEnum: its values compare
+        return Ack(item_id, "waiting", f"parked: {deferred.reason}")
+    if queued and ack.state in FINISHED:  # ItemState is a StrEnum: its values compare
         let_next_go(deps, phone_id, user, me)
-    return outcome
+    return ack
 
 
 def let_next_go(deps: WhatsAppDeps, phone_id: str, user: str, me: Ref) -> None:
@@ -188,10 +182,8 @@ def send_once(
 ) -> str:
     """Send under the WhatsApp Cloud API's limits, recorded before and after: a send left in
     doubt (the worker died, or no answer came) is never repeated. No capacity in time is a rate
-    limit: nothing was sent, and the composed reply waits for the next delivery."""
-    capacity = deps.send_capacity
-
-    def send() -> str:
+    limit: nothing was sent, and the composed reply waits for the next delivery (Defer)."""
+    with deps.send_capacity.permit(phone_id):
         progress.save(reply=Sending(text).doc())
         try:
             wamid = deps.whatsapp.send_text(phone_id, to, text, reply_to=reply_to)
@@ -202,13 +194,3 @@ def send_once(
             raise
         progress.save(reply=Sent(text, wamid).doc())
         return wamid
-
-    try:
-        return capacity.limiter.call(
-            send, tenant=phone_id, interactive=True, wait=capacity.wait_seconds
-        )
-    except NoCapacity:
-        raise ProviderError(
-            "no WhatsApp sending capacity", permanent=False, rate_limited=True,
-            limiter_informed=True,
-        ) from None  # fmt: skip

@@ -1,42 +1,30 @@
-"""Decoding the events the event functions receive, into one typed input each."""
+"""Eventarc Firestore triggers, as sheets-writer and backfill receive them: the CloudEvent decoded
+into one `DocumentChange`, handed to the function's handler, and its outcome answered the way
+Eventarc understands it (see sluice.outcomes): a 2xx acknowledges the event, anything else has it
+delivered again, with backoff, for up to a day.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import flask
 from cloudevents.http import CloudEvent
 from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.events.cloud.firestore import DocumentEventData
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
+from sluice.outcomes import Ack, Fail, NotDone
+
+log = logging.getLogger(__name__)
+
 
 class BadEvent(ValueError):
     """An event that can never be processed: acknowledge it, do not have it redelivered."""
-
-
-@dataclass(frozen=True)
-class PubSubMessage:
-    topic: str
-    data: bytes
-    attributes: dict[str, str]
-    message_id: str
-
-
-def pubsub_message(event: CloudEvent) -> PubSubMessage:
-    """A push delivery, as functions-framework turns it into a CloudEvent. The topic comes from
-    the source: the push endpoint's path names it (`.../projects/P/topics/T`), as Eventarc does."""
-    source = event["source"] or ""
-    topic = source.rsplit("/topics/", 1)[-1] if "/topics/" in source else ""
-    message = (event.data or {}).get("message", event.data) or {}
-    try:
-        data = base64.b64decode(message.get("data", ""), validate=True)
-    except (binascii.Error, TypeError):
-        raise BadEvent("message data is not base64") from None
-    return PubSubMessage(topic, data, dict(message.get("attributes") or {}), event["id"])
 
 
 @dataclass(frozen=True)
@@ -90,3 +78,25 @@ def _plain(value: dict[str, Any]) -> Any:
     if kind == "array_value":
         return [_plain(v) for v in inner.get("values", [])]
     return inner
+
+
+def handle(cloud_event: CloudEvent, handler: Callable[[DocumentChange], Ack]) -> None:
+    """The body of a Firestore-triggered function: decode, handle, log what became of it.
+    Returning acknowledges; a `NotDone` raised is answered by `not_done`."""
+    try:
+        change = document_change(cloud_event)
+    except BadEvent as exc:
+        # Redelivery cannot make it readable: acknowledge.
+        log.error("acknowledging an undecodable event %s: %s", cloud_event["id"], exc)
+        return
+    log.info("%s", handler(change))
+
+
+def not_done(outcome: NotDone) -> flask.Response:
+    """What an event that is not done with is answered (registered with functions-framework's
+    errorhandler): a line in the log rather than a crash's trace."""
+    if isinstance(outcome, Fail):
+        log.error("event failed for good, acknowledged: %s", outcome.reason)
+        return flask.Response(outcome.reason, status=200, mimetype="text/plain")
+    log.info("event to be delivered again: %s", outcome.reason)
+    return flask.Response(outcome.reason, status=503, mimetype="text/plain")
