@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from bench.report import table
-from sluice.localcloud.cloud import Deployment, LocalCloud
-from sluice.localcloud.functions import FunctionProcess
+from localcloud.cloud import Deployment, LocalCloud
+from localcloud.functions import FunctionProcess
 from tests.firestore_events import firestore_event
 
 ROOT = Path(__file__).resolve().parents[1]

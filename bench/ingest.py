@@ -26,9 +26,9 @@ import httpx
 from google.cloud import firestore
 
 from bench.report import percentile, table
+from localcloud.cloud import Deployment, LocalCloud
+from localcloud.functions import FunctionProcess
 from sluice.adapters.tenants_store import TenantStore
-from sluice.localcloud.cloud import Deployment, LocalCloud
-from sluice.localcloud.functions import FunctionProcess
 from sluice.topology import Function, FunctionLimits
 from tests.whatsapp_payloads import change, delivery, signed, text_message
 

@@ -22,9 +22,9 @@ from google.cloud import firestore
 from bench.firestore_meter import FirestoreMeter
 from bench.report import percentile, table
 from bench.sheets import seed_finished_job
+from localcloud.cloud import Deployment, LocalCloud
+from localcloud.functions import FunctionProcess
 from sluice.adapters.tenants_store import TenantStore
-from sluice.localcloud.cloud import Deployment, LocalCloud
-from sluice.localcloud.functions import FunctionProcess
 
 SIZES = (10, 1_000, 10_000)
 CALLS = 60

@@ -9,9 +9,9 @@ import pytest
 from flask.testing import FlaskClient
 from functions_framework import create_app
 
+from localcloud.cloud import LocalCloud
 from sluice import wiring
 from sluice.adapters.clients import publisher_client
-from sluice.localcloud.cloud import LocalCloud
 from sluice.settings import get_settings
 from sluice.topology import load_topology
 

@@ -15,8 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from sluice.localcloud.frontend import Frontend
-from sluice.localcloud.processes import free_port, http_ok, spawn, stop
+from localcloud.frontend import Frontend
+from localcloud.processes import free_port, http_ok, spawn, stop
 from sluice.topology import Function
 
 log = logging.getLogger(__name__)

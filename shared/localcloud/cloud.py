@@ -28,13 +28,13 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.protobuf.duration_pb2 import Duration
 from google.pubsub_v1.types import DeadLetterPolicy, PushConfig, RetryPolicy
 
-from sluice.localcloud.emulators import Emulators
-from sluice.localcloud.functions import FunctionProcess
-from sluice.localcloud.graph_server import ACCESS_TOKEN_ENV as GRAPH_ACCESS_TOKEN_ENV
-from sluice.localcloud.processes import listening_port, spawn, stop
-from sluice.localcloud.provider_server import API_KEY_ENV as PROVIDER_API_KEY_ENV
-from sluice.localcloud.scheduler import Scheduler
-from sluice.localcloud.triggers import TriggerRouter
+from localcloud.emulators import Emulators
+from localcloud.functions import FunctionProcess
+from localcloud.graph_server import ACCESS_TOKEN_ENV as GRAPH_ACCESS_TOKEN_ENV
+from localcloud.processes import listening_port, spawn, stop
+from localcloud.provider_server import API_KEY_ENV as PROVIDER_API_KEY_ENV
+from localcloud.scheduler import Scheduler
+from localcloud.triggers import TriggerRouter
 from sluice.topology import REPO_TOPOLOGY, Topology, parse_topology
 
 SERVICE_ACCOUNTS = "iam.gserviceaccount.com"
@@ -196,7 +196,7 @@ class Deployment:
         offsets = {name: log.stat().st_size if log.exists() else 0 for name, log in logs.items()}
         for name, (module, args) in servers.items():
             self._servers[name] = spawn(
-                [sys.executable, "-m", f"sluice.localcloud.{module}",
+                [sys.executable, "-m", f"localcloud.{module}",
                  "--port", str(self.ports.get(name, 0)), *args],
                 log_path=logs[name],
                 env=secrets_of.get(name),

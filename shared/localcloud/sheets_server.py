@@ -10,7 +10,7 @@ can also be refused with a 429 at random (`throttle_rate`), as the real API does
 
 `GET /_sluice/stats` counts write requests and what they carried; `GET`/`POST /_sluice/config`
 read and change the behaviour at runtime. Run it with
-`python -m sluice.localcloud.sheets_server --port 0`; it prints `listening on http://HOST:PORT`.
+`python -m localcloud.sheets_server --port 0`; it prints `listening on http://HOST:PORT`.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ import openpyxl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from sluice.domain.sheets import column_letters
-from sluice.localcloud.local_server import (
+from localcloud.local_server import (
     RuntimeConfig,
     SlidingWindow,
     add_control_routes,
     json_response,
     serve,
 )
+from sluice.domain.sheets import column_letters
 
 NEW_SHEET_ROWS = 1000
 NEW_SHEET_COLUMNS = 26

@@ -13,7 +13,7 @@ What it was sent is kept, so a test can assert what the bot replied: `GET /_slui
 behaviour is read and changed at runtime with `GET`/`POST /_sluice/config`; `GET /` shows the last
 replies in a browser.
 
-Run it with `python -m sluice.localcloud.graph_server --port 0 --access-token TOKEN`; it prints
+Run it with `python -m localcloud.graph_server --port 0 --access-token TOKEN`; it prints
 `listening on http://HOST:PORT` once bound, and serves until SIGTERM or SIGINT.
 """
 
@@ -40,7 +40,7 @@ import flask
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from sluice.localcloud.local_server import (
+from localcloud.local_server import (
     Clock,
     RuntimeConfig,
     SlidingWindow,
@@ -533,7 +533,7 @@ def _page(stats: dict[str, Any], config: dict[str, Any], messages: list[dict[str
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m sluice.localcloud.graph_server",
+        prog="python -m localcloud.graph_server",
         description="A fake WhatsApp Cloud API messages endpoint for local runs and tests.",
     )
     p.add_argument("--host", default="127.0.0.1")

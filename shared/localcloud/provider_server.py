@@ -12,7 +12,7 @@ What it saw is counted, so a test can assert how the client behaved: `GET /_slui
 behaviour is read and changed at runtime with `GET`/`POST /_sluice/config`; `GET /` shows it all
 in a browser.
 
-Run it with `python -m sluice.localcloud.provider_server --port 0 --latency-ms 200`; it prints
+Run it with `python -m localcloud.provider_server --port 0 --latency-ms 200`; it prints
 `listening on http://HOST:PORT` once bound, and serves until SIGTERM or SIGINT.
 """
 
@@ -38,7 +38,7 @@ import flask
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from sluice.localcloud.local_server import (
+from localcloud.local_server import (
     Clock,
     RuntimeConfig,
     SlidingWindow,
@@ -489,7 +489,7 @@ def _page(stats: dict[str, Any], config: dict[str, Any], recent: list[dict[str, 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m sluice.localcloud.provider_server",
+        prog="python -m localcloud.provider_server",
         description="A fake OpenAI-compatible chat completions provider for local runs and tests.",
     )
     p.add_argument("--host", default="127.0.0.1")
