@@ -81,9 +81,9 @@ def import_ms(function: str) -> float:
 def start_and_first_request(
     d: Deployment, function: str, request: Request, log_dir: Path
 ) -> tuple[float, float]:
-    fn = FunctionProcess(function, d.topology.functions[function],
-                         source=SERVICES / function / "main.py", env=d.function_env(),
-                         log_dir=log_dir)  # fmt: skip
+    spec = d.topology.functions[function]
+    fn = FunctionProcess(function, spec, source=SERVICES / function / "main.py",
+                         env=d.function_env(spec), log_dir=log_dir)  # fmt: skip
     method, path, body, headers = request
     started = time.perf_counter()
     fn.serve()

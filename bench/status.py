@@ -34,11 +34,12 @@ METERED_CALLS = 5
 
 def metered_status_api(d: Deployment, meter: FirestoreMeter) -> FunctionProcess:
     """status-api as deployed, but reaching Firestore through the meter."""
+    spec = d.topology.functions["status-api"]
     return FunctionProcess(
         "status-api-metered",
-        d.topology.functions["status-api"],
+        spec,
         source=d.functions["status-api"].source,
-        env={**d.function_env(), "FIRESTORE_EMULATOR_HOST": meter.host},
+        env={**d.function_env(spec), "FIRESTORE_EMULATOR_HOST": meter.host},
         log_dir=d.dir,
     ).serve()
 
