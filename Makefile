@@ -19,7 +19,7 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
 
-$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+$(VENV)/.synced: pyproject.toml shared/localcloud/pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PYTHON)
 	touch $@
 
@@ -48,7 +48,7 @@ unit: install
 
 # Starts the local cloud, submits a demo batch, and keeps running until Ctrl-C.
 run: install
-	$(PY) -m sluice.localcloud.run
+	$(PY) -m localcloud.run
 
 # Figures measured on the local cloud, side by side in one run: bench/results/latest.{json,md}.
 bench: install

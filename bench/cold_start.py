@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from bench.report import table
-from sluice.localcloud.cloud import Deployment, LocalCloud
-from sluice.localcloud.functions import FunctionProcess
+from localcloud.cloud import Deployment, LocalCloud
+from localcloud.functions import FunctionProcess
 from tests.firestore_events import firestore_event
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,9 +81,9 @@ def import_ms(function: str) -> float:
 def start_and_first_request(
     d: Deployment, function: str, request: Request, log_dir: Path
 ) -> tuple[float, float]:
-    fn = FunctionProcess(function, d.topology.functions[function],
-                         source=SERVICES / function / "main.py", env=d.function_env(),
-                         log_dir=log_dir)  # fmt: skip
+    spec = d.topology.functions[function]
+    fn = FunctionProcess(function, spec, source=SERVICES / function / "main.py",
+                         env=d.function_env(spec), log_dir=log_dir)  # fmt: skip
     method, path, body, headers = request
     started = time.perf_counter()
     fn.serve()

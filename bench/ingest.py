@@ -26,9 +26,9 @@ import httpx
 from google.cloud import firestore
 
 from bench.report import percentile, table
+from localcloud.cloud import Deployment, LocalCloud
+from localcloud.functions import FunctionProcess
 from sluice.adapters.tenants_store import TenantStore
-from sluice.localcloud.cloud import Deployment, LocalCloud
-from sluice.localcloud.functions import FunctionProcess
 from sluice.topology import Function, FunctionLimits
 from tests.whatsapp_payloads import change, delivery, signed, text_message
 
@@ -89,11 +89,15 @@ def start_inline(d: Deployment) -> FunctionProcess:
     limits = FunctionLimits(
         max_instances=1, concurrency=16, timeout_seconds=INLINE_TIMEOUT_S, memory="512Mi"
     )
+    # It checks the signature, calls the provider and replies, all in the request.
+    needs = ["whatsapp_app_secret", "ai_provider_url", "ai_provider_api_key",
+             "whatsapp_access_token"]  # fmt: skip
+    inline = Function(entry_point="inline", trigger="http", limits=limits, needs=needs)
     return FunctionProcess(
         "inline",
-        Function(entry_point="inline", trigger="http", limits=limits),
+        inline,
         source=Path(__file__).parent / "inline.py",
-        env=d.function_env(),
+        env=d.function_env(inline),
         log_dir=d.dir,
     ).serve()
 

@@ -28,9 +28,9 @@ from google.cloud import firestore
 
 from bench.report import table
 from bench.sheets import wait_export, writes
+from localcloud.cloud import LocalCloud
 from sluice.adapters.tenants_store import TenantStore
 from sluice.domain import limits
-from sluice.localcloud.cloud import LocalCloud
 
 ITEMS = 1000
 

@@ -18,8 +18,8 @@ import httpx
 from google.cloud import firestore
 
 from bench.report import table
+from localcloud.cloud import LocalCloud
 from sluice.adapters.tenants_store import TenantStore
-from sluice.localcloud.cloud import LocalCloud
 
 FUNCTION = "webhook-ingest"
 CONCURRENT = 2

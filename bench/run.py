@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import cold_start, ingest, makespan, memory, sheets, status
-from sluice.localcloud.cloud import LocalCloud
+from localcloud.cloud import LocalCloud
 
 RESULTS = Path(__file__).parent / "results"
 

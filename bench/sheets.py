@@ -24,9 +24,9 @@ import httpx
 from google.cloud import firestore
 
 from bench.report import table
+from localcloud.cloud import LocalCloud
 from sluice.adapters.jobs_store import JobStore, new_item_doc
 from sluice.adapters.tenants_store import TenantStore
-from sluice.localcloud.cloud import LocalCloud
 
 SMALL, LARGE = 10, 10_000
 SMALL_JOBS, LARGE_JOBS = 3, 1

@@ -22,9 +22,9 @@ from google.cloud import firestore
 from bench.firestore_meter import FirestoreMeter
 from bench.report import percentile, table
 from bench.sheets import seed_finished_job
+from localcloud.cloud import Deployment, LocalCloud
+from localcloud.functions import FunctionProcess
 from sluice.adapters.tenants_store import TenantStore
-from sluice.localcloud.cloud import Deployment, LocalCloud
-from sluice.localcloud.functions import FunctionProcess
 
 SIZES = (10, 1_000, 10_000)
 CALLS = 60
@@ -34,11 +34,12 @@ METERED_CALLS = 5
 
 def metered_status_api(d: Deployment, meter: FirestoreMeter) -> FunctionProcess:
     """status-api as deployed, but reaching Firestore through the meter."""
+    spec = d.topology.functions["status-api"]
     return FunctionProcess(
         "status-api-metered",
-        d.topology.functions["status-api"],
+        spec,
         source=d.functions["status-api"].source,
-        env={**d.function_env(), "FIRESTORE_EMULATOR_HOST": meter.host},
+        env={**d.function_env(spec), "FIRESTORE_EMULATOR_HOST": meter.host},
         log_dir=d.dir,
     ).serve()
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from google.cloud import firestore
 
+from localcloud.cloud import Deployment, LocalCloud
 from sluice.adapters.tenants_store import NewTenant, TenantStore
-from sluice.localcloud.cloud import Deployment, LocalCloud
 
 
 @pytest.fixture(scope="session")

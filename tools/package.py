@@ -1,10 +1,11 @@
 """Build one deployable source archive per function: `make package` → dist/<function>.zip.
 
 Each archive is what Cloud Run functions builds from: the function's `main.py` at the root, the
-shared `sluice` package beside it (without the local cloud and the operator CLI, which no function
-imports), `topology.yaml` (read at run time, found beside the package), and a `requirements.txt`
-pinned, with hashes, from uv.lock. Entries are sorted and dated 1980-01-01, so the same source
-gives the same bytes: Terraform names each upload by its hash and redeploys only what changed.
+shared `sluice` package beside it (without the operator CLI, which no function imports; the local
+cloud is a package apart, `shared/localcloud/`, never part of it), `topology.yaml` (read at run
+time, found beside the package), and a `requirements.txt` pinned, with hashes, from uv.lock.
+Entries are sorted and dated 1980-01-01, so the same source gives the same bytes: Terraform names
+each upload by its hash and redeploys only what changed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "shared" / "sluice"
 # Parts of the package that only run on a developer's machine.
-LEFT_OUT = {"localcloud", "cli.py"}
+LEFT_OUT = {"cli.py"}
 
 
 def package_files() -> Iterator[tuple[Path, str]]:

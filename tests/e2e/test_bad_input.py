@@ -11,7 +11,7 @@ import pytest
 from google.cloud import firestore
 
 from sluice.adapters.tenants_store import NewTenant, TenantStore
-from sluice.localcloud.cloud import Deployment, LocalCloud
+from localcloud.cloud import Deployment, LocalCloud
 from tests.conftest import bearer
 
 pytestmark = pytest.mark.cloud

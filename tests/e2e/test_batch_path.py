@@ -11,7 +11,7 @@ import httpx
 import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-from sluice.localcloud.cloud import Deployment
+from localcloud.cloud import Deployment
 from tests.conftest import bearer, logs_of
 
 pytestmark = pytest.mark.cloud

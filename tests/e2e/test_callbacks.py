@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from localcloud.processes import BackgroundServer
 from sluice.domain.callbacks import verify
-from sluice.localcloud.processes import BackgroundServer
 from tests.conftest import bearer
 from tests.e2e.test_batch_path import submit, wait_done
 

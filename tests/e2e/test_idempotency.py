@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from sluice.localcloud.cloud import Deployment
+from localcloud.cloud import Deployment
 from tests.conftest import bearer
 
 pytestmark = pytest.mark.cloud

@@ -30,7 +30,7 @@ def test_make_run_serves_the_demo_and_stops_everything_on_ctrl_c(tmp_path: Path)
     for var in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST"):
         env.pop(var, None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sluice.localcloud.run"],
+        [sys.executable, "-m", "localcloud.run"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     output: list[str] = []

@@ -10,8 +10,8 @@ import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.pubsub_v1.types import PushConfig
 
+from localcloud.cloud import Deployment
 from sluice.adapters.tenants_store import TenantStore
-from sluice.localcloud.cloud import Deployment
 from tests.e2e.test_batch_path import items_of, submit, wait_done
 from tests.e2e.test_whatsapp import wait_for, webhook
 from tests.whatsapp_payloads import change, delivery, signed, text_message

@@ -13,9 +13,9 @@ from datetime import datetime
 import httpx
 import pytest
 
+from localcloud.cloud import Deployment
 from sluice.adapters.sheets_api import SheetsAPI
 from sluice.domain.sheets import BATCH_COLUMNS
-from sluice.localcloud.cloud import Deployment
 from tests.conftest import bearer
 from tests.e2e.test_batch_path import items_of, submit, wait_done
 

@@ -10,10 +10,10 @@ import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from localcloud.cloud import Deployment
 from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.tenants_store import TenantStore
 from sluice.domain.whatsapp import sign
-from sluice.localcloud.cloud import Deployment
 from sluice.messages import WhatsAppEventMessage
 from tests.conftest import logs_of
 from tests.whatsapp_payloads import change, delivery, signed, status, text_message

@@ -9,7 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 from functions_framework import create_app
 
-from sluice.localcloud.cloud import LocalCloud
+from localcloud.cloud import LocalCloud
 from sluice.topology import load_topology
 
 APP_SECRET = "functions-test-app-secret"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-from sluice.localcloud.processes import free_port
+from localcloud.processes import free_port
 
 
 @pytest.fixture

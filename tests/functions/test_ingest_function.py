@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import yaml
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
+from localcloud.cloud import merge
+from localcloud.processes import free_port
 from sluice.adapters.jobs_store import JobStore, NewItem
 from sluice.domain.batches import fingerprint, item_ids, job_id_for, parse_batch
-from sluice.localcloud.cloud import merge
-from sluice.localcloud.processes import free_port
 from sluice.topology import REPO_TOPOLOGY
 from tests.conftest import bearer
 

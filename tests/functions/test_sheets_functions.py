@@ -11,11 +11,11 @@ import httpx
 import pytest
 from werkzeug.serving import make_server
 
+from localcloud.sheets_server import SheetsConfig, create_app
 from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.jobs_store import JobStore, NewItem
 from sluice.adapters.sheets_api import SheetsAPI
 from sluice.adapters.tenants_store import TenantStore
-from sluice.localcloud.sheets_server import SheetsConfig, create_app
 from tests.conftest import bearer
 from tests.firestore_events import firestore_event
 

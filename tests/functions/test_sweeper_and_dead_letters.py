@@ -11,8 +11,8 @@ import pytest
 import yaml
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
+from localcloud.cloud import merge
 from sluice.adapters.jobs_store import JobStore, NewItem
-from sluice.localcloud.cloud import merge
 from sluice.topology import REPO_TOPOLOGY
 from tests.pushes import push_body
 

@@ -15,10 +15,10 @@ from google.api_core.exceptions import ServiceUnavailable
 from google.cloud.firestore_v1.base_query import FieldFilter
 from werkzeug.serving import make_server
 
+from localcloud import graph_server, provider_server
+from localcloud.cloud import merge
 from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.tenants_store import TenantStore
-from sluice.localcloud import graph_server, provider_server
-from sluice.localcloud.cloud import merge
 from sluice.topology import REPO_TOPOLOGY
 from tests.pushes import push_body
 from tests.whatsapp_payloads import text_message

@@ -16,7 +16,7 @@ import flask
 import httpx
 import pytest
 
-from sluice.localcloud.graph_server import GraphConfig, create_app
+from localcloud.graph_server import GraphConfig, create_app
 
 TOKEN = "local-access-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -513,7 +513,7 @@ def server() -> Iterator[tuple[subprocess.Popen[str], str]]:
         [
             sys.executable,
             "-m",
-            "sluice.localcloud.graph_server",
+            "localcloud.graph_server",
             "--port",
             "0",
             "--access-token",

@@ -3,7 +3,7 @@
 import json
 import stat
 
-from sluice.localcloud.cloud import write_local_json
+from localcloud.cloud import write_local_json
 
 
 def test_local_json_is_readable_by_its_owner_only(tmp_path):

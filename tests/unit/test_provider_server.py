@@ -15,7 +15,7 @@ import flask
 import httpx
 import pytest
 
-from sluice.localcloud.provider_server import ProviderConfig, create_app
+from localcloud.provider_server import ProviderConfig, create_app
 
 URL = "/v1/chat/completions"
 
@@ -383,7 +383,7 @@ def server() -> Iterator[tuple[subprocess.Popen[str], str]]:
         [
             sys.executable,
             "-m",
-            "sluice.localcloud.provider_server",
+            "localcloud.provider_server",
             "--port",
             "0",
             "--latency-ms",

@@ -12,9 +12,9 @@ import openpyxl
 import pytest
 from werkzeug.serving import make_server
 
+from localcloud.sheets_server import SheetsConfig, create_app, parse_range
 from sluice.adapters.outside import ProviderError
 from sluice.adapters.sheets_api import SheetsAPI, runs
-from sluice.localcloud.sheets_server import SheetsConfig, create_app, parse_range
 
 
 @pytest.fixture

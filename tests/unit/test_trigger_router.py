@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler
 
 import httpx
 
-from sluice.localcloud.processes import BackgroundServer
-from sluice.localcloud.triggers import TriggerRouter
+from localcloud.processes import BackgroundServer
+from localcloud.triggers import TriggerRouter
 
 
 class Failing(BackgroundServer):

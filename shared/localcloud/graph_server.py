@@ -11,43 +11,48 @@ body (`contacts` and a `wamid.` message id) and the same error body (`error.code
 What it was sent is kept, so a test can assert what the bot replied: `GET /_sluice/messages`,
 `GET /_sluice/stats` (`max_per_second`, `by_error_code`, ...), `POST /_sluice/reset`; the
 behaviour is read and changed at runtime with `GET`/`POST /_sluice/config`; `GET /` shows the last
-replies in a browser.
+replies in a browser. These, the counters, the log, the page and the command line come from
+`local_server`, the base of every local server.
 
-Run it with `python -m sluice.localcloud.graph_server --port 0 --access-token TOKEN`; it prints
+Run it with `python -m localcloud.graph_server --port 0 --messages-per-second 80` (one flag per
+behaviour field; the access token is best given in $SLUICE_GRAPH_ACCESS_TOKEN); it prints
 `listening on http://HOST:PORT` once bound, and serves until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hmac
-import html
 import json
 import math
-import os
 import re
 import secrets
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import flask
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 from werkzeug.exceptions import HTTPException
 
-from sluice.localcloud.local_server import (
+from localcloud.local_server import (
+    BaseBehaviour,
     Clock,
+    Column,
+    Counters,
+    LocalServer,
+    LogView,
     RuntimeConfig,
+    ServeOptions,
     SlidingWindow,
-    add_control_routes,
+    by_key,
+    from_env,
     json_response,
-    parse_limit,
-    serve,
+    local_app,
+    pause,
+    when,
 )
 
 DEFAULT_ACCESS_TOKEN = "local-access-token"
@@ -56,8 +61,6 @@ ACCESS_TOKEN_ENV = "SLUICE_GRAPH_ACCESS_TOKEN"
 VERSION = re.compile(r"v\d+\.\d+")
 TEXT_MAX_CHARS = 4096  # Meta's limit on `text.body`
 RECIPIENT_TYPES = frozenset({"individual", "group"})
-LOG_SIZE = 10_000
-PAGE_SIZE = 50
 SECOND_S = 1.0
 
 # Meta's codes. Clients must key on `error.code`, as Meta asks: the HTTP status of an error varies
@@ -70,32 +73,39 @@ UNKNOWN_ERROR = 131000
 INVALID_TOKEN_MESSAGE = "Invalid OAuth access token - Cannot parse access token"
 
 
-class Behaviour(BaseModel):
-    """How the Graph API behaves. Immutable: a change swaps in a whole new, validated value."""
+class Behaviour(BaseBehaviour):
+    """How the Graph API behaves."""
 
-    # Strict, so that a runtime `POST /_sluice/config` with {"failure_rate": "0.5"} or a bool
-    # for an int is refused rather than silently coerced.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-    access_token: str = Field(default=DEFAULT_ACCESS_TOKEN, min_length=1)
-    # Messages accepted per phone number in any 1 s; null: no limit.
-    messages_per_second: int | None = Field(default=None, ge=0)
-    # The least time between two messages from one phone number to one recipient; null: any.
-    pair_min_interval_s: float | None = Field(default=None, ge=0)
-    latency_ms: float = Field(default=0.0, ge=0)
-    # How long the answer to an accepted message is held back after it was accepted (and
-    # listed): the window in which a sender that dies, or gives up waiting, has sent a message
-    # without knowing it.
-    answer_delay_ms: float = Field(default=0.0, ge=0)
-    failure_rate: float = Field(default=0.0, ge=0, le=1)
-    seed: int | None = None
+    access_token: str = Field(
+        default=DEFAULT_ACCESS_TOKEN,
+        min_length=1,
+        description="the bearer token callers must send",
+        json_schema_extra=from_env(ACCESS_TOKEN_ENV),
+    )
+    messages_per_second: int | None = Field(
+        default=None, ge=0, description="per phone number, past this many in 1 s answer 130429"
+    )
+    pair_min_interval_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="a second message to the same recipient within this many seconds answers "
+        "131056",
+    )
+    latency_ms: float = Field(default=0.0, ge=0, description="sleep this long per call")
+    # The window in which a sender that dies, or gives up waiting, has sent a message without
+    # knowing it.
+    answer_delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="hold the answer to an accepted (and listed) message back this long",
+    )
+    failure_rate: float = Field(default=0.0, ge=0, le=1, description="fraction answered 131000")
 
 
 class GraphConfig(RuntimeConfig[Behaviour]):
     """The current `Behaviour` plus the random generator it seeds; safe to share between threads."""
 
-    def __init__(self, **fields: Any) -> None:
-        super().__init__(Behaviour, fields)
+    model = Behaviour
 
     def draw(self) -> tuple[Behaviour, bool]:
         """The behaviour and whether this call fails, taken together under the lock."""
@@ -296,19 +306,12 @@ class _Call:
     generation: int
 
 
-class GraphStats:
-    """What the server saw and sent. One lock guards all of it, so every snapshot is consistent."""
-
-    def __init__(self, clock: Clock = time.monotonic) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._generation = 0
-        self._zero()
+class GraphStats(Counters[SentMessage]):
+    """What the server saw and sent: its log lists the messages it accepted."""
 
     def _zero(self) -> None:
-        self._requests = 0
+        super()._zero()
         self._accepted = 0
-        self._by_status: dict[int, int] = {}
         self._by_error_code: dict[int, int] = {}
         # Per phone number id: every arrival, and the calls the throughput limit let in.
         self._arrivals: dict[str, SlidingWindow] = {}
@@ -316,22 +319,21 @@ class GraphStats:
         self._max_per_second: dict[str, int] = {}
         # (phone number id, recipient) -> monotonic time the pair limit last let a call in.
         self._last_to: dict[tuple[str, str], float] = {}
-        self._messages: deque[SentMessage] = deque(maxlen=LOG_SIZE)
 
-    def reset(self) -> None:
-        with self._lock:
-            # Calls that arrived before the reset must not be counted when they end after it.
-            self._generation += 1
-            self._zero()
+    def _counted(self) -> dict[str, Any]:
+        return {
+            "accepted": self._accepted,
+            "by_error_code": by_key(self._by_error_code),
+            "max_per_second": dict(sorted(self._max_per_second.items())),
+        }
 
     def arrive(self, phone_number_id: str) -> _Call:
         with self._lock:
-            self._requests += 1
             window = self._arrivals.setdefault(phone_number_id, SlidingWindow(SECOND_S))
             seen = window.add(self._clock())
             peak = self._max_per_second.get(phone_number_id, 0)
             self._max_per_second[phone_number_id] = max(peak, seen)
-            return _Call(phone_number_id, self._generation)
+            return _Call(phone_number_id, self._arrived())
 
     def admit(self, call: _Call, to: str, behaviour: Behaviour) -> None:
         """Let the call through both limits, or raise the `GraphError` of the first it hits.
@@ -354,38 +356,13 @@ class GraphStats:
 
     def finish(self, call: _Call, status: int, code: int | None, sent: SentMessage | None) -> None:
         with self._lock:
-            if call.generation != self._generation:
+            if not self._answered(call.generation, status):
                 return
-            self._by_status[status] = self._by_status.get(status, 0) + 1
             if code is not None:
                 self._by_error_code[code] = self._by_error_code.get(code, 0) + 1
             if sent is not None:
                 self._accepted += 1
-                self._messages.append(sent)
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "requests": self._requests,
-                "accepted": self._accepted,
-                "by_status": {str(k): v for k, v in sorted(self._by_status.items())},
-                "by_error_code": {str(k): v for k, v in sorted(self._by_error_code.items())},
-                "max_per_second": dict(sorted(self._max_per_second.items())),
-            }
-
-    def messages(
-        self, limit: int, to: str | None = None, phone_number_id: str | None = None
-    ) -> list[dict[str, Any]]:
-        """The last `limit` messages sent, oldest first, optionally to one recipient or from one
-        phone number."""
-        with self._lock:
-            chosen = [
-                m
-                for m in self._messages
-                if (to is None or m.to == to)
-                and (phone_number_id is None or m.phone_number_id == phone_number_id)
-            ]
-        return [m.as_dict() for m in chosen[max(0, len(chosen) - limit) :]]
+                self._log.append(sent)
 
 
 def success_body(sent: SentMessage) -> dict[str, Any]:
@@ -399,6 +376,28 @@ def success_body(sent: SentMessage) -> dict[str, Any]:
 # --- the app -------------------------------------------------------------------------------------
 
 
+def _summary(message: dict[str, Any]) -> str:
+    """What a person would see: a text's body, or the object of any other type as JSON."""
+    content = message["body"][message["type"]]
+    if message["type"] == "text":
+        return str(content["body"])
+    return json.dumps(content, ensure_ascii=False)
+
+
+LOG = LogView(
+    "/_sluice/messages",
+    "messages sent",
+    [
+        Column("at", lambda m: when(m["at"])),
+        Column("from (phone number id)", lambda m: str(m["phone_number_id"])),
+        Column("to", lambda m: str(m["to"])),
+        Column("type", lambda m: str(m["type"])),
+        Column("message", _summary, css="text"),
+    ],
+    filters=("to", "phone_number_id"),
+)
+
+
 def create_app(
     config: GraphConfig | None = None,
     *,
@@ -410,15 +409,21 @@ def create_app(
     config = config if config is not None else GraphConfig()
     stats = GraphStats(clock)
     stop = stopping if stopping is not None else threading.Event()
-    app = flask.Flask(__name__)
-    app.extensions["sluice_graph"] = {"config": config, "stats": stats}
 
-    @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> flask.Response:
-        # 404s and 405s in the Graph API's error format too, since a client parses every error.
         return GraphError(
             e.code or 500, INVALID_PARAMETER, e.description or e.name, type_="GraphMethodException"
         ).response()
+
+    app = local_app(
+        __name__,
+        title="Sluice fake WhatsApp Cloud API",
+        config=config,
+        counters=stats,
+        log=LOG,
+        bad_request=lambda message: invalid(message).response(),
+        http_error=http_error,
+    )
 
     @app.post("/<version>/<phone_number_id>/messages")
     def send_message(version: str, phone_number_id: str) -> flask.Response:
@@ -436,9 +441,8 @@ def create_app(
             return e.response()
         finally:
             stats.finish(call, status, code, sent)
-        delay = config.get().answer_delay_ms
-        if delay > 0:
-            stop.wait(delay / 1000)  # accepted and listed already, whatever happens to the answer
+        # Accepted and listed already, whatever happens to the answer.
+        pause(stop, config.get().answer_delay_ms)
         return json_response(success_body(sent))
 
     def _send(call: _Call) -> SentMessage:
@@ -452,8 +456,7 @@ def create_app(
         stats.admit(call, message.to, behaviour)
 
         behaviour, fail = config.draw()
-        if behaviour.latency_ms > 0:
-            stop.wait(behaviour.latency_ms / 1000)
+        pause(stop, behaviour.latency_ms)
         if fail:
             raise something_went_wrong()
         return SentMessage(
@@ -465,127 +468,19 @@ def create_app(
             at=time.time(),
         )
 
-    add_control_routes(app, config, stats, lambda message: invalid(message).response())
-
-    @app.get("/_sluice/messages")
-    def get_messages() -> flask.Response:
-        args = flask.request.args
-        limit = parse_limit(args.get("limit"), 100)
-        if limit is None:
-            return invalid("'limit' must be a non-negative integer.").response()
-        return json_response(stats.messages(limit, args.get("to"), args.get("phone_number_id")))
-
-    @app.get("/")
-    def index() -> flask.Response:
-        return flask.Response(
-            _page(stats.snapshot(), config.as_dict(), stats.messages(PAGE_SIZE)),
-            mimetype="text/html",
-        )
-
     return app
-
-
-def _summary(message: dict[str, Any]) -> str:
-    """What a person would see: a text's body, or the object of any other type as JSON."""
-    content = message["body"][message["type"]]
-    if message["type"] == "text":
-        return str(content["body"])
-    return json.dumps(content, ensure_ascii=False)
-
-
-def _page(stats: dict[str, Any], config: dict[str, Any], messages: list[dict[str, Any]]) -> str:
-    def table(rows: dict[str, Any]) -> str:
-        cells = "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v))}</td></tr>"
-            for k, v in rows.items()
-        )
-        return f"<table>{cells}</table>"
-
-    def when(t: float) -> str:
-        return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
-
-    rows = "".join(
-        "<tr>"
-        f"<td>{when(m['at'])}</td><td>{html.escape(m['phone_number_id'])}</td>"
-        f"<td>{html.escape(m['to'])}</td><td>{html.escape(m['type'])}</td>"
-        f'<td class="msg">{html.escape(_summary(m))}</td>'
-        "</tr>"
-        for m in reversed(messages)
-    )
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
-<title>Sluice fake WhatsApp Cloud API</title>
-<style>body{{font-family:sans-serif}} td,th{{padding:2px 8px;text-align:left;vertical-align:top}}
-.msg{{white-space:pre-wrap}}</style>
-</head><body>
-<h1>Sluice fake WhatsApp Cloud API</h1>
-<h2>Last {len(messages)} messages sent, newest first</h2>
-<table><tr><th>at</th><th>from (phone number id)</th><th>to</th><th>type</th><th>message</th></tr>
-{rows}</table>
-<h2>Stats</h2>{table(stats)}
-<h2>Config</h2>{table(config)}
-</body></html>
-"""
 
 
 # --- command line --------------------------------------------------------------------------------
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m sluice.localcloud.graph_server",
-        description="A fake WhatsApp Cloud API messages endpoint for local runs and tests.",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 (the default) picks a free port")
-    p.add_argument(
-        "--access-token",
-        default=os.environ.get(ACCESS_TOKEN_ENV, DEFAULT_ACCESS_TOKEN),
-        help=f"the bearer token callers must send (default: ${ACCESS_TOKEN_ENV}, else "
-        f"{DEFAULT_ACCESS_TOKEN}; prefer the variable, which `ps` does not show)",
-    )
-    p.add_argument(
-        "--messages-per-second",
-        type=int,
-        default=None,
-        help="per phone number, past this many in 1 s answer 130429",
-    )
-    p.add_argument(
-        "--pair-min-interval-s",
-        type=float,
-        default=None,
-        help="a second message to the same recipient within this many seconds answers 131056",
-    )
-    p.add_argument("--latency-ms", type=float, default=0.0, help="sleep this long per call")
-    p.add_argument("--failure-rate", type=float, default=0.0, help="fraction answered 131000")
-    p.add_argument("--seed", type=int, default=None, help="seed the random failures")
-    p.add_argument("--log-requests", action="store_true", help="log each request to stderr")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        config = GraphConfig(
-            access_token=args.access_token,
-            messages_per_second=args.messages_per_second,
-            pair_min_interval_s=args.pair_min_interval_s,
-            latency_ms=args.latency_ms,
-            failure_rate=args.failure_rate,
-            seed=args.seed,
-        )
-    except ValidationError as e:
-        parser.error(str(e))
-
-    return serve(
-        lambda stopping: create_app(config, stopping=stopping),
-        args.host,
-        args.port,
-        name="graph-server",
-        log_requests=args.log_requests,
-    )
+SERVER = LocalServer(
+    module="localcloud.graph_server",
+    description="A fake WhatsApp Cloud API messages endpoint for local runs and tests.",
+    config=GraphConfig,
+    options=ServeOptions,
+    make_app=lambda config, options, stopping, url: create_app(config, stopping=stopping),
+)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(SERVER.main())

@@ -10,46 +10,49 @@ concurrency limit, both answered with 429 and `Retry-After` like the real thing.
 What it saw is counted, so a test can assert how the client behaved: `GET /_sluice/stats`
 (`max_in_flight`, `max_per_minute`, ...), `GET /_sluice/requests`, `POST /_sluice/reset`; the
 behaviour is read and changed at runtime with `GET`/`POST /_sluice/config`; `GET /` shows it all
-in a browser.
+in a browser. These, the counters, the log, the page and the command line come from
+`local_server`, the base of every local server.
 
-Run it with `python -m sluice.localcloud.provider_server --port 0 --latency-ms 200`; it prints
-`listening on http://HOST:PORT` once bound, and serves until SIGTERM or SIGINT.
+Run it with `python -m localcloud.provider_server --port 0 --latency-ms 200` (one flag per
+behaviour field); it prints `listening on http://HOST:PORT` once bound, and serves until SIGTERM
+or SIGINT.
 """
 
 from __future__ import annotations
 
-import argparse
-import html
-import itertools
 import json
 import math
-import os
 import random
 import sys
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import flask
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 from werkzeug.exceptions import HTTPException
 
-from sluice.localcloud.local_server import (
+from localcloud.local_server import (
+    BaseBehaviour,
+    Call,
     Clock,
+    Column,
+    Counters,
+    LocalServer,
     RuntimeConfig,
+    ServeOptions,
     SlidingWindow,
-    add_control_routes,
+    calls_log,
+    from_env,
     json_response,
-    parse_limit,
-    serve,
+    local_app,
+    pause,
 )
 
 CONTENT_CHARS = 200  # how much of the user message is echoed back and kept in the request log
-LOG_SIZE = 10_000
 WINDOW_S = 60.0
 ECHO_PREFIX = "echo: "
 # The API key is read from here: a secret on a command line is readable by anyone on the machine.
@@ -57,26 +60,43 @@ API_KEY_ENV = "SLUICE_PROVIDER_API_KEY"
 TRICKLE_BYTES = 16  # a trickled answer is sent in pieces of this size
 
 
-class Behaviour(BaseModel):
-    """How the provider behaves. Immutable: a change swaps in a whole new, validated value."""
+class Behaviour(BaseBehaviour):
+    """How the provider behaves."""
 
-    # Strict, so that a runtime `POST /_sluice/config` with {"failure_rate": "0.5"} or a bool
-    # for an int is refused rather than silently coerced.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-    latency_ms: float = Field(default=0.0, ge=0)
-    latency_jitter_ms: float = Field(default=0.0, ge=0)
-    failure_rate: float = Field(default=0.0, ge=0, le=1)
-    timeout_rate: float = Field(default=0.0, ge=0, le=1)
-    timeout_sleep_s: float = Field(default=60.0, ge=0)
+    latency_ms: float = Field(default=0.0, ge=0, description="sleep this long per call")
+    latency_jitter_ms: float = Field(default=0.0, ge=0, description="plus or minus this much")
+    failure_rate: float = Field(default=0.0, ge=0, le=1, description="fraction answered 500")
+    timeout_rate: float = Field(
+        default=0.0, ge=0, le=1, description="fraction that hang before answering"
+    )
+    timeout_sleep_s: float = Field(default=60.0, ge=0, description="how long a hang lasts")
     # A successful answer sent in pieces of TRICKLE_BYTES this far apart: every read is quick,
     # the whole answer is slow (what a total deadline is for).
-    trickle_ms: float = Field(default=0.0, ge=0)
+    trickle_ms: float = Field(
+        default=0.0, ge=0, description="send answers in small pieces this far apart"
+    )
     # An empty marker would match every message; refuse it, use null to switch it off.
-    permanent_failure_marker: str | None = Field(default=None, min_length=1)
-    rate_limit_per_minute: int | None = Field(default=None, ge=0)
-    max_concurrent: int | None = Field(default=None, ge=0)
-    seed: int | None = None
+    permanent_failure_marker: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a last user message containing this is answered 400",
+    )
+    rate_limit_per_minute: int | None = Field(
+        default=None, ge=0, description="past this many accepted calls in 60 s, answer 429"
+    )
+    max_concurrent: int | None = Field(
+        default=None, ge=0, description="past this many in flight, answer 429"
+    )
+
+
+class Options(ServeOptions):
+    """Fixed at start: not part of the behaviour, so that `/_sluice/config` never shows it."""
+
+    api_key: str | None = Field(
+        default=None,
+        description="answer 401 to calls without this bearer key",
+        json_schema_extra=from_env(API_KEY_ENV),
+    )
 
 
 @dataclass(frozen=True)
@@ -91,8 +111,7 @@ class Draw:
 class ProviderConfig(RuntimeConfig[Behaviour]):
     """The current `Behaviour` plus the random generator it seeds; safe to share between threads."""
 
-    def __init__(self, **fields: Any) -> None:
-        super().__init__(Behaviour, fields)
+    model = Behaviour
 
     def draw(self) -> tuple[Behaviour, Draw]:
         """The behaviour and the random choices for one call, taken together under the lock."""
@@ -108,19 +127,14 @@ def _choose(b: Behaviour, rng: random.Random) -> Draw:
 
 
 @dataclass
-class _Call:
-    at: float
-    generation: int
+class _Call(Call):
     content: str = ""
     admitted: bool = False
-    ended: float | None = None
-    status: int | None = None
     # The client closed the connection before the whole answer was sent.
     client_closed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "ended": self.ended, "status": self.status,
-                "content": self.content, "client_closed": self.client_closed}  # fmt: skip
+        return {**super().as_dict(), "content": self.content, "client_closed": self.client_closed}
 
 
 @dataclass(frozen=True)
@@ -130,19 +144,15 @@ class Admission:
     reason: str = ""
 
 
-class ProviderStats:
-    """What the provider saw. One lock guards all of it, so every snapshot is consistent."""
+class ProviderStats(Counters[_Call]):
+    """What the provider saw: every call is logged as it arrives."""
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
         self._in_flight = 0
-        self._generation = 0
-        self._zero()
+        super().__init__(clock)
 
     def _zero(self) -> None:
-        self._requests = 0
-        self._by_status: dict[int, int] = {}
+        super()._zero()
         self._rate_limited = 0
         # In-flight calls are real and will still end, so the gauge survives a reset; the peak
         # restarts from it.
@@ -150,19 +160,19 @@ class ProviderStats:
         self._max_per_minute = 0
         self._arrivals = SlidingWindow(WINDOW_S)  # monotonic arrival times
         self._accepted = SlidingWindow(WINDOW_S)  # the same, for calls the rate limiter let in
-        self._log: deque[_Call] = deque(maxlen=LOG_SIZE)
 
-    def reset(self) -> None:
-        with self._lock:
-            # Calls that arrived before the reset must not be counted when they end after it.
-            self._generation += 1
-            self._zero()
+    def _counted(self) -> dict[str, Any]:
+        return {
+            "in_flight": self._in_flight,
+            "max_in_flight": self._max_in_flight,
+            "rate_limited": self._rate_limited,
+            "max_per_minute": self._max_per_minute,
+        }
 
     def arrive(self) -> _Call:
         with self._lock:
             self._max_per_minute = max(self._max_per_minute, self._arrivals.add(self._clock()))
-            self._requests += 1
-            call = _Call(at=time.time(), generation=self._generation)
+            call = _Call(generation=self._arrived(), at=time.time())
             self._log.append(call)
             return call
 
@@ -199,31 +209,9 @@ class ProviderStats:
         with self._lock:
             if call.admitted:
                 self._in_flight -= 1
-            call.ended = time.time()
-            call.status = status
             call.client_closed = client_closed
-            if call.generation != self._generation:
-                return
-            self._by_status[status] = self._by_status.get(status, 0) + 1
-            if status == 429:
+            if self._end(call, status) and status == 429:
                 self._rate_limited += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "requests": self._requests,
-                "by_status": {str(k): v for k, v in sorted(self._by_status.items())},
-                "in_flight": self._in_flight,
-                "max_in_flight": self._max_in_flight,
-                "rate_limited": self._rate_limited,
-                "max_per_minute": self._max_per_minute,
-            }
-
-    def recent(self, limit: int) -> list[dict[str, Any]]:
-        """The last `limit` calls received, oldest first."""
-        with self._lock:
-            start = max(0, len(self._log) - limit)
-            return [c.as_dict() for c in itertools.islice(self._log, start, None)]
 
 
 # --- request bodies ------------------------------------------------------------------------------
@@ -328,6 +316,8 @@ def _error(
 
 # --- the app -------------------------------------------------------------------------------------
 
+LOG = calls_log(Column("content", lambda c: str(c["content"]), css="text"))
+
 
 def create_app(
     config: ProviderConfig | None = None,
@@ -342,13 +332,19 @@ def create_app(
     config = config if config is not None else ProviderConfig()
     stats = ProviderStats(clock)
     stop = stopping if stopping is not None else threading.Event()
-    app = flask.Flask(__name__)
-    app.extensions["sluice_provider"] = {"config": config, "stats": stats}
 
-    @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> flask.Response:
-        # 404s and 405s in OpenAI's error format too, since the client parses every error body.
         return _error(e.code or 500, e.description or e.name, "invalid_request_error")
+
+    app = local_app(
+        __name__,
+        title="Sluice fake provider",
+        config=config,
+        counters=stats,
+        log=LOG,
+        bad_request=lambda message: _error(400, message, "invalid_request_error"),
+        http_error=http_error,
+    )
 
     @app.post("/v1/chat/completions")
     def chat_completions() -> flask.Response:
@@ -404,9 +400,7 @@ def create_app(
             )
 
         behaviour, draw = config.draw()
-        latency_ms = behaviour.latency_ms + draw.jitter * behaviour.latency_jitter_ms
-        if latency_ms > 0:
-            stop.wait(latency_ms / 1000)
+        pause(stop, behaviour.latency_ms + draw.jitter * behaviour.latency_jitter_ms)
         if draw.hang:
             stop.wait(behaviour.timeout_sleep_s)
 
@@ -429,133 +423,21 @@ def create_app(
             return _trickle(call, body, behaviour.trickle_ms / 1000)
         return json_response(completion_body(request))
 
-    add_control_routes(
-        app, config, stats, lambda message: _error(400, message, "invalid_request_error")
-    )
-
-    @app.get("/_sluice/requests")
-    def get_requests() -> flask.Response:
-        limit = parse_limit(flask.request.args.get("limit"), 100)
-        if limit is None:
-            return _error(400, "'limit' must be a non-negative integer.", "invalid_request_error")
-        return json_response(stats.recent(limit))
-
-    @app.get("/")
-    def index() -> flask.Response:
-        return flask.Response(
-            _page(stats.snapshot(), config.as_dict(), stats.recent(50)), mimetype="text/html"
-        )
-
     return app
-
-
-def _page(stats: dict[str, Any], config: dict[str, Any], recent: list[dict[str, Any]]) -> str:
-    def table(rows: dict[str, Any]) -> str:
-        cells = "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v))}</td></tr>"
-            for k, v in rows.items()
-        )
-        return f"<table>{cells}</table>"
-
-    def when(t: float | None) -> str:
-        if t is None:
-            return "-"
-        return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
-
-    calls = "".join(
-        "<tr>"
-        f"<td>{when(c['at'])}</td><td>{when(c['ended'])}</td>"
-        f"<td>{'in flight' if c['status'] is None else c['status']}</td>"
-        f"<td>{html.escape(c['content'])}</td>"
-        "</tr>"
-        for c in reversed(recent)
-    )
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
-<title>Sluice fake provider</title>
-<style>body{{font-family:sans-serif}} td,th{{padding:2px 8px;text-align:left}}</style>
-</head><body>
-<h1>Sluice fake provider</h1>
-<h2>Stats</h2>{table(stats)}
-<h2>Config</h2>{table(config)}
-<h2>Last {len(recent)} requests, newest first</h2>
-<table><tr><th>at</th><th>ended</th><th>status</th><th>content</th></tr>{calls}</table>
-</body></html>
-"""
 
 
 # --- command line --------------------------------------------------------------------------------
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m sluice.localcloud.provider_server",
-        description="A fake OpenAI-compatible chat completions provider for local runs and tests.",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 (the default) picks a free port")
-    p.add_argument("--latency-ms", type=float, default=0.0, help="sleep this long per call")
-    p.add_argument("--latency-jitter-ms", type=float, default=0.0, help="plus or minus this much")
-    p.add_argument("--failure-rate", type=float, default=0.0, help="fraction answered 500")
-    p.add_argument(
-        "--timeout-rate", type=float, default=0.0, help="fraction that hang before answering"
-    )
-    p.add_argument("--timeout-sleep-s", type=float, default=60.0, help="how long a hang lasts")
-    p.add_argument(
-        "--trickle-ms", type=float, default=0.0, help="send answers in small pieces this far apart"
-    )
-    p.add_argument(
-        "--permanent-failure-marker",
-        default=None,
-        help="a last user message containing this is answered 400",
-    )
-    p.add_argument(
-        "--rate-limit-per-minute",
-        type=int,
-        default=None,
-        help="past this many accepted calls in 60 s, answer 429",
-    )
-    p.add_argument(
-        "--max-concurrent", type=int, default=None, help="past this many in flight, answer 429"
-    )
-    p.add_argument("--seed", type=int, default=None, help="seed the random failures and hangs")
-    p.add_argument(
-        "--api-key",
-        default=os.environ.get(API_KEY_ENV) or None,
-        help=f"answer 401 to calls without this bearer key (default: ${API_KEY_ENV}; prefer the "
-        "variable, which `ps` does not show)",
-    )
-    p.add_argument("--log-requests", action="store_true", help="log each request to stderr")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        config = ProviderConfig(
-            latency_ms=args.latency_ms,
-            latency_jitter_ms=args.latency_jitter_ms,
-            failure_rate=args.failure_rate,
-            timeout_rate=args.timeout_rate,
-            timeout_sleep_s=args.timeout_sleep_s,
-            trickle_ms=args.trickle_ms,
-            permanent_failure_marker=args.permanent_failure_marker,
-            rate_limit_per_minute=args.rate_limit_per_minute,
-            max_concurrent=args.max_concurrent,
-            seed=args.seed,
-        )
-    except ValidationError as e:
-        parser.error(str(e))
-
-    return serve(
-        lambda stopping: create_app(config, stopping=stopping, api_key=args.api_key),
-        args.host,
-        args.port,
-        name="provider-server",
-        log_requests=args.log_requests,
-    )
+SERVER = LocalServer(
+    module="localcloud.provider_server",
+    description="A fake OpenAI-compatible chat completions provider for local runs and tests.",
+    config=ProviderConfig,
+    options=Options,
+    make_app=lambda config, options, stopping, url: create_app(
+        config, stopping=stopping, api_key=options.api_key
+    ),
+)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(SERVER.main())

@@ -8,59 +8,109 @@ write outside the grid is a 400 ("exceeds grid limits"); a spreadsheet holds at 
 cells; write requests past the per-minute quota get a 429 `RESOURCE_EXHAUSTED`. A share of writes
 can also be refused with a 429 at random (`throttle_rate`), as the real API does now and then.
 
-`GET /_sluice/stats` counts write requests and what they carried; `GET`/`POST /_sluice/config`
-read and change the behaviour at runtime. Run it with
-`python -m sluice.localcloud.sheets_server --port 0`; it prints `listening on http://HOST:PORT`.
+`GET /_sluice/stats` counts requests, write requests and what they carried, `GET /_sluice/requests`
+lists the last calls, `POST /_sluice/reset` zeroes both; `GET`/`POST /_sluice/config` read and
+change the behaviour at runtime; `GET /` shows it all in a browser. These, and the command line,
+come from `local_server`, the base of every local server. Run it with
+`python -m localcloud.sheets_server --port 0` (one flag per behaviour field); it prints
+`listening on http://HOST:PORT`.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import re
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import flask
 import openpyxl
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from werkzeug.exceptions import HTTPException
+from pydantic import Field
 
-from sluice.domain.sheets import column_letters
-from sluice.localcloud.local_server import (
+from localcloud.local_server import (
+    BaseBehaviour,
+    Call,
+    Clock,
+    Column,
+    Counters,
+    LocalServer,
     RuntimeConfig,
+    ServeOptions,
     SlidingWindow,
-    add_control_routes,
+    calls_log,
     json_response,
-    serve,
+    local_app,
+    pause,
 )
+from sluice.domain.sheets import column_letters
 
 NEW_SHEET_ROWS = 1000
 NEW_SHEET_COLUMNS = 26
 MAX_CELLS = 10_000_000
+API_PREFIX = "/v4/"
 
 
-class Behaviour(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+class Behaviour(BaseBehaviour):
+    """How the Sheets API behaves."""
 
     # Google: 60 write requests a minute per user (and 300 per project).
-    write_requests_per_minute: int | None = Field(default=60, ge=0)
-    throttle_rate: float = Field(default=0.0, ge=0, le=1)
-    latency_ms: float = Field(default=0.0, ge=0)
-    seed: int | None = None
+    write_requests_per_minute: int | None = Field(
+        default=60, ge=0, description="past this many write requests in 60 s, answer 429"
+    )
+    throttle_rate: float = Field(
+        default=0.0, ge=0, le=1, description="fraction of write requests answered 429 at random"
+    )
+    latency_ms: float = Field(default=0.0, ge=0, description="sleep this long per write request")
 
 
 class SheetsConfig(RuntimeConfig[Behaviour]):
-    def __init__(self, **fields: Any) -> None:
-        super().__init__(Behaviour, fields)
+    model = Behaviour
 
     def throttle(self) -> tuple[Behaviour, bool]:
         return self._draw(lambda b, rng: rng.random() < b.throttle_rate)
+
+
+@dataclass
+class _Call(Call):
+    request: str = ""  # method and path
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**super().as_dict(), "request": self.request}
+
+
+class SheetsStats(Counters[_Call]):
+    """What the server saw: every API call is logged; `count` adds to what writes carried (a key
+    appears once counted). How many spreadsheets there are is not zeroed by a reset."""
+
+    def __init__(self, spreadsheets: Callable[[], int], clock: Clock = time.monotonic) -> None:
+        self._spreadsheets = spreadsheets
+        super().__init__(clock)
+
+    def _zero(self) -> None:
+        super()._zero()
+        self._counts: dict[str, int] = {}
+
+    def _counted(self) -> dict[str, Any]:
+        return {"spreadsheets": self._spreadsheets(), **self._counts}
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + n
+
+    def arrive(self, request: str) -> _Call:
+        with self._lock:
+            call = _Call(generation=self._arrived(), at=time.time(), request=request)
+            self._log.append(call)
+            return call
+
+    def finish(self, call: _Call, status: int) -> None:
+        with self._lock:
+            self._end(call, status)
 
 
 class ApiError(Exception):
@@ -136,17 +186,14 @@ def parse_range(text: str) -> tuple[str | None, int, int, int | None, int | None
 
 
 class Store:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, clock: Clock = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._base_url = base_url
         self.spreadsheets: dict[str, Spreadsheet] = {}
         self.writes = SlidingWindow(60.0)
-        self.stats: dict[str, int] = {}
+        self.stats = SheetsStats(lambda: len(self.spreadsheets), clock)
         # Spreadsheets whose owner removed the caller's access: every write is a 403.
         self.revoked: set[str] = set()
-
-    def count(self, key: str, n: int = 1) -> None:
-        self.stats[key] = self.stats.get(key, 0) + n
 
     def create(self, body: dict[str, Any]) -> Spreadsheet:
         title = (body.get("properties") or {}).get("title") or "Untitled spreadsheet"
@@ -201,8 +248,8 @@ class Store:
                     if value is None:
                         continue  # as in the API: null leaves the cell as it is
                     sheet.cells[(row + r, col + c)] = value
-            self.count("rows_written", height)
-            self.count("cells_written", sum(len(r) for r in values))
+            self.stats.count("rows_written", height)
+            self.stats.count("cells_written", sum(len(r) for r in values))
         last = f"{column_letters(col + max(width - 1, 0))}{row + max(height, 1)}"
         return {"spreadsheetId": spreadsheet_id,
                 "updatedRange": f"'{sheet.title}'!{column_letters(col)}{row + 1}:{last}",
@@ -270,37 +317,59 @@ def to_xlsx(spreadsheet: Spreadsheet) -> bytes:
     return out.getvalue()
 
 
-def create_app(config: SheetsConfig, *, base_url: str = "") -> flask.Flask:
-    app = flask.Flask(__name__)
-    store = Store(base_url)
+LOG = calls_log(Column("request", lambda c: str(c["request"]), css="text"))
 
-    class Counters:
-        def snapshot(self) -> dict[str, Any]:
-            with store._lock:
-                return {"spreadsheets": len(store.spreadsheets), **store.stats}
 
-        def reset(self) -> None:
-            with store._lock:
-                store.stats.clear()
+def create_app(
+    config: SheetsConfig,
+    *,
+    base_url: str = "",
+    clock: Clock = time.monotonic,
+    stopping: threading.Event | None = None,
+) -> flask.Flask:
+    """The Sheets API as a Flask app; spreadsheet URLs start with `base_url`. `clock` (monotonic
+    seconds) drives the write quota; setting `stopping` cuts short every sleep."""
+    store = Store(base_url, clock)
+    stop = stopping if stopping is not None else threading.Event()
+    app = local_app(
+        __name__,
+        title="Sluice local Google Sheets API",
+        config=config,
+        counters=store.stats,
+        log=LOG,
+        bad_request=lambda m: ApiError(400, "INVALID_ARGUMENT", m).response(),
+        http_error=lambda e: ApiError(e.code or 500, "NOT_FOUND", e.description or "").response(),
+    )
+
+    @app.before_request
+    def arrive() -> None:
+        if flask.request.path.startswith(API_PREFIX):
+            flask.g.call = store.stats.arrive(f"{flask.request.method} {flask.request.path}")
+
+    @app.after_request
+    def finish(response: flask.Response) -> flask.Response:
+        call = flask.g.pop("call", None)
+        if call is not None:
+            store.stats.finish(call, response.status_code)
+        return response
 
     def admit_write() -> None:
         """A write request counts against the per-minute quota, and may be throttled at random."""
         behaviour, throttled = config.throttle()
-        if behaviour.latency_ms:
-            time.sleep(behaviour.latency_ms / 1000)
+        pause(stop, behaviour.latency_ms)
         with store._lock:
-            now = time.monotonic()
+            now = clock()
             limit = behaviour.write_requests_per_minute
             over = limit is not None and store.writes.count(now) >= limit
             if throttled or over:
-                store.count("throttled")
+                store.stats.count("throttled")
                 raise ApiError(
                     429, "RESOURCE_EXHAUSTED",
                     "Quota exceeded for quota metric 'Write requests' and limit 'Write requests "
                     "per minute per user' of service 'sheets.googleapis.com'.",
                 )  # fmt: skip
             store.writes.add(now)
-            store.count("write_requests")
+            store.stats.count("write_requests")
 
     def body() -> dict[str, Any]:
         data = flask.request.get_json(force=True, silent=True)
@@ -322,10 +391,6 @@ def create_app(config: SheetsConfig, *, base_url: str = "") -> flask.Flask:
     @app.errorhandler(ApiError)
     def api_error(error: ApiError) -> flask.Response:
         return error.response()
-
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> flask.Response:
-        return ApiError(error.code or 500, "NOT_FOUND", error.description or "").response()
 
     @app.post("/v4/spreadsheets")
     def create() -> flask.Response:
@@ -384,35 +449,20 @@ def create_app(config: SheetsConfig, *, base_url: str = "") -> flask.Flask:
             (store.revoked.discard if writable else store.revoked.add)(spreadsheet_id)
         return json_response({"spreadsheet_id": spreadsheet_id, "writable": bool(writable)})
 
-    add_control_routes(app, config, Counters(), lambda m: ApiError(400, "INVALID_ARGUMENT",
-                                                                   m).response())  # fmt: skip
     return app
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--write-requests-per-minute", type=int, default=60)
-    p.add_argument("--throttle-rate", type=float, default=0.0)
-    p.add_argument("--latency-ms", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--log-requests", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        config = SheetsConfig(write_requests_per_minute=args.write_requests_per_minute,
-                              throttle_rate=args.throttle_rate, latency_ms=args.latency_ms,
-                              seed=args.seed)  # fmt: skip
-    except ValidationError as e:
-        p.error(str(e))
-    return serve(
-        lambda stopping: create_app(config, base_url=f"http://{args.host}:{args.port}"),
-        args.host,
-        args.port,
-        name="sheets-server",
-        log_requests=args.log_requests,
-    )
+SERVER = LocalServer(
+    module="localcloud.sheets_server",
+    description="A local Google Sheets API (v4 REST) for local runs and tests.",
+    config=SheetsConfig,
+    options=ServeOptions,
+    # Spreadsheet URLs name the port the server was bound to, also when it was picked (port 0).
+    make_app=lambda config, options, stopping, url: create_app(
+        config, base_url=url, stopping=stopping
+    ),
+)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(SERVER.main())

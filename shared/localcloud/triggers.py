@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler
 
 import httpx
 
-from sluice.localcloud.processes import BackgroundServer
+from localcloud.processes import BackgroundServer
 
 log = logging.getLogger(__name__)
 

@@ -29,16 +29,23 @@ def free_port() -> int:
 
 
 def spawn(
-    argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    withhold: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session, output to `log_path`, with this process's environment
+    (without the variables whose names start with one of `withhold`) and `env`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(withhold)}
     with log_path.open("ab") as log:
         return subprocess.Popen(
             list(argv),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env={**inherited, **(env or {})},
             start_new_session=True,
         )
 

@@ -15,8 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from sluice.localcloud.frontend import Frontend
-from sluice.localcloud.processes import free_port, http_ok, spawn, stop
+from localcloud.frontend import Frontend
+from localcloud.processes import free_port, http_ok, spawn, stop
 from sluice.topology import Function
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,10 @@ MAX_START_RESTARTS = 3
 
 # Locally, more threads than this only make two cores thrash.
 MAX_LOCAL_THREADS = 16
+
+# A function's settings are only those it is given, as in the cloud: none leak in from the
+# environment of whoever started the local cloud.
+WITHHELD = ("SLUICE_",)
 
 
 class FunctionProcess:
@@ -81,7 +85,9 @@ class FunctionProcess:
     def start(self) -> None:
         self.frontend.start()
         with self._lock:
-            self._proc = spawn(self._argv(), log_path=self.log_path, env=self.env)
+            self._proc = spawn(
+                self._argv(), log_path=self.log_path, env=self.env, withhold=WITHHELD
+            )
         self._watcher.start()
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -113,7 +119,9 @@ class FunctionProcess:
                 # process between free_port() and the bind). Callers keep the front end's URL.
                 self.port = free_port()
                 self.frontend.backend = f"http://127.0.0.1:{self.port}"
-                self._proc = spawn(self._argv(), log_path=self.log_path, env=self.env)
+                self._proc = spawn(
+                    self._argv(), log_path=self.log_path, env=self.env, withhold=WITHHELD
+                )
 
     def worker_pids(self) -> list[int]:
         """The gunicorn workers (the instances) under this process."""

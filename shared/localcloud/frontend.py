@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler
 
 import httpx
 
-from sluice.localcloud.processes import BackgroundServer
+from localcloud.processes import BackgroundServer
 
 # How long a request waits for an instance to (re)start before it is answered 503.
 STARTUP_WAIT_SECONDS = 30.0

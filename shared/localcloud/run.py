@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 from google.cloud import firestore
 
+from localcloud.cloud import Deployment, LocalCloud, write_local_json
 from sluice.adapters.tenants_store import TenantStore
 from sluice.domain.whatsapp import sign
-from sluice.localcloud.cloud import Deployment, LocalCloud, write_local_json
 
 STATE_DIR = Path(".sluice")
 PROJECT = "sluice-local"

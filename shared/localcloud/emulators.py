@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sluice.localcloud.processes import free_port, http_ok, spawn, stop, wait_until
+from localcloud.processes import free_port, http_ok, spawn, stop, wait_until
 
 
 def sdk_platform() -> Path:

@@ -28,14 +28,15 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.protobuf.duration_pb2 import Duration
 from google.pubsub_v1.types import DeadLetterPolicy, PushConfig, RetryPolicy
 
-from sluice.localcloud.emulators import Emulators
-from sluice.localcloud.functions import FunctionProcess
-from sluice.localcloud.graph_server import ACCESS_TOKEN_ENV as GRAPH_ACCESS_TOKEN_ENV
-from sluice.localcloud.processes import listening_port, spawn, stop
-from sluice.localcloud.provider_server import API_KEY_ENV as PROVIDER_API_KEY_ENV
-from sluice.localcloud.scheduler import Scheduler
-from sluice.localcloud.triggers import TriggerRouter
-from sluice.topology import REPO_TOPOLOGY, Topology, parse_topology
+from localcloud.emulators import Emulators
+from localcloud.functions import FunctionProcess
+from localcloud.graph_server import ACCESS_TOKEN_ENV as GRAPH_ACCESS_TOKEN_ENV
+from localcloud.processes import listening_port, spawn, stop
+from localcloud.provider_server import API_KEY_ENV as PROVIDER_API_KEY_ENV
+from localcloud.scheduler import Scheduler
+from localcloud.triggers import TriggerRouter
+from sluice.settings import env_name
+from sluice.topology import REPO_TOPOLOGY, Function, Topology, parse_topology
 
 SERVICE_ACCOUNTS = "iam.gserviceaccount.com"
 
@@ -161,23 +162,44 @@ class Deployment:
     def url(self, function: str) -> str:
         return self.functions[function].url
 
-    def function_env(self) -> dict[str, str]:
+    def settings(self) -> dict[str, str]:
+        """This deployment's value of each setting a function may need (`needs` in the topology):
+        in the cloud, Terraform's plain settings and Secret Manager's secrets; here, local."""
+        return {
+            "status_api_url": self.url("status-api"),
+            "ai_provider_url": self.provider_url,
+            "ai_provider_api_key": self.ai_api_key,
+            "whatsapp_graph_url": self.graph_url,
+            # Named only: the local Sheets server takes no credentials.
+            "sheets_service_account": f"sluice-sheets@{self.project}.{SERVICE_ACCOUNTS}",
+            "whatsapp_app_secret": self.whatsapp["app_secret"],
+            "whatsapp_verify_token": self.whatsapp["verify_token"],
+            "whatsapp_access_token": self.whatsapp["access_token"],
+        }
+
+    def stand_ins(self) -> dict[str, str]:
+        """Where the outside services are. In the cloud a function finds them at their real
+        addresses, the settings' defaults, which no `needs` lists; here they are the local
+        servers, and every function is told so, as every function there can reach the real ones."""
+        return {
+            "SLUICE_WHATSAPP_GRAPH_URL": self.graph_url,
+            "SLUICE_SHEETS_ENDPOINT": self.sheets_url,
+            # The local CRM receivers listen on 127.0.0.1 over http.
+            "SLUICE_ALLOW_LOOPBACK_CALLBACKS": "true",
+        }
+
+    def function_env(self, function: Function) -> dict[str, str]:
+        """A function's environment, as Terraform gives it (terraform/functions.tf): the project
+        and SLUICE_<NAME> for each setting its `needs` lists, no other; plus the emulators, the
+        deployment's topology and the stand-ins. A setting a function uses but does not list is
+        missing here as it would be in the cloud, so the function fails locally first."""
+        values = self.settings()
         return {
             **self.cloud.emulators.env(),
             "GOOGLE_CLOUD_PROJECT": self.project,
             "SLUICE_TOPOLOGY": str(self.topology_path),
-            "SLUICE_STATUS_API_URL": self.url("status-api"),
-            "SLUICE_AI_PROVIDER_URL": self.provider_url,
-            "SLUICE_AI_PROVIDER_API_KEY": self.ai_api_key,
-            "SLUICE_WHATSAPP_GRAPH_URL": self.graph_url,
-            "SLUICE_SHEETS_ENDPOINT": self.sheets_url,
-            # Named only: the local Sheets server takes no credentials.
-            "SLUICE_SHEETS_SERVICE_ACCOUNT": f"sluice-sheets@{self.project}.{SERVICE_ACCOUNTS}",
-            "SLUICE_WHATSAPP_APP_SECRET": self.whatsapp["app_secret"],
-            "SLUICE_WHATSAPP_VERIFY_TOKEN": self.whatsapp["verify_token"],
-            "SLUICE_WHATSAPP_ACCESS_TOKEN": self.whatsapp["access_token"],
-            # The local CRM receivers listen on 127.0.0.1 over http.
-            "SLUICE_ALLOW_LOOPBACK_CALLBACKS": "true",
+            **self.stand_ins(),
+            **{env_name(need): values[need] for need in function.needs if need in values},
         }
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -196,7 +218,7 @@ class Deployment:
         offsets = {name: log.stat().st_size if log.exists() else 0 for name, log in logs.items()}
         for name, (module, args) in servers.items():
             self._servers[name] = spawn(
-                [sys.executable, "-m", f"sluice.localcloud.{module}",
+                [sys.executable, "-m", f"localcloud.{module}",
                  "--port", str(self.ports.get(name, 0)), *args],
                 log_path=logs[name],
                 env=secrets_of.get(name),
@@ -215,9 +237,9 @@ class Deployment:
                 log_dir=self.dir,
                 port=self.ports.get(name, 0),
             )
-        env = self.function_env()
+        # Each function's environment holds the others' URLs (status-api's): learn them first.
         for fn in self.functions.values():
-            fn.env.update(env)
+            fn.env.update(self.function_env(fn.function))
             fn.start()
         self.create_topics()
         for fn in self.functions.values():
@@ -246,7 +268,8 @@ class Deployment:
                 publisher.create_topic(name=publisher.topic_path(self.project, topic))
 
     def push_endpoint(self, function: str, topic: str) -> str:
-        # The topic in the path becomes the CloudEvent's source, as with Eventarc.
+        # As Terraform declares it. The processor dispatches on the push body's subscription;
+        # the path only makes the topic readable in logs.
         return f"{self.url(function)}/projects/{self.project}/topics/{topic}"
 
     def create_subscriptions(self) -> None:
