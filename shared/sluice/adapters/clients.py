@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 
 @cache
-def firestore_client(project: str) -> firestore.Client:
-    return firestore.Client(project=project)
+def firestore_client(project: str, database: str = "(default)") -> firestore.Client:
+    return firestore.Client(project=project, database=database)
 
 
 @cache
