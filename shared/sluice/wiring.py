@@ -6,6 +6,8 @@ from dataclasses import replace
 from datetime import timedelta
 from functools import cache
 
+from google.cloud import firestore
+
 from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.callback_sender import CallbackSender
 from sluice.adapters.clients import firestore_client, http_client, publisher_client
@@ -27,19 +29,24 @@ def settings() -> Settings:
     return get_settings()
 
 
+def db() -> firestore.Client:
+    """The deployment's Firestore database: one client per process."""
+    s = settings()
+    return firestore_client(s.project, s.firestore_database)
+
+
 @cache
 def job_store() -> JobStore:
     s = settings()
     work = s.topology.work
-    return JobStore(
-        firestore_client(s.project), shards=work.counter_shards, cache_bytes=work.job_cache_bytes
-    )
+    return JobStore(db(), shards=work.counter_shards, cache_bytes=work.job_cache_bytes)
 
 
 @cache
 def publisher() -> Publisher:
     s = settings()
-    return Publisher(publisher_client(), s.project, timeout=s.topology.api.publish_timeout_seconds)
+    timeout = s.topology.api.publish_timeout_seconds
+    return Publisher(publisher_client(), s.project, timeout=timeout, prefix=s.topic_prefix)
 
 
 @cache
@@ -72,7 +79,7 @@ def whatsapp_deps() -> WhatsAppDeps:
     return WhatsAppDeps(
         store=job_store(),
         conversations=ConversationStore(
-            firestore_client(settings().project),
+            db(),
             keep=timedelta(days=settings().topology.retention.whatsapp_message_days),
         ),
         ai=ai_provider(),
@@ -94,7 +101,7 @@ def limiter(provider: str) -> Limiter:
     s = settings()
     work = s.topology.work
     return Limiter(
-        firestore_client(s.project),
+        db(),
         provider,
         s.topology.providers[provider],
         shards=work.rate_shards,
@@ -135,7 +142,7 @@ def health() -> HealthCheck:
 
 @cache
 def export_store() -> ExportStore:
-    return ExportStore(firestore_client(settings().project))
+    return ExportStore(db())
 
 
 @cache
