@@ -1,9 +1,10 @@
 # Eventarc Firestore triggers, one per topology entry: every write matching the document pattern
-# reaches the function as a CloudEvent with protobuf data, as the local cloud's emulator sends it.
+# in the deployment's database reaches the function as a CloudEvent with protobuf data, as the
+# local cloud's emulator sends it.
 resource "google_eventarc_trigger" "firestore" {
   for_each = local.firestore_triggers
 
-  name                    = each.key
+  name                    = each.value.name
   location                = var.firestore_location
   service_account         = google_service_account.eventarc.email
   event_data_content_type = "application/protobuf"

@@ -1,5 +1,5 @@
 resource "google_firestore_database" "database" {
-  name                              = "(default)"
+  name                              = local.database_name
   location_id                       = var.firestore_location
   type                              = "FIRESTORE_NATIVE"
   concurrency_mode                  = "PESSIMISTIC"
@@ -11,26 +11,8 @@ resource "google_firestore_database" "database" {
   depends_on = [google_project_service.api]
 }
 
-locals {
-  # Composite indexes, each named after the query that needs it.
-  composite_indexes = {
-    # The backfill: a job's succeeded items that finished before the export, in (finished_at, id)
-    # order (JobStore.succeeded_before).
-    items-succeeded-before = {
-      collection  = "items"
-      query_scope = "COLLECTION"
-      fields      = [["state", "ASCENDING"], ["finished_at", "ASCENDING"], ["__name__", "ASCENDING"]]
-    }
-    # The sweeper: export rows queued and unwritten for too long, across jobs
-    # (ExportStore.stranded_rows).
-    rows-stranded = {
-      collection  = "rows"
-      query_scope = "COLLECTION_GROUP"
-      fields      = [["written", "ASCENDING"], ["queued_at", "ASCENDING"], ["__name__", "ASCENDING"]]
-    }
-  }
-}
-
+# The composite indexes, each named after the query that needs it (queries.tf derives them from
+# shared/sluice/adapters/queries.yaml).
 resource "google_firestore_index" "composite" {
   for_each = local.composite_indexes
 
@@ -47,12 +29,15 @@ resource "google_firestore_index" "composite" {
   }
 }
 
-# The sweeper's query for stalled backfills runs across jobs (a collection group), which the
-# automatic single-field indexes do not cover (ExportStore.stalled_backfills).
-resource "google_firestore_field" "exports_backfill_state" {
+# The fields that collection-group queries filter on without a composite index, indexed across the
+# group (the automatic single-field indexes cover one collection only). An override replaces
+# Firestore's own indexes on the field, so the one-collection ascending index is declared again.
+resource "google_firestore_field" "collection_group" {
+  for_each = local.group_field_indexes
+
   database   = google_firestore_database.database.name
-  collection = "exports"
-  field      = "backfill_state"
+  collection = each.value.collection
+  field      = each.value.field
 
   index_config {
     indexes {
@@ -64,6 +49,12 @@ resource "google_firestore_field" "exports_backfill_state" {
       query_scope = "COLLECTION_GROUP"
     }
   }
+}
+
+# Declared by hand before queries.yaml, for ExportStore.stalled_backfills: the same field index.
+moved {
+  from = google_firestore_field.exports_backfill_state
+  to   = google_firestore_field.collection_group["exports/backfill_state"]
 }
 
 # WhatsApp message records exist to recognise a repeated delivery; Firestore deletes each one

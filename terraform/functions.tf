@@ -2,7 +2,7 @@
 
 resource "google_storage_bucket" "sources" {
   # checkov:skip=CKV_GCP_62: it holds only build archives written by Terraform; Cloud Audit Logs record who touched them, and a usage-log bucket would have no reader
-  name                        = "${var.project_id}-sluice-sources"
+  name                        = local.sources_bucket
   location                    = var.region
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
@@ -36,7 +36,7 @@ resource "google_storage_bucket_object" "source" {
 locals {
   # Settings that are not secrets, by name; each function gets the ones it needs.
   plain_settings = {
-    status_api_url         = "https://status-api-${data.google_project.this.number}.${var.region}.run.app"
+    status_api_url         = "https://${local.functions["status-api"].name}-${data.google_project.this.number}.${var.region}.run.app"
     ai_provider_url        = var.settings.ai_provider_url
     ai_model               = var.settings.ai_model
     whatsapp_graph_url     = var.settings.whatsapp_graph_url
@@ -49,9 +49,9 @@ resource "google_cloudfunctions2_function" "function" {
   # checkov:skip=CKV_GCP_124: only webhook-ingest and status-api allow all ingress (Meta's and the CRMs' calls come from the internet; they check signatures and API keys); event functions are ALLOW_INTERNAL_ONLY, tested in tests/deploy/test_terraform.py
   for_each = local.functions
 
-  name        = each.key
+  name        = each.value.name
   location    = var.region
-  description = "Sluice ${each.key}"
+  description = "${local.title} ${each.key}"
 
   build_config {
     runtime     = var.runtime
@@ -66,15 +66,15 @@ resource "google_cloudfunctions2_function" "function" {
 
   service_config {
     max_instance_count               = each.value.limits.max_instances
-    min_instance_count               = try(var.functions[each.key].min_instances, 0)
+    min_instance_count               = each.value.min_instances
     max_instance_request_concurrency = each.value.limits.concurrency
-    available_cpu                    = try(var.functions[each.key].cpu, "1")
+    available_cpu                    = each.value.cpu
     available_memory                 = each.value.limits.memory
     timeout_seconds                  = each.value.limits.timeout_seconds
     service_account_email            = google_service_account.function[each.key].email
     # Pub/Sub and Eventarc reach event functions as internal traffic; only the HTTP functions
     # take requests from the internet.
-    ingress_settings               = try(each.value.public, false) ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
+    ingress_settings               = each.value.public ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision = true
 
     environment_variables = merge(
@@ -84,15 +84,19 @@ resource "google_cloudfunctions2_function" "function" {
         # functions-framework's gunicorn serves this many requests at once per instance: the
         # same number Cloud Run sends it.
         THREADS = tostring(each.value.limits.concurrency)
+        # The deployment's own database and topics (var.prefix).
+        SLUICE_FIRESTORE_DATABASE = google_firestore_database.database.name
+        SLUICE_TOPIC_PREFIX       = local.prefix
       },
       {
-        for setting in try(each.value.needs, []) : "SLUICE_${upper(setting)}" => local.plain_settings[setting]
-        if !contains(local.secret_settings, setting)
+        for setting in each.value.needs : "SLUICE_${upper(setting)}" => local.plain_settings[setting]
+        if !contains(keys(local.secrets), setting)
       },
     )
 
+    # The secrets it needs, and only those (topology.yaml's `secrets`).
     dynamic "secret_environment_variables" {
-      for_each = toset([for setting in try(each.value.needs, []) : setting if contains(local.secret_settings, setting)])
+      for_each = toset([for setting in each.value.needs : setting if contains(keys(local.secrets), setting)])
       content {
         key        = "SLUICE_${upper(secret_environment_variables.value)}"
         project_id = var.project_id

@@ -17,3 +17,8 @@ output "parking_lot_subscription" {
   description = "Pull it to see messages that could not be handled even as dead letters."
   value       = google_pubsub_subscription.parking_lot.id
 }
+
+output "firestore_database" {
+  description = "The deployment's Firestore database: `sluice tenant ...` reaches it with SLUICE_FIRESTORE_DATABASE set to it."
+  value       = google_firestore_database.database.name
+}

@@ -3,7 +3,7 @@
 resource "google_cloud_scheduler_job" "schedule" {
   for_each = local.schedules
 
-  name      = "sluice-${each.key}"
+  name      = each.value.name
   region    = var.region
   time_zone = "Etc/UTC"
   schedule = (each.value.every_seconds <= 3540
@@ -12,7 +12,7 @@ resource "google_cloud_scheduler_job" "schedule" {
 
   pubsub_target {
     topic_name = google_pubsub_topic.topic[each.value.topic].id
-    data       = base64encode(jsonencode(try(each.value.message, {})))
+    data       = base64encode(jsonencode(each.value.message))
   }
 
   depends_on = [google_project_service.api]

@@ -3,6 +3,24 @@ variable "project_id" {
   type        = string
 }
 
+variable "prefix" {
+  description = <<-EOT
+    Put before every name that must be unique in the project, so that two deployments can share
+    one: with "stg", the function stg-webhook-ingest, the topic stg-work-items, the service
+    account stg-webhook-ingest, the secret stg-whatsapp-app-secret, the Firestore database
+    stg-sluice. Unset (null), a deployment alone in its project: the topology's own names, and
+    "sluice-" where the prefix would go otherwise. At most 9 characters: a service account's id
+    (the prefix, "-" and the longest function's name) takes at most 30.
+  EOT
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.prefix == null || can(regex("^[a-z]([a-z0-9-]{0,7}[a-z0-9])?$", var.prefix))
+    error_message = "prefix: 1 to 9 lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen."
+  }
+}
+
 variable "region" {
   description = "Where the functions, the source bucket and the scheduler run."
   type        = string
@@ -48,23 +66,16 @@ variable "settings" {
 
 variable "secrets" {
   description = <<-EOT
-    Secret Manager secrets, by setting name (ai_provider_api_key, whatsapp_app_secret,
-    whatsapp_verify_token, whatsapp_access_token). Terraform always creates the secret; give
-    `value` to have it store a version too (the value then lands in the Terraform state), or leave
-    it out and add the version with `gcloud secrets versions add`.
+    Secret Manager secrets, by setting name: the settings topology.yaml lists as `secrets` (any
+    other name is refused at plan). Terraform always creates the secret; give `value` to have it
+    store a version too (the value then lands in the Terraform state), or leave it out and add the
+    version with `gcloud secrets versions add`.
   EOT
   type = map(object({
     value = optional(string)
   }))
   default   = {}
   sensitive = true
-
-  validation {
-    condition = alltrue([for name in keys(var.secrets) : contains(
-      ["ai_provider_api_key", "whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token"],
-    name)])
-    error_message = "secrets: the names are ai_provider_api_key, whatsapp_access_token, whatsapp_app_secret and whatsapp_verify_token."
-  }
 }
 
 variable "functions" {

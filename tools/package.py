@@ -1,11 +1,12 @@
 """Build one deployable source archive per function: `make package` → dist/<function>.zip.
 
 Each archive is what Cloud Run functions builds from: the function's `main.py` at the root, the
-shared `sluice` package beside it (without the operator CLI, which no function imports; the local
-cloud is a package apart, `shared/localcloud/`, never part of it), `topology.yaml` (read at run
-time, found beside the package), and a `requirements.txt` pinned, with hashes, from uv.lock.
-Entries are sorted and dated 1980-01-01, so the same source gives the same bytes: Terraform names
-each upload by its hash and redeploys only what changed.
+shared `sluice` package beside it (with the data it reads, such as `adapters/queries.yaml`, and
+without the operator CLI, which no function imports; the local cloud is a package apart,
+`shared/localcloud/`, never part of it), `topology.yaml` (read at run time, found beside the
+package), and a `requirements.txt` pinned, with hashes, from uv.lock. Entries are sorted and
+dated 1980-01-01, so the same source gives the same bytes: Terraform names each upload by its
+hash and redeploys only what changed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def package_files() -> Iterator[tuple[Path, str]]:
         relative = path.relative_to(PACKAGE)
         if path.is_dir() or relative.parts[0] in LEFT_OUT or "__pycache__" in relative.parts:
             continue
-        if path.suffix in {".py", ".typed"}:
+        # The code, and the data it reads (the Firestore queries' declaration).
+        if path.suffix in {".py", ".typed", ".yaml"}:
             yield path, f"sluice/{relative.as_posix()}"
 
 

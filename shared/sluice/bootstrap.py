@@ -97,12 +97,13 @@ class Root:
     # -- clients (one of each per process) --------------------------------------------------------
 
     def db(self) -> firestore.Client:
-        return self._one("db", lambda: clients.firestore_client(self.settings.project))
+        s = self.settings
+        return self._one("db", lambda: clients.firestore_client(s.project, s.firestore_database))
 
     def publisher(self) -> Publisher:
         return self._one("publisher", lambda: Publisher(
             clients.publisher_client(), self.settings.project,
-            timeout=self.topology.api.publish_timeout_seconds,
+            timeout=self.topology.api.publish_timeout_seconds, prefix=self.settings.topic_prefix,
         ))  # fmt: skip
 
     def http(self) -> Any:
@@ -318,7 +319,7 @@ def push_endpoint(root: Root, function: str, by_topic: dict[str, Handler]) -> Pu
 
     return PushEndpoint(
         {name: by_topic[sub.topic] for name, sub in subscriptions.items()},
-        republish=republish, prefix=root.settings.resource_prefix,
+        republish=republish, prefix=root.settings.topic_prefix,
     )  # fmt: skip
 
 

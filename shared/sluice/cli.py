@@ -1,7 +1,9 @@
 """`sluice`: the operator's command line.
 
 It talks to the running local cloud when `.sluice/local.json` exists (or SLUICE_LOCAL_JSON names
-one), otherwise to the Google Cloud project in GOOGLE_CLOUD_PROJECT with the ambient credentials.
+one), otherwise to the Google Cloud project in GOOGLE_CLOUD_PROJECT with the ambient credentials,
+and there to the Firestore database SLUICE_FIRESTORE_DATABASE names (`terraform output
+firestore_database`; unset, the project's default database).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ def connect() -> tuple[firestore.Client, str]:
         raise SystemExit(
             "sluice: no local cloud (.sluice/local.json) and GOOGLE_CLOUD_PROJECT is not set"
         )
-    return firestore.Client(project=project), f"project {project}"
+    database = os.environ.get("SLUICE_FIRESTORE_DATABASE") or "(default)"
+    where = f"project {project}" + ("" if database == "(default)" else f", database {database}")
+    return firestore.Client(project=project, database=database), where
 
 
 def parser() -> argparse.ArgumentParser:

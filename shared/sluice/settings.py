@@ -5,21 +5,29 @@ names it, in the cloud and in the local cloud alike) a missing one fails when th
 first read, with the variable's name; elsewhere `required()` says which one is missing.
 The emulator hosts (PUBSUB_EMULATOR_HOST, FIRESTORE_EMULATOR_HOST) are read by Google's client
 libraries themselves: set them and the same code talks to the emulators.
+
+Which settings are secrets is declared once, in `topology.yaml` (`secrets`), which Terraform reads
+too: the settings object never shows their values (in its repr, nor in a validation error).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sluice.topology import REPO_TOPOLOGY, Topology, load_topology
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SLUICE_", frozen=True, extra="ignore")
+    # An error never quotes what it was given: the environment holds the secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICE_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     project: str = Field(validation_alias=AliasChoices("GOOGLE_CLOUD_PROJECT", "SLUICE_PROJECT"))
     topology_path: Path = Field(default=REPO_TOPOLOGY, validation_alias="SLUICE_TOPOLOGY")
@@ -27,12 +35,13 @@ class Settings(BaseSettings):
     status_api_url: str | None = None
     # An OpenAI-compatible chat completions API (the local provider server in local runs).
     ai_provider_url: str | None = None
-    ai_provider_api_key: SecretStr | None = None
+    ai_provider_api_key: str | None = None
     ai_model: str = "sluice-default"
-    # WhatsApp Cloud API: from Secret Manager in the cloud, from the environment locally.
-    whatsapp_app_secret: SecretStr | None = None
-    whatsapp_verify_token: SecretStr | None = None
-    whatsapp_access_token: SecretStr | None = None
+    # WhatsApp Cloud API. The secrets (topology.yaml's `secrets`) come from Secret Manager in the
+    # cloud, from the environment locally.
+    whatsapp_app_secret: str | None = None
+    whatsapp_verify_token: str | None = None
+    whatsapp_access_token: str | None = None
     whatsapp_graph_url: str = "https://graph.facebook.com"
     whatsapp_api_version: str = "v21.0"
     # Google Sheets: unset in the cloud (sheets.googleapis.com, with the function's service
@@ -46,10 +55,12 @@ class Settings(BaseSettings):
     # to a public address.
     allow_loopback_callbacks: bool = False
 
-    # What the deployment puts before every resource name it creates (Terraform's `prefix`), so
-    # that two deployments can share a project; the push endpoint strips it from a
-    # subscription's name to find the subscription topology.yaml declares.
-    resource_prefix: str = ""
+    # The deployment's Firestore database, and what the names of its topics and subscriptions
+    # start with: Terraform sets them from its `prefix`, so that two deployments share a project
+    # (unset: one per project). The push endpoint strips the prefix from a subscription's name to
+    # find the subscription topology.yaml declares.
+    firestore_database: str = "(default)"
+    topic_prefix: str = ""
 
     # The function this process serves (Cloud Run sets K_SERVICE; so does the local cloud).
     function: str | None = Field(default=None, validation_alias="K_SERVICE")
@@ -57,6 +68,13 @@ class Settings(BaseSettings):
     @property
     def topology(self) -> Topology:
         return load_topology(self.topology_path)
+
+    @model_validator(mode="after")
+    def _secrets_are_settings(self) -> Settings:
+        unknown = sorted(set(self.topology.secrets) - set(type(self).model_fields))
+        if unknown:
+            raise ValueError(f"topology secrets that are no setting: {', '.join(unknown)}")
+        return self
 
     @model_validator(mode="after")
     def _function_needs(self) -> Settings:
@@ -67,11 +85,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"{self.function} cannot start: {', '.join(missing)} not set")
         return self
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """What repr() and str() show: a secret that is set, only as set."""
+        secrets = set(self.topology.secrets)
+        for name, value in super().__repr_args__():
+            yield name, (MASK if name in secrets and value not in (None, "") else value)
+
     def _value(self, name: str) -> str | None:
-        """Setting `name` as text (a secret's plain text), or None when unset or empty."""
+        """Setting `name` as text, or None when unset or empty."""
         value = getattr(self, name)
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
         return None if value in (None, "") else str(value)
 
     def required(self, name: str) -> str:
@@ -80,6 +102,9 @@ class Settings(BaseSettings):
         if value is None:
             raise MissingSetting(f"{env_name(name)} is not set")
         return value
+
+
+MASK = "**********"
 
 
 class MissingSetting(RuntimeError):

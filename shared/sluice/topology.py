@@ -182,6 +182,8 @@ class Retention(_Strict):
 
 class Topology(_Strict):
     functions: dict[str, Function]
+    # The settings that are secrets: Secret Manager in the cloud, never shown by the settings.
+    secrets: list[str] = Field(default_factory=list)
     topics: dict[str, Topic]
     subscriptions: dict[str, Subscription]
     firestore_triggers: dict[str, FirestoreTrigger]
@@ -212,6 +214,7 @@ class Topology(_Strict):
                 for t in function.publishes
                 if t not in self.topics
             ]
+        problems += self._secret_problems()
         for name, trig in self.firestore_triggers.items():
             fn = self.functions.get(trig.function)
             if fn is None or fn.trigger != "firestore":
@@ -256,6 +259,17 @@ class Topology(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _secret_problems(self) -> list[str]:
+        """Each secret is named once, and is a setting some function needs (or nothing would
+        read the Secret Manager secret Terraform creates for it)."""
+        needed = {n for f in self.functions.values() for n in f.needs}
+        problems = [f"secrets: {n!r} is listed twice" for n in sorted(set(self.secrets))
+                    if self.secrets.count(n) > 1]  # fmt: skip
+        problems += [
+            f"secrets: {n!r} is no function's need" for n in self.secrets if n not in needed
+        ]
+        return problems
 
     def _export_deadline_problems(self) -> list[str]:
         """A writer dying at its batch's last row still leaves every row in the sheet within

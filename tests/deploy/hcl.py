@@ -1,11 +1,13 @@
 """What the Terraform declares, worked out without a cloud: python-hcl2 parses `terraform/`, and
-this evaluates the part of HCL the configuration uses (locals, `for_each`, `dynamic` blocks, `for`
-expressions and the functions below), so that a test sees each resource instance with its values.
+this evaluates the part of HCL the configuration uses (variables with their types' defaults and
+validations, locals, `for_each`, `dynamic` blocks, `for` expressions, preconditions and the
+functions below), so that a test sees each resource instance with its values.
 
 Terraform itself cannot do this here: `terraform plan` needs the Google provider, which has to be
-downloaded. What only the cloud knows (another resource's attributes, the project number) stays a
-`Ref`, a symbolic path such as `google_pubsub_topic.topic["work-items"].id`, which a test can
-compare as well.
+downloaded. (Where a `terraform` binary is installed, tests/deploy/test_terraform.py has it
+evaluate the locals that need no provider, and compares.) What only the cloud knows (another
+resource's attributes, the project number) stays a `Ref`, a symbolic path such as
+`google_pubsub_topic.topic["work-items"].id`, which a test can compare as well.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Block:
     kind: str
     labels: list[str]
     body: Tree
+    file: str = ""
 
 
 @dataclass
@@ -101,9 +104,9 @@ class Config:
                         _name(p) for p in parts[1:] if isinstance(p, Tree) and p.data == "string"
                     ]
                     body = next(p for p in parts if isinstance(p, Tree) and p.data == "body")
-                    self.blocks.append(Block(_name(parts[0]), labels, body))
-        self.variables = variables
+                    self.blocks.append(Block(_name(parts[0]), labels, body, path.name))
         self.functions = {**FUNCTIONS, **functions}
+        self.variables = self._variables(variables)
         self._locals = {
             _name(_children(a)[0]): _children(a)[-1]
             for b in self.blocks
@@ -122,6 +125,74 @@ class Config:
             self._local_values[name] = self.eval(self._locals[name], Scope(self))
         return self._local_values[name]
 
+    def _variables(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Each variable as given, or its default; converted to its type (an object's optional
+        attributes get their defaults); then its validations hold, or HclError says which not."""
+        declared = {b.labels[0]: b for b in self.blocks_of("variable")}
+        if unknown := set(given) - set(declared):
+            raise HclError(f"no variable {sorted(unknown)} is declared")
+        self.variables = {}
+        for name, block in declared.items():
+            spec = self.raw_attributes(block.body)
+            if name in given:
+                value = given[name]
+            elif "default" in spec:
+                value = self.eval(spec["default"], Scope(self))
+            else:
+                raise HclError(f"variable {name!r} has no default and was not given")
+            self.variables[name] = (
+                self._convert(value, spec["type"], f"var.{name}") if "type" in spec else value
+            )
+        for name, block in declared.items():
+            for node in _trees(block.body):
+                if node.data == "block" and _name(_children(node)[0]) == "validation":
+                    inner = next(t for t in _trees(node) if t.data == "body")
+                    check = self.body(inner, Scope(self))
+                    if not check["condition"]:
+                        raise HclError(f"var.{name}: {check['error_message']}")
+        return self.variables
+
+    def _convert(self, value: Any, node: Tree, where: str) -> Any:
+        """`value` as the type constraint `node` makes it (null stays null)."""
+        node = _unwrap(node)
+        if node.data == "identifier":
+            kind = str(node.children[0])
+            if value is None or kind == "any":
+                return value
+            if kind == "string" and isinstance(value, (int, float, bool, str)):
+                return value if isinstance(value, str) else _text(value)
+            ok = {"number": (int, float), "bool": bool}[kind]
+            if not isinstance(value, ok) or (kind == "number" and isinstance(value, bool)):
+                raise HclError(f"{where}: {value!r} is not a {kind}")
+            return value
+        if node.data != "function_call":
+            raise HclError(f"{where}: type {node.data} is not supported by this evaluator")
+        kind = _name(_trees(node)[0])
+        args = _trees(next(t for t in _trees(node) if t.data == "arguments"))
+        if value is None:
+            return None
+        if kind == "map" and isinstance(value, dict):
+            return {k: self._convert(v, args[0], f"{where}[{k!r}]") for k, v in value.items()}
+        if kind in {"list", "set"} and isinstance(value, list):
+            return [self._convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        if kind == "object" and isinstance(value, dict):
+            out = {}
+            for attribute, type_node in _object_elems(_unwrap(args[0])):
+                inner = _unwrap(type_node)
+                optional = inner.data == "function_call" and _name(_trees(inner)[0]) == "optional"
+                if not optional:
+                    if attribute not in value:
+                        raise HclError(f"{where}: attribute {attribute!r} is required")
+                    out[attribute] = self._convert(value[attribute], type_node, where)
+                    continue
+                spec = _trees(next(t for t in _trees(inner) if t.data == "arguments"))
+                given = value.get(attribute)
+                if given is None and len(spec) == 2:
+                    given = self.eval(spec[1], Scope(self))
+                out[attribute] = self._convert(given, spec[0], f"{where}.{attribute}")
+            return out  # attributes the type does not name are dropped, as Terraform does
+        raise HclError(f"{where}: {value!r} is not a {kind}")
+
     def blocks_of(self, kind: str, type_: str | None = None) -> list[Block]:
         return [
             b for b in self.blocks if b.kind == kind and (type_ is None or b.labels[0] == type_)
@@ -136,11 +207,18 @@ class Config:
             raise HclError(f"resource {type_}.{name} is not declared")
         attributes = self.raw_attributes(block.body)
         if "for_each" not in attributes:
-            return {None: self.body(block.body, Scope(self))}
-        instances = {}
-        for key, value in _iterate(self.eval(attributes["for_each"], Scope(self))):
-            each = {"key": key, "value": value}
-            instances[key] = self.body(block.body, Scope(self, {"each": each}))
+            instances = {None: self.body(block.body, Scope(self))}
+        else:
+            instances = {}
+            for key, value in _iterate(self.eval(attributes["for_each"], Scope(self))):
+                each = {"key": key, "value": value}
+                instances[key] = self.body(block.body, Scope(self, {"each": each}))
+        for key, instance in instances.items():
+            for lifecycle in instance.get("lifecycle", []):
+                for check in lifecycle.get("precondition", []):
+                    if not check["condition"]:
+                        where = type_ + "." + name + ("" if key is None else f"[{key!r}]")
+                        raise HclError(f"{where}: {check['error_message']}")
         return instances
 
     def resource_types(self) -> set[str]:
@@ -209,14 +287,8 @@ class Config:
             for elem in trees:
                 key_node, value_node = _trees(elem)
                 key_expr = _trees(key_node)[0] if _trees(key_node) else _children(key_node)[0]
-                key = (
-                    _name(_trees(key_expr)[0])
-                    if isinstance(key_expr, Tree)
-                    and key_expr.data == "expr_term"
-                    and _trees(key_expr)[0].data == "identifier"
-                    and len(_children(key_expr)) == 1
-                    else self.eval(key_expr, scope)
-                )
+                key = _bare_key(key_expr)
+                key = self.eval(key_expr, scope) if key is None else key
                 out[key] = self.eval(value_node, scope)
             return out
         if rule == "get_attr_expr_term":
@@ -312,6 +384,36 @@ class Config:
         return out
 
 
+def _unwrap(node: Tree) -> Tree:
+    while node.data == "expr_term" and len(_trees(node)) == 1 and len(_children(node)) == 1:
+        node = _trees(node)[0]
+    return node
+
+
+def _bare_key(key_expr: Tree | Token) -> str | None:
+    """An object key written as a bare name (`a = 1`), which is the name itself, not a lookup."""
+    if (
+        isinstance(key_expr, Tree)
+        and key_expr.data == "expr_term"
+        and _trees(key_expr)[0].data == "identifier"
+        and len(_children(key_expr)) == 1
+    ):
+        return _name(_trees(key_expr)[0])
+    return None
+
+
+def _object_elems(node: Tree) -> list[tuple[str, Tree]]:
+    """The (bare name, value) pairs of an object literal, unevaluated (a type's attributes)."""
+    pairs = []
+    for elem in _trees(node):
+        key_node, value_node = _trees(elem)
+        key = _bare_key(_trees(key_node)[0])
+        if key is None:
+            raise HclError("an object type's attributes are bare names")
+        pairs.append((key, value_node))
+    return pairs
+
+
 class _Locals:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -395,6 +497,25 @@ def _coalesce(*values: Any) -> Any:
     return next(v for v in values if v not in (None, ""))
 
 
+def _lookup(collection: dict[str, Any], key: str, *default: Any) -> Any:
+    if key in collection:
+        return collection[key]
+    if not default:
+        raise HclError(f"lookup(): no key {key!r} and no default")
+    return default[0]
+
+
+def _flatten(values: list[Any]) -> list[Any]:
+    return [x for v in values for x in (_flatten(v) if isinstance(v, list) else [v])]
+
+
+def _regex(pattern: str, text: str) -> Any:
+    match = re.search(pattern, text)
+    if match is None:
+        raise HclError(f"regex(): {text!r} does not match {pattern!r}")
+    return match[0] if not match.groups() else list(match.groups())
+
+
 def _filemd5(path: str) -> str:
     file = Path(path)
     return hashlib.md5(file.read_bytes()).hexdigest() if file.is_file() else Ref(f"filemd5({path})")
@@ -420,5 +541,13 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "ceil": lambda x: math.ceil(x),
     "max": max,
     "setproduct": lambda *sets: [list(t) for t in itertools.product(*sets)],
+    "lookup": _lookup,
+    "length": len,
+    "distinct": lambda values: list(dict.fromkeys(values)),
+    "flatten": _flatten,
+    "reverse": lambda values: list(reversed(values)),
+    "split": lambda sep, text: text.split(sep),
+    "alltrue": lambda values: all(values),
+    "regex": _regex,
     "nonsensitive": lambda v: v,
 }

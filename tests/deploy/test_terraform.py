@@ -8,44 +8,30 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
-import typing
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from pydantic import SecretStr
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore
+from google.cloud.firestore_v1.types import StructuredQuery
 
+from sluice.adapters.queries import QUERIES_FILE, declarations
 from sluice.settings import Settings, env_name
 from sluice.topology import REPO_TOPOLOGY, Topology, load_topology, parse_topology
-from tests.deploy.hcl import Config, HclError, Ref
+from tests.deploy.hcl import Config, HclError, Ref, Scope
+from tests.firestore_indexes import Indexes, unserved
 from tests.topologies import mutated
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "terraform"
-VARIABLES = {
-    "project_id": "sluice-prod",
-    "region": "europe-west1",
-    "firestore_location": "eur3",
-    "labels": {},
-    "dist_dir": "../dist",
-    "runtime": "python311",
-    "settings": {
-        "ai_provider_url": "https://api.openai.com",
-        "ai_model": "gpt-4o-mini",
-        "whatsapp_graph_url": "https://graph.facebook.com",
-        "whatsapp_api_version": "v21.0",
-    },
-    "secrets": {},
-    "functions": {},
-    "alerts": {
-        "notification_channels": [],
-        "dead_letter_backlog": 0,
-        "oldest_unacked_age_seconds": 900,
-    },
-}
+# The values a deployment gives; every other variable takes its default from variables.tf.
+VARIABLES = {"project_id": "sluice-prod", "region": "europe-west1", "firestore_location": "eur3"}
 PUBLIC = {"allUsers", "allAuthenticatedUsers"}
 
 
@@ -204,41 +190,71 @@ def test_only_the_push_and_eventarc_identities_invoke_event_functions(tf, topolo
     assert found == expected
 
 
+# Settings every function gets from the deployment itself, whatever it needs.
+DEPLOYMENT_SETTINGS = {"SLUICE_FIRESTORE_DATABASE", "SLUICE_TOPIC_PREFIX"}
+
+
 def test_each_function_gets_exactly_the_settings_it_needs(tf, topology):
     functions = tf.resources("google_cloudfunctions2_function", "function")
     for name, spec in topology.functions.items():
         service = block(functions[name], "service_config")
-        plain = {k for k in service["environment_variables"] if k.startswith("SLUICE_")}
+        env = service["environment_variables"]
+        plain = {k for k in env if k.startswith("SLUICE_")} - DEPLOYMENT_SETTINGS
         secret = {s["key"] for s in service.get("secret_environment_variables", [])}
         assert not plain & secret, name
         assert plain | secret == {env_name(n) for n in spec.needs}, name
-        assert service["environment_variables"]["GOOGLE_CLOUD_PROJECT"] == "sluice-prod"
+        assert env["GOOGLE_CLOUD_PROJECT"] == "sluice-prod"
+        assert env["SLUICE_FIRESTORE_DATABASE"] == "google_firestore_database.database.name"
+        assert env["SLUICE_TOPIC_PREFIX"] == ""
+    assert {env_name(f) for f in Settings.model_fields} >= DEPLOYMENT_SETTINGS
 
 
-def test_secrets_are_the_settings_typed_secret_and_come_from_secret_manager(tf, topology):
-    secret_fields = {
-        name for name, f in Settings.model_fields.items()
-        if SecretStr in typing.get_args(f.annotation) or f.annotation is SecretStr
-    }  # fmt: skip
-    assert set(tf.local("secret_settings")) == secret_fields
-    assert sorted(tf.resources("google_secret_manager_secret", "setting")) == sorted(secret_fields)
+def test_secrets_are_the_topologys_and_come_from_secret_manager(tf, topology):
+    secrets = set(topology.secrets)
+    assert secrets and secrets <= set(Settings.model_fields)
+    declared = tf.resources("google_secret_manager_secret", "setting")
+    assert {k: v["secret_id"] for k, v in declared.items()} == {
+        n: f"sluice-{n.replace('_', '-')}" for n in secrets
+    }
     functions = tf.resources("google_cloudfunctions2_function", "function")
     readers = tf.resources("google_secret_manager_secret_iam_member", "reader")
     for name, spec in topology.functions.items():
         mounted = block(functions[name], "service_config").get("secret_environment_variables", [])
-        needed = sorted(set(spec.needs) & secret_fields)
+        needed = sorted(set(spec.needs) & secrets)
         assert [m["key"] for m in mounted] == [env_name(n) for n in needed], name
+        assert [m["secret"] for m in mounted] == [
+            f'google_secret_manager_secret.setting["{n}"].secret_id' for n in needed
+        ]
         assert sorted(k.split("/")[1] for k in readers if k.startswith(f"{name}/")) == needed
     for binding in readers.values():
         assert binding["role"] == "roles/secretmanager.secretAccessor"
 
 
+def test_a_setting_the_topology_makes_secret_becomes_a_mounted_secret(tmp_path, topology):
+    tf, changed = changed_copy(tmp_path, {"secrets": [*topology.secrets, "status_api_url"]})
+    assert "status_api_url" in tf.resources("google_secret_manager_secret", "setting")
+    fn = tf.resources("google_cloudfunctions2_function", "function")["webhook-ingest"]
+    service = block(fn, "service_config")
+    assert "SLUICE_STATUS_API_URL" not in service["environment_variables"]
+    mounted = {m["key"] for m in service["secret_environment_variables"]}
+    assert "SLUICE_STATUS_API_URL" in mounted
+    readers = tf.resources("google_secret_manager_secret_iam_member", "reader")
+    assert [k for k in readers if k.endswith("_url")] == ["webhook-ingest/status_api_url"]
+    assert "status_api_url" in changed.secrets
+
+
 def test_a_secret_version_is_stored_only_for_a_value_given(topology):
     given = {**VARIABLES, "secrets": {"whatsapp_app_secret": {"value": "s3cret"},
-                                      "ai_provider_api_key": {"value": None}}}  # fmt: skip
+                                      "ai_provider_api_key": {}}}  # fmt: skip
     versions = Config(TERRAFORM, given).resources("google_secret_manager_secret_version", "setting")
     assert list(versions) == ["whatsapp_app_secret"]
     assert versions["whatsapp_app_secret"]["secret_data"] == "s3cret"
+
+
+def test_a_secret_value_for_a_setting_that_is_no_secret_is_refused():
+    given = {**VARIABLES, "secrets": {"ai_model": {"value": "gpt"}}}
+    with pytest.raises(HclError, match=r"var\.secrets: the names are the topology's secrets: "):
+        Config(TERRAFORM, given).resources("google_secret_manager_secret", "setting")
 
 
 def test_service_accounts_publish_only_where_the_topology_says(tf, topology):
@@ -283,27 +299,88 @@ def test_every_firestore_trigger_is_declared_with_its_document_pattern(tf, topol
         assert trigger["location"] == "eur3"  # where the database is
 
 
-def test_firestore_has_the_indexes_the_queries_need_and_a_ttl_on_message_records(tf):
+def test_firestore_has_the_indexes_the_declared_queries_need_and_a_ttl_on_message_records(tf):
     indexes = tf.resources("google_firestore_index", "composite")
     shapes = {
-        (
-            i["collection"],
-            i["query_scope"],
-            tuple((f["field_path"], f["order"]) for f in i["fields"]),
-        )
-        for i in indexes.values()
-    }
-    assert ("items", "COLLECTION", (("state", "ASCENDING"), ("finished_at", "ASCENDING"),
-                                    ("__name__", "ASCENDING"))) in shapes  # fmt: skip
-    assert ("rows", "COLLECTION_GROUP", (("written", "ASCENDING"), ("queued_at", "ASCENDING"),
-                                         ("__name__", "ASCENDING"))) in shapes  # fmt: skip
-    exports = one(tf.resources("google_firestore_field", "exports_backfill_state"))
-    scopes = {i["query_scope"] for i in block(exports, "index_config")["indexes"]}
-    assert (exports["collection"], exports["field"], scopes) == (
+        name: (i["collection"], i["query_scope"],
+               tuple((f["field_path"], f["order"]) for f in i["fields"]))
+        for name, i in indexes.items()
+    }  # fmt: skip
+    assert shapes == {
+        "items-succeeded-before": ("items", "COLLECTION", (
+            ("state", "ASCENDING"), ("finished_at", "ASCENDING"), ("__name__", "ASCENDING"))),
+        "rows-stranded": ("rows", "COLLECTION_GROUP", (
+            ("written", "ASCENDING"), ("queued_at", "ASCENDING"), ("__name__", "ASCENDING"))),
+    }  # fmt: skip
+    exports = tf.resources("google_firestore_field", "collection_group")
+    assert list(exports) == ["exports/backfill_state"]
+    exports_field = exports["exports/backfill_state"]
+    scopes = {i["query_scope"] for i in block(exports_field, "index_config")["indexes"]}
+    assert (exports_field["collection"], exports_field["field"], scopes) == (
         "exports", "backfill_state", {"COLLECTION", "COLLECTION_GROUP"})  # fmt: skip
+    for field in [*exports.values(), *indexes.values()]:
+        assert field["database"] == "google_firestore_database.database.name"
     ttl = one(tf.resources("google_firestore_field", "messages_ttl"))
     assert (ttl["collection"], ttl["field"]) == ("messages", "expires_at")
     assert ttl["ttl_config"] == [{}] and ttl["index_config"] == [{}]
+
+
+def declared_query_protos() -> dict[str, StructuredQuery]:
+    """Each declared query, as the adapters build it, in the form it is sent."""
+    client = firestore.Client(project="p", credentials=AnonymousCredentials())
+    values = {"==": "v", "in": ["v"], "<": 1, "<=": 1, ">": 1, ">=": 1}
+    return {
+        name: q.on(client if q.group else client.document("parents/p"),
+                   {f.field: values[f.op] for f in q.where})._to_protobuf()
+        for name, q in declarations().items()
+    }  # fmt: skip
+
+
+def test_every_declared_query_is_served_by_an_index_terraform_declares(tf):
+    protos = declared_query_protos()
+    assert unserved(protos.values(), Indexes.of(tf)) == []
+    # And each needs one: a query Firestore's own indexes serve is no declaration's business.
+    assert all(unserved([proto], Indexes()) for proto in protos.values())
+
+
+def test_a_query_declared_in_queries_yaml_gets_its_index(tmp_path):
+    declared = yaml.safe_load(QUERIES_FILE.read_text())
+    declared["items-latest-failed"] = {
+        "collection": "items",
+        "where": [{"field": "state", "op": "=="}],
+        "order_by": [{"field": "finished_at", "direction": "DESCENDING"}],
+    }
+    declared["tenants-by-phone"] = {
+        "collection": "tenants", "group": True,
+        "where": [{"field": "phone_number_ids", "op": "in"}],
+    }  # fmt: skip
+    tf, _ = changed_copy(tmp_path, queries=yaml.safe_dump(declared))
+    index = tf.resources("google_firestore_index", "composite")["items-latest-failed"]
+    assert [(f["field_path"], f["order"]) for f in index["fields"]] == [
+        ("state", "ASCENDING"), ("finished_at", "DESCENDING"), ("__name__", "DESCENDING"),
+    ]  # fmt: skip
+    assert "tenants/phone_number_ids" in tf.resources("google_firestore_field", "collection_group")
+
+
+def test_a_query_left_out_of_queries_yaml_has_no_index_and_the_check_says_so(tmp_path):
+    declared = yaml.safe_load(QUERIES_FILE.read_text())
+    del declared["rows-stranded"]
+    tf, _ = changed_copy(tmp_path, queries=yaml.safe_dump(declared))
+    (problem,) = unserved(declared_query_protos().values(), Indexes.of(tf))
+    assert problem.startswith("group rows [written equal] order by [queued_at asc]: needs a "
+                              "composite index (COLLECTION_GROUP)")  # fmt: skip
+
+
+def test_a_moved_resource_is_moved_to_an_instance_that_is_declared(tf):
+    assert tf.blocks_of("moved")
+    for move in tf.blocks_of("moved"):
+        spec = Config.raw_attributes(move.body)
+        source, target = (str(tf.eval(spec[end], Scope(tf))) for end in ("from", "to"))
+        found = re.fullmatch(r"(\w+)\.(\w+)(?:\[(.+)\])?", target)
+        assert found is not None, target
+        type_, name, key = found.groups()
+        assert (json.loads(key) if key else None) in tf.resources(type_, name), target
+        assert source.split(".")[:2] not in [b.labels for b in tf.blocks_of("resource")], source
 
 
 def test_the_sweeper_is_a_scheduler_job_publishing_its_message(tf, topology):
@@ -353,12 +430,23 @@ def test_the_google_provider_is_pinned_to_one_version():
 # -- the topology drives the cloud ----------------------------------------------------------------
 
 
-def changed_copy(tmp_path: Path, change: dict[str, Any]) -> tuple[Config, Topology]:
-    """terraform/ beside a changed topology.yaml, as the repository lays them out."""
+def changed_copy(
+    tmp_path: Path,
+    change: dict[str, Any] | None = None,
+    *,
+    text: str | None = None,
+    queries: str | None = None,
+    variables: dict[str, Any] = VARIABLES,
+) -> tuple[Config, Topology]:
+    """terraform/ beside a changed topology.yaml (the changes, or its whole text) and the
+    queries' declaration (changed if given), as the repository lays them out."""
     shutil.copytree(TERRAFORM, tmp_path / "terraform")
-    text = mutated(change)
+    text = mutated(change or {}) if text is None else text
     (tmp_path / "topology.yaml").write_text(text)
-    return Config(tmp_path / "terraform", VARIABLES), parse_topology(text)
+    declaration = tmp_path / QUERIES_FILE.relative_to(ROOT)
+    declaration.parent.mkdir(parents=True)
+    declaration.write_text(QUERIES_FILE.read_text() if queries is None else queries)
+    return Config(tmp_path / "terraform", variables), parse_topology(text)
 
 
 def test_a_new_topic_and_subscription_in_the_topology_appear_in_the_terraform(tmp_path):
@@ -401,10 +489,228 @@ def test_a_changed_retry_setting_and_limit_change_what_the_terraform_declares(tm
 
 
 def test_an_unknown_reference_is_an_error_not_a_silent_value(tmp_path):
-    shutil.copytree(TERRAFORM, tmp_path / "terraform")
-    (tmp_path / "topology.yaml").write_text(REPO_TOPOLOGY.read_text())
+    changed_copy(tmp_path)
     broken = tmp_path / "terraform" / "topology.tf"
-    broken.write_text(broken.read_text().replace("local.topology.subscriptions",
-                                                 "local.topology.subscriptionz"))  # fmt: skip
+    broken.write_text(broken.read_text().replace("local.raw.subscriptions",
+                                                 "local.raw.subscriptionz"))  # fmt: skip
     with pytest.raises(HclError, match="subscriptionz"):
         Config(tmp_path / "terraform", VARIABLES).resources("google_pubsub_subscription", "push")
+
+
+# -- one normalised topology ----------------------------------------------------------------------
+
+
+def test_the_topology_and_the_queries_are_read_once_and_only_the_normalised_locals_are_used():
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        text = path.read_text()
+        # Defaults are filled once, in the normalised locals: no try() anywhere.
+        assert "try(" not in text, path.name
+        reads = re.findall(r"\b(?:yamldecode|file)\(", text)
+        assert bool(reads) == (path.name in {"topology.tf", "queries.tf"}), path.name
+        assert bool(re.search(r"local\.raw\b", text)) == (path.name == "topology.tf"), path.name
+
+
+def test_every_optional_field_left_out_gets_the_typed_topologys_default(tmp_path):
+    raw = yaml.safe_load(REPO_TOPOLOGY.read_text())
+    for fn in raw["functions"].values():
+        for optional in ("public", "publishes", "needs", "local_instances"):
+            fn.pop(optional, None)
+    for sub in raw["subscriptions"].values():
+        sub.pop("ordering", None)
+    for schedule in raw["schedules"].values():
+        schedule.pop("message", None)
+    del raw["secrets"]
+    tf, topology = changed_copy(tmp_path, text=yaml.safe_dump(raw))
+    for name, fn in tf.local("functions").items():
+        spec = topology.functions[name]
+        assert (fn["public"], fn["publishes"], fn["needs"]) == (False, [], []) == (
+            spec.public, spec.publishes, spec.needs)  # fmt: skip
+        assert (fn["min_instances"], fn["cpu"]) == (0, "1")
+    for name, sub in tf.local("subscriptions").items():
+        assert sub["ordering"] is topology.subscriptions[name].ordering is False
+        assert sub["dead_letter"] == topology.dead_letter_of(name)
+    for name, schedule in tf.local("schedules").items():
+        assert schedule["message"] == topology.schedules[name].message == {}
+    assert tf.local("secrets") == {} and topology.secrets == []
+    assert tf.resources("google_secret_manager_secret", "setting") == {}
+
+
+def test_a_functions_deployment_settings_left_out_are_those_of_an_entry_given_empty():
+    given = Config(TERRAFORM, {**VARIABLES, "functions": {"backfill": {}, "status-api": {
+        "min_instances": 2}}}).local("functions")  # fmt: skip
+    assert given["backfill"]["min_instances"] == given["sheets-writer"]["min_instances"] == 0
+    assert given["backfill"]["cpu"] == given["sheets-writer"]["cpu"] == "1"
+    assert (given["status-api"]["min_instances"], given["status-api"]["cpu"]) == (2, "1")
+
+
+def test_every_iam_grant_is_in_iam_tf_and_iam_tf_grants_only(tf):
+    grants = ("_iam_member", "_iam_binding", "_iam_policy")
+    resources = tf.blocks_of("resource")
+    assert {b.file for b in resources if b.labels[0].endswith(grants)} == {"iam.tf"}
+    assert all(b.labels[0].endswith(grants) for b in resources if b.file == "iam.tf")
+
+
+# -- a prefix, so that two deployments share a project --------------------------------------------
+
+# Every resource whose name must be unique in the project (or, for the bucket, everywhere), by
+# the attribute that holds it. A resource named within one of these needs no prefix of its own.
+NAMED = {
+    ("google_cloudfunctions2_function", "function"): "name",
+    ("google_pubsub_topic", "topic"): "name",
+    ("google_pubsub_subscription", "push"): "name",
+    ("google_pubsub_subscription", "parking_lot"): "name",
+    ("google_service_account", "function"): "account_id",
+    ("google_service_account", "pusher"): "account_id",
+    ("google_service_account", "eventarc"): "account_id",
+    ("google_service_account", "sheets"): "account_id",
+    ("google_secret_manager_secret", "setting"): "secret_id",
+    ("google_cloud_scheduler_job", "schedule"): "name",
+    ("google_eventarc_trigger", "firestore"): "name",
+    ("google_monitoring_alert_policy", "pubsub"): "display_name",
+    ("google_storage_bucket", "sources"): "name",
+    ("google_firestore_database", "database"): "name",
+}
+# Named inside the deployment's bucket.
+NAMED_WITHIN = {("google_storage_bucket_object", "source")}
+
+
+def names(tf: Config) -> dict[tuple[str, str], set[str]]:
+    return {
+        resource: {instance[attribute] for instance in tf.resources(*resource).values()}
+        for resource, attribute in NAMED.items()
+    }
+
+
+def test_every_resource_named_in_the_project_is_one_the_prefix_applies_to(tf):
+    for b in tf.blocks_of("resource"):
+        for instance in tf.resources(*b.labels).values():
+            # A name is a value of its own; a reference to another resource's is not one.
+            named = [
+                a for a in ("name", "account_id", "secret_id")
+                if isinstance(instance.get(a), str) and not isinstance(instance[a], Ref)
+            ]  # fmt: skip
+            assert not named or tuple(b.labels) in NAMED.keys() | NAMED_WITHIN, b.labels
+
+
+def test_unset_the_prefix_keeps_the_names_of_a_deployment_alone_in_its_project(tf, topology):
+    found = names(tf)
+    assert found[("google_cloudfunctions2_function", "function")] == set(topology.functions)
+    assert found[("google_pubsub_topic", "topic")] == set(topology.all_topics)
+    assert found[("google_pubsub_subscription", "push")] == set(topology.subscriptions)
+    assert found[("google_service_account", "function")] == {
+        f"sluice-{n}" for n in topology.functions
+    }
+    assert found[("google_service_account", "pusher")] == {"sluice-pubsub-push"}
+    assert found[("google_cloud_scheduler_job", "schedule")] == {"sluice-sweeper"}
+    assert found[("google_eventarc_trigger", "firestore")] == set(topology.firestore_triggers)
+    assert found[("google_monitoring_alert_policy", "pubsub")] == {
+        "Sluice: dead letters waiting", "Sluice: deliveries falling behind"}  # fmt: skip
+    assert found[("google_storage_bucket", "sources")] == {"sluice-prod-sluice-sources"}
+    assert found[("google_firestore_database", "database")] == {"(default)"}
+
+
+def test_two_deployments_with_their_own_prefixes_share_no_name(tf):
+    alone = names(tf)
+    stg = names(Config(TERRAFORM, {**VARIABLES, "prefix": "stg"}))
+    prd = names(Config(TERRAFORM, {**VARIABLES, "prefix": "prd"}))
+    for resource in NAMED:
+        assert not alone[resource] & stg[resource], resource
+        assert not prd[resource] & stg[resource], resource
+        for name in stg[resource]:
+            assert name.startswith(("stg-", "Sluice stg:")) or "-stg-" in name, name
+    assert stg[("google_firestore_database", "database")] == {"stg-sluice"}
+    assert stg[("google_storage_bucket", "sources")] == {"sluice-prod-stg-sources"}
+
+
+def test_a_prefixed_deployment_uses_its_own_topics_database_and_subscriptions(topology):
+    tf = Config(TERRAFORM, {**VARIABLES, "prefix": "stg"})
+    functions = tf.resources("google_cloudfunctions2_function", "function")
+    for name in topology.functions:
+        env = block(functions[name], "service_config")["environment_variables"]
+        # The functions publish to stg-<topic> and read and write the deployment's database.
+        assert env["SLUICE_TOPIC_PREFIX"] == "stg-"
+        assert env["SLUICE_FIRESTORE_DATABASE"] == "google_firestore_database.database.name"
+    ingest = block(functions["webhook-ingest"], "service_config")["environment_variables"]
+    assert ingest["SLUICE_STATUS_API_URL"].startswith("https://stg-status-api-")
+    for name, sub in tf.resources("google_pubsub_subscription", "push").items():
+        # The push path names the topic as the topology does: the function dispatches on it.
+        topic = topology.subscriptions[name].topic
+        assert block(sub, "push_config")["push_endpoint"].endswith(f"/topics/{topic}")
+    policies = tf.resources("google_monitoring_alert_policy", "pubsub").values()
+    filters = [block(block(p, "conditions"), "condition_threshold")["filter"] for p in policies]
+    watched = {s for f in filters for s in re.findall(r'"([^"]+)"', f.split("one_of(")[1])}
+    assert watched == {f"stg-{s}" for s in topology.subscriptions} | {"stg-parked-messages"}
+    for trigger in tf.resources("google_eventarc_trigger", "firestore").values():
+        criteria = {c["attribute"]: c["value"] for c in trigger["matching_criteria"]}
+        assert criteria["database"] == "google_firestore_database.database.name"
+
+
+def test_the_longest_prefix_keeps_every_service_account_id_within_30_characters():
+    tf = Config(TERRAFORM, {**VARIABLES, "prefix": "abcdefghi"})
+    ids = [i["account_id"] for b in tf.blocks_of("resource", "google_service_account")
+           for i in tf.resources(*b.labels).values()]  # fmt: skip
+    assert max(len(i) for i in ids) <= 30
+    assert all(re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", i) for i in ids), ids
+
+
+@pytest.mark.parametrize("prefix", ["", "abcdefghij", "Stg", "stg-", "1stg"])
+def test_a_prefix_that_cannot_name_everything_is_refused(prefix):
+    with pytest.raises(HclError, match=r"var\.prefix: prefix: 1 to 9 lowercase letters"):
+        Config(TERRAFORM, {**VARIABLES, "prefix": prefix})
+
+
+def test_a_service_account_id_over_30_characters_is_refused_before_anything_is_created(tmp_path):
+    raw = yaml.safe_load(REPO_TOPOLOGY.read_text())
+    raw["functions"]["a-function-named-in-27-char"] = {**raw["functions"]["backfill"]}
+    tf, _ = changed_copy(tmp_path, text=yaml.safe_dump(raw), variables={**VARIABLES,
+                                                                      "prefix": "stg"})  # fmt: skip
+    with pytest.raises(HclError, match="stg-a-function-named-in-27-char is over 30 characters"):
+        tf.resources("google_service_account", "function")
+
+
+# -- Terraform itself, where it is installed ------------------------------------------------------
+
+TERRAFORM_BIN = shutil.which("terraform")
+# The files Terraform can evaluate without the Google provider (which needs a download).
+PROVIDER_FREE = ("topology.tf", "queries.tf", "variables.tf")
+
+
+@pytest.mark.skipif(TERRAFORM_BIN is None, reason="no terraform binary on this machine")
+@pytest.mark.parametrize("variables", [
+    VARIABLES, {**VARIABLES, "prefix": "stg", "functions": {"backfill": {"cpu": "2"}}},
+], ids=["alone", "prefixed"])  # fmt: skip
+def test_terraform_evaluates_the_normalised_locals_as_this_evaluator_does(tmp_path, variables):
+    copy = tmp_path / "terraform"
+    copy.mkdir()
+    for name in PROVIDER_FREE:
+        shutil.copy(TERRAFORM / name, copy / name)
+    shutil.copy(REPO_TOPOLOGY, tmp_path / "topology.yaml")
+    declaration = tmp_path / QUERIES_FILE.relative_to(ROOT)
+    declaration.parent.mkdir(parents=True)
+    shutil.copy(QUERIES_FILE, declaration)
+    ours = Config(copy, variables)
+    local_names = [
+        _name for b in ours.blocks_of("locals") for _name in Config.raw_attributes(b.body)
+    ]
+    (copy / "outputs.tf").write_text("".join(
+        f'output "{n}" {{\n  value = local.{n}\n}}\n' for n in local_names))  # fmt: skip
+    (copy / "terraform.tfvars.json").write_text(json.dumps(variables))
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1",
+           "TF_CLI_CONFIG_FILE": os.devnull}  # fmt: skip
+    for command in (["init", "-input=false"], ["apply", "-auto-approve", "-input=false"]):
+        subprocess.run([TERRAFORM_BIN, *command], cwd=copy, env=env, check=True,
+                       capture_output=True)  # fmt: skip
+    shown = subprocess.run([TERRAFORM_BIN, "output", "-json"], cwd=copy, env=env, check=True,
+                           capture_output=True, text=True).stdout  # fmt: skip
+    theirs = {n: out["value"] for n, out in json.loads(shown).items()}
+    assert sorted(theirs) == sorted(local_names)
+    for n in local_names:
+        assert json.loads(json.dumps(ours.local(n))) == theirs[n], n
+
+
+@pytest.mark.skipif(TERRAFORM_BIN is None, reason="no terraform binary on this machine")
+def test_the_terraform_is_formatted_as_terraform_fmt_writes_it():
+    env = {**os.environ, "TF_CLI_CONFIG_FILE": os.devnull, "CHECKPOINT_DISABLE": "1"}
+    found = subprocess.run([TERRAFORM_BIN, "fmt", "-check", "-diff", str(TERRAFORM)], env=env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert found.returncode == 0, found.stdout

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from google.cloud import firestore
 
-from sluice.adapters.tenants_store import NewTenant, TenantStore
 from localcloud.cloud import Deployment, LocalCloud
+from sluice.adapters.tenants_store import NewTenant, TenantStore
 from tests.conftest import bearer
 
 pytestmark = pytest.mark.cloud

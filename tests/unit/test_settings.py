@@ -7,8 +7,9 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from sluice.settings import MissingSetting, Settings
+from sluice.settings import MASK, MissingSetting, Settings
 from sluice.topology import load_topology
+from tests.topologies import mutated
 
 WEBHOOK_INGEST_ENV = {
     "SLUICE_STATUS_API_URL": "https://status.example",
@@ -64,3 +65,65 @@ def test_every_need_in_the_topology_is_a_setting():
     fields = set(Settings.model_fields)
     for name, function in load_topology().functions.items():
         assert set(function.needs) <= fields, name
+
+
+def test_the_topologys_secrets_are_never_shown(monkeypatch):
+    monkeypatch.setenv("K_SERVICE", "webhook-ingest")
+    for name, value in WEBHOOK_INGEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()  # type: ignore[call-arg]
+    for text in (repr(settings), str(settings)):
+        assert "app-secret" not in text and "'verify'" not in text
+        assert f"whatsapp_app_secret='{MASK}'" in text
+        assert "https://status.example" in text  # not a secret
+        assert "whatsapp_access_token=None" in text  # unset: nothing to hide
+    assert settings.required("whatsapp_verify_token") == "verify"
+
+
+def test_a_setting_the_topology_makes_secret_is_hidden_too(monkeypatch, tmp_path):
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(mutated({"secrets": [*load_topology().secrets, "status_api_url"]}))
+    monkeypatch.setenv("SLUICE_TOPOLOGY", str(topology))
+    monkeypatch.setenv("SLUICE_STATUS_API_URL", "https://status.example")
+    settings = Settings()  # type: ignore[call-arg]
+    assert "status.example" not in repr(settings)
+    assert settings.required("status_api_url") == "https://status.example"
+
+
+def test_a_topology_secret_that_is_no_setting_is_refused(monkeypatch, tmp_path):
+    raw = mutated({"secrets": ["not_a_setting"], "functions.backfill.needs": ["not_a_setting"]})
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(raw)
+    monkeypatch.setenv("SLUICE_TOPOLOGY", str(topology))
+    with pytest.raises(ValidationError, match="topology secrets that are no setting: not_a_set"):
+        Settings()  # type: ignore[call-arg]
+
+
+def test_an_error_never_quotes_the_environment_it_was_given(monkeypatch):
+    monkeypatch.setenv("K_SERVICE", "webhook-ingest")
+    monkeypatch.setenv("SLUICE_WHATSAPP_APP_SECRET", "app-secret")
+    with pytest.raises(ValidationError) as failed:
+        Settings()  # type: ignore[call-arg]
+    assert "app-secret" not in str(failed.value)
+
+
+def test_a_prefixed_deployment_reaches_its_own_topics_and_database(monkeypatch):
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    from sluice.adapters.clients import firestore_client
+    from sluice.adapters.publisher import Publisher
+
+    # Set by Terraform from its `prefix`; no connection is made here.
+    monkeypatch.setenv("SLUICE_TOPIC_PREFIX", "stg-")
+    monkeypatch.setenv("SLUICE_FIRESTORE_DATABASE", "stg-sluice")
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:9")
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:9")
+    s = Settings()  # type: ignore[call-arg]
+    publisher = Publisher(pubsub_v1.PublisherClient(), s.project, timeout=1, prefix=s.topic_prefix)
+    assert publisher.topic_path("work-items") == "projects/p/topics/stg-work-items"
+    assert firestore_client(s.project, s.firestore_database)._database == "stg-sluice"
+
+
+def test_unset_a_deployment_has_the_projects_default_database_and_plain_topic_names():
+    s = Settings()  # type: ignore[call-arg]
+    assert (s.firestore_database, s.topic_prefix) == ("(default)", "")

@@ -124,8 +124,18 @@ def test_the_repository_topology_loads():
             "webhook-ingest",
             "not a firestore function",
         ),
+        # A secret is said once, and is a setting some function needs.
+        ("secrets", ["whatsapp_app_secret", "whatsapp_app_secret"], "listed twice"),
+        ("secrets", ["ai_model"], "'ai_model' is no function's need"),
+        ("secrets", "whatsapp_app_secret", "valid list"),
     ],
 )
 def test_a_broken_topology_fails_loudly(path, value, message):
     with pytest.raises(ValueError, match=message):
         parse_topology(mutated({path: value}))
+
+
+def test_the_secrets_are_settings_the_functions_need():
+    topology = load_topology()
+    needed = {n for f in topology.functions.values() for n in f.needs}
+    assert topology.secrets and set(topology.secrets) <= needed

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 
-def firestore_client(project: str) -> firestore.Client:
-    return firestore.Client(project=project)
+def firestore_client(project: str, database: str = "(default)") -> firestore.Client:
+    return firestore.Client(project=project, database=database)
 
 
 def publisher_client() -> pubsub_v1.PublisherClient:

@@ -24,10 +24,14 @@ from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFou
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from sluice.adapters.queries import declared
 from sluice.domain.sheets import HEADER_ROW, allocate, may_take_lease
 
 # A transaction writes at most 500 documents: the row documents plus the allocator.
 ASSIGN_CHUNK = 499
+# The sweeper's searches across jobs (queries.yaml declares them, and so their indexes).
+ROWS_STRANDED = declared("rows-stranded")
+BACKFILLING = declared("exports-backfilling")
 
 
 @dataclass(frozen=True)
@@ -267,12 +271,8 @@ class ExportStore:
         """Jobs with results queued for the writer before `queued_before`, still unwritten, and
         no live flush lease: their flusher died (a live one renews its lease after every write
         call, and takes it within moments of queueing a row)."""
-        query = (
-            self._db.collection_group("rows")
-            .where(filter=FieldFilter("written", "==", False))
-            .where(filter=FieldFilter("queued_at", "<", queued_before))
-            .limit(limit)
-        )
+        values = {"written": False, "queued_at": queued_before}
+        query = ROWS_STRANDED.on(self._db, values).limit(limit)
         jobs = {_job_of(snap.reference) for snap in query.stream()}
         if not jobs:
             return set()
@@ -286,9 +286,7 @@ class ExportStore:
     def stalled_backfills(self, *, now: datetime, idle_since: datetime) -> set[str]:
         """Jobs whose backfill is `running` with an expired lease, or `pending` with no run since
         `idle_since` (the trigger that should have started it was lost)."""
-        query = self._db.collection_group("exports").where(
-            filter=FieldFilter("backfill_state", "in", ["pending", "running"])
-        )
+        query = BACKFILLING.on(self._db, {"backfill_state": ["pending", "running"]})
         exports = {_job_of(snap.reference): snap.to_dict() or {} for snap in query.stream()}
         if not exports:
             return set()

@@ -20,6 +20,7 @@ from google.api_core.exceptions import Aborted, AlreadyExists, Conflict, FailedP
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from sluice.adapters.queries import declared
 from sluice.domain import callbacks, counters, intake
 from sluice.domain.counters import Counts
 from sluice.domain.firestore_values import entry_size
@@ -44,6 +45,8 @@ COMMIT_BYTES = 3 * 1024 * 1024
 # protobuf framing.
 WRITE_OVERHEAD = 1024
 PARALLEL_COMMITS = 4
+# The backfill's pages (queries.yaml declares the query, and so its index).
+SUCCEEDED_BEFORE = declared("items-succeeded-before")
 
 
 def now() -> datetime:
@@ -396,12 +399,8 @@ class JobStore:
     ) -> list[tuple[str, dict[str, Any]]]:
         """Succeeded items that finished before `before`, in (finished_at, id) order, from just
         after the cursor `after` ({finished_at, item_id}): a stable order a restart resumes."""
-        query = (
-            self.job_ref(job_id).collection("items")
-            .where(filter=FieldFilter("state", "==", "succeeded"))
-            .where(filter=FieldFilter("finished_at", "<", before))
-            .order_by("finished_at").order_by("__name__").limit(limit)
-        )  # fmt: skip
+        values = {"state": "succeeded", "finished_at": before}
+        query = SUCCEEDED_BEFORE.on(self.job_ref(job_id), values).limit(limit)
         if after:
             last = self.item_ref(job_id, after["item_id"])
             query = query.start_after({"finished_at": after["finished_at"], "__name__": last})

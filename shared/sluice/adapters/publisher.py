@@ -16,15 +16,19 @@ if TYPE_CHECKING:  # imported by clients.publisher_client, only in functions tha
 
 
 class Publisher:
-    def __init__(self, client: pubsub_v1.PublisherClient, project: str, *, timeout: float) -> None:
+    def __init__(
+        self, client: pubsub_v1.PublisherClient, project: str, *, timeout: float, prefix: str = ""
+    ) -> None:
         self._client = client
         self._project = project
+        # The topology's topics are named with the deployment's prefix in its project.
+        self._prefix = prefix
         # A publish that has not been confirmed by then is treated as Pub/Sub being down.
         self._timeout = timeout
         self._retry = Retry(timeout=timeout)  # built once: publish runs per message
 
     def topic_path(self, topic: str) -> str:
-        return self._client.topic_path(self._project, topic)
+        return self._client.topic_path(self._project, f"{self._prefix}{topic}")
 
     def ping(self, topic: str) -> None:
         """Raises unless Pub/Sub answers for `topic` within the publish timeout. Not retried: a
