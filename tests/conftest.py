@@ -53,7 +53,7 @@ def deploy(local_cloud: LocalCloud, project: str) -> Iterator[Callable[..., Depl
 
     yield run
     for deployment in started:
-        deployment.stop()
+        deployment.stop(wait=False)  # its processes finish stopping while the next test runs
 
 
 @pytest.fixture

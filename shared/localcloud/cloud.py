@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class LocalCloud:
         self.log_dir = log_dir
         self.router = TriggerRouter(port=router_port)
         self.deployments: list[Deployment] = []
+        # Deployments whose processes are still shutting down (see Deployment.stop).
+        self.stopping: list[threading.Thread] = []
         self.emulators = Emulators(
             log_dir,
             functions_host=self.router.host,
@@ -83,10 +86,12 @@ class LocalCloud:
         os.environ.update(self.emulators.env())
 
     def stop(self) -> None:
-        """Stop every deployment still running, then the emulators: nothing is left behind,
-        whichever way the caller ends."""
+        """Stop every deployment still running, wait for those still stopping, then stop the
+        emulators: nothing is left behind, whichever way the caller ends."""
         while self.deployments:
             self.deployments.pop().stop()
+        while self.stopping:
+            self.stopping.pop().join()
         self.emulators.stop()
         self.router.stop()
 
@@ -248,12 +253,24 @@ class Deployment:
         self.register_triggers()
         self.scheduler.start()
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
+        """Nothing reaches the deployment once this returns: its triggers, schedules and
+        subscriptions are gone. Its processes are then stopped, each in its own grace period;
+        with `wait=False` they finish stopping in the background (LocalCloud.stop waits for
+        them), so that a test's teardown does not hold up the next test by seconds."""
         if self in self.cloud.deployments:
             self.cloud.deployments.remove(self)
         self.cloud.router.unroute(self.project)
         self.scheduler.stop()
         self.delete_subscriptions()
+        if wait:
+            self._stop_processes()
+            return
+        stopping = threading.Thread(target=self._stop_processes, name=f"stop-{self.project}")
+        stopping.start()
+        self.cloud.stopping.append(stopping)
+
+    def _stop_processes(self) -> None:
         with ThreadPoolExecutor() as pool:  # each waits for its own grace period: in parallel
             list(pool.map(lambda fn: fn.stop(), self.functions.values()))
             for proc in self._servers.values():

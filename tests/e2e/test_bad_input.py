@@ -26,7 +26,7 @@ accepts_work = pytest.mark.accepts_work
 def _shared(local_cloud: LocalCloud) -> Iterator[Deployment]:
     deployment = local_cloud.deploy(f"test-{uuid.uuid4().hex[:10]}")
     yield deployment
-    deployment.stop()
+    deployment.stop(wait=False)
 
 
 quiet = pytest.fixture(scope="module", name="quiet")(_shared)
