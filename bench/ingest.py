@@ -148,7 +148,7 @@ def highest_rate(http: httpx.Client, d: Deployment) -> dict[str, Any]:
 def submissions(http: httpx.Client, d: Deployment, inline: str, key: str) -> list[dict[str, Any]]:
     sluice = direct(d.functions["webhook-ingest"]) + "/v1/batches"
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    ai = d.topology.providers["ai"]
+    ai = d.topology.providers.ai
     rows = []
     for size, count in SUBMISSIONS.items():
         body = json.dumps(
@@ -201,8 +201,8 @@ def run(cloud: LocalCloud) -> dict[str, Any]:
         "inline_over_sluice": ratio,
         "highest_rate": rate,
         "batches": batches,
-        "ai_limits": f"{d.topology.providers['ai'].requests_per_minute}/min, "
-        f"{d.topology.providers['ai'].max_concurrent} at once",
+        "ai_limits": f"{d.topology.providers.ai.requests_per_minute}/min, "
+        f"{d.topology.providers.ai.max_concurrent} at once",
     }
 
 

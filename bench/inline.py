@@ -50,7 +50,7 @@ def whatsapp(request: flask.Request) -> flask.Response:
 
 def batch(request: flask.Request) -> flask.Response:
     submitted = BatchIn.model_validate(read_json(request.get_data()))
-    at_once = root().settings.topology.providers["ai"].max_concurrent
+    at_once = root().settings.topology.providers.ai.max_concurrent
     with ThreadPoolExecutor(at_once) as pool:
         results = list(pool.map(lambda item: root().ai().complete(item.input), submitted.items))
     return flask.jsonify({"state": "completed", "total": len(results)})

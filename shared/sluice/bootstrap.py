@@ -55,7 +55,7 @@ from sluice.messages import (
 from sluice.outcomes import Ack
 from sluice.push import Delivery, Handler, PushEndpoint
 from sluice.settings import Settings, settings_topology_path
-from sluice.topology import Topology, load_topology
+from sluice.topology import ProviderName, Topology, load_topology
 
 T = TypeVar("T")
 
@@ -120,7 +120,7 @@ class Root:
     def exports(self) -> ExportStore:
         return self._one("exports", lambda: ExportStore(self.db()))
 
-    def limiter(self, provider: str) -> Limiter:
+    def limiter(self, provider: ProviderName) -> Limiter:
         """One per provider and process: every instance shares its state through Firestore."""
         work = self.topology.work
         return self._one(f"limiter:{provider}", lambda: Limiter(
@@ -131,7 +131,7 @@ class Root:
             backlog=self.jobs().tenant_backlogs if provider == "ai" else dict,
         ))  # fmt: skip
 
-    def capacity(self, provider: str, *, interactive: bool) -> Capacity:
+    def capacity(self, provider: ProviderName, *, interactive: bool) -> Capacity:
         return Capacity(
             self.limiter(provider),
             interactive=interactive,
@@ -143,7 +143,7 @@ class Root:
         return self._one("ai", lambda: AIProvider(
             self.http(), base_url=s.required("ai_provider_url"),
             api_key=s.required("ai_provider_api_key"), model=s.ai_model,
-            timeout=self.topology.providers["ai"].timeout_seconds,
+            timeout=self.topology.providers.ai.timeout_seconds,
         ))  # fmt: skip
 
     def whatsapp_api(self) -> WhatsAppAPI:
@@ -151,7 +151,7 @@ class Root:
         return self._one("whatsapp_api", lambda: WhatsAppAPI(
             self.http(), base_url=s.whatsapp_graph_url, version=s.whatsapp_api_version,
             token=s.required("whatsapp_access_token"),
-            timeout=self.topology.providers["whatsapp"].timeout_seconds,
+            timeout=self.topology.providers.whatsapp.timeout_seconds,
         ))  # fmt: skip
 
     def health(self) -> HealthCheck:
@@ -188,7 +188,7 @@ class Root:
             # capacity. Counted per business number: one number's flood leaves slots to others.
             ai_capacity=replace(
                 self.capacity("ai", interactive=True),
-                holder_cap=self.topology.providers["ai"].number_max_concurrent,
+                holder_cap=self.topology.providers.ai.number_max_concurrent,
             ),
             send_capacity=self.capacity("whatsapp", interactive=True),
             publisher=self.publisher(),
@@ -201,7 +201,7 @@ class Root:
         return CallbackDeps(
             store=self.jobs(),
             sender=CallbackSender(
-                self.http(), timeout=t.providers["callbacks"].timeout_seconds,
+                self.http(), timeout=t.providers.callbacks.timeout_seconds,
                 allow_loopback=self.settings.allow_loopback_callbacks,
             ),
             capacity=self.capacity("callbacks", interactive=False),
@@ -239,7 +239,7 @@ class Root:
             exports=self.exports(), jobs=self.jobs(),
             sheets=SheetsAPI(
                 endpoint=s.sheets_endpoint, service_account=s.sheets_service_account,
-                timeout=self.topology.providers["sheets"].timeout_seconds,
+                timeout=self.topology.providers.sheets.timeout_seconds,
             ),
             limiter=self.limiter("sheets"), settings=self.topology.exports,
         ))  # fmt: skip

@@ -117,7 +117,7 @@ def whatsapp_delivery(deps: IngestDeps, request: flask.Request) -> flask.Respons
 def get_batch(deps: StatusDeps, request: flask.Request, batch_id: str) -> flask.Response:
     tenant = caller(deps.store, request)
     known_batch_id(batch_id)
-    rpm = deps.settings.topology.providers["ai"].requests_per_minute
+    rpm = deps.settings.topology.providers.ai.requests_per_minute
     return json_response(batch_status(deps.store, tenant, batch_id, requests_per_minute=rpm))
 
 

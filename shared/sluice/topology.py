@@ -110,6 +110,26 @@ class Provider(_Strict):
         return max(1, math.floor(self.max_concurrent * self.number_max_share))
 
 
+ProviderName = Literal["ai", "whatsapp", "callbacks", "sheets"]
+
+
+class Providers(_Strict):
+    """The outside services Sluice calls, each under its limits. Named fields, not a map: a key
+    renamed or missing in topology.yaml fails when the topology loads, not at the first message
+    that needs it."""
+
+    ai: Provider  # the model the processor calls for every item and every WhatsApp reply
+    whatsapp: Provider  # the WhatsApp Cloud API's sends
+    callbacks: Provider  # the CRMs' completion callback endpoints
+    sheets: Provider  # the Google Sheets API's writes
+
+    def named(self) -> dict[ProviderName, Provider]:
+        return {name: getattr(self, name) for name in ("ai", "whatsapp", "callbacks", "sheets")}
+
+    def __getitem__(self, name: ProviderName) -> Provider:
+        return self.named()[name]
+
+
 class Work(_Strict):
     max_attempts: int = Field(ge=1)
     lease_seconds: int = Field(ge=1)
@@ -188,7 +208,7 @@ class Topology(_Strict):
     subscriptions: dict[str, Subscription]
     firestore_triggers: dict[str, FirestoreTrigger]
     schedules: dict[str, Schedule] = Field(default_factory=dict)
-    providers: dict[str, Provider]
+    providers: Providers
     work: Work
     api: Api
     exports: Exports
@@ -219,7 +239,7 @@ class Topology(_Strict):
             fn = self.functions.get(trig.function)
             if fn is None or fn.trigger != "firestore":
                 problems.append(f"trigger {name}: {trig.function!r} is not a firestore function")
-        for name, provider in self.providers.items():
+        for name, provider in self.providers.named().items():
             cap = provider.tenant_max_concurrent
             if cap is not None and cap >= provider.max_concurrent:
                 problems.append(
@@ -229,8 +249,7 @@ class Topology(_Strict):
         for name, schedule in self.schedules.items():
             if schedule.topic not in self.topics:
                 problems.append(f"schedule {name}: unknown topic {schedule.topic!r}")
-        sheets = self.providers.get("sheets")
-        call = self.exports.capacity_wait_seconds + (sheets.timeout_seconds if sheets else 0)
+        call = self.exports.capacity_wait_seconds + self.providers.sheets.timeout_seconds
         if self.exports.lease_seconds <= call:
             problems.append(
                 "exports: lease_seconds must exceed capacity_wait_seconds plus the sheets "
@@ -276,11 +295,11 @@ class Topology(_Strict):
         exports.complete_within_seconds: its event comes again within redelivery_seconds, takes
         its own lease over at once, and drains what is left in one write call (a wait for the
         quota, then the call), rows_per_call at a time."""
-        exports, sheets = self.exports, self.providers.get("sheets")
+        exports, sheets = self.exports, self.providers.sheets
         after_death = {
             "exports.redelivery_seconds": exports.redelivery_seconds,
             "exports.capacity_wait_seconds": exports.capacity_wait_seconds,
-            "providers.sheets.timeout_seconds": sheets.timeout_seconds if sheets else 0,
+            "providers.sheets.timeout_seconds": sheets.timeout_seconds,
         }
         total = sum(after_death.values())
         if total <= exports.complete_within_seconds:
@@ -296,7 +315,7 @@ class Topology(_Strict):
         delivery of what its subscription carries, and the stall time every work backoff."""
         problems = []
         work, providers = self.work, self.providers
-        timeout = {name: p.timeout_seconds for name, p in providers.items()}
+        timeout = {name: p.timeout_seconds for name, p in providers.named().items()}
         # After the claim: the AI call (a CRM item), or the AI call, the wait for WhatsApp
         # capacity and the send (a reply); then the outcome is recorded.
         after_claim = {
