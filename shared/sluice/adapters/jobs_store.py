@@ -21,7 +21,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from sluice.adapters.queries import declared
-from sluice.domain import callbacks, counters, intake
+from sluice.domain import callbacks, counters, intake, jobs
 from sluice.domain.counters import Counts
 from sluice.domain.firestore_values import entry_size
 from sluice.domain.items import (
@@ -35,6 +35,7 @@ from sluice.domain.items import (
 )
 from sluice.domain.items import claim as decide_claim
 from sluice.domain.items import save_progress as decide_progress
+from sluice.domain.jobs import CallbackState, JobState
 
 # Firestore takes at most 500 writes in one commit, and a request of at most 10 MiB; its
 # emulator refuses a request over 4 MiB (answering 429, which the client retries for a minute).
@@ -235,7 +236,7 @@ class JobStore:
         found = []
         for snap in query.select(fields).stream():
             doc = snap.to_dict() or {}
-            if doc.get("state") == "open":
+            if jobs.state_of(doc) is JobState.OPEN:
                 changed = doc.get("updated_at") or snap.update_time
                 found.append((snap.id, intake.IntakeRecord.from_doc(doc), changed))
         return found
@@ -600,7 +601,9 @@ class JobStore:
 
     def _open_batches(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Open CRM batches (a WhatsApp day is open-ended, not a batch), with intake and tenant."""
-        query = self._db.collection("jobs").where(filter=FieldFilter("state", "==", "open"))
+        query = self._db.collection("jobs").where(
+            filter=FieldFilter("state", "==", JobState.OPEN.value)
+        )
         for snap in query.select(["intake", "open_ended", "tenant"]).stream():
             doc = snap.to_dict() or {}
             if not doc.get("open_ended"):
@@ -635,7 +638,7 @@ class JobStore:
         domain.callbacks.needs_sending_again), each stamped `sent_again_at` now, so the next
         sweep leaves it to the message sent for it."""
         query = self._db.collection("jobs").where(
-            filter=FieldFilter("callback.state", "==", "pending")
+            filter=FieldFilter("callback.state", "==", CallbackState.PENDING.value)
         )
         found = []
         for snap in query.select(["callback", "completed_at"]).stream():
@@ -692,19 +695,18 @@ class JobStore:
             if not moved:
                 return changed
 
-    def set_job_state(self, job_id: str, *, to: str, allowed_from: tuple[str, ...]) -> bool:
+    def set_job_state(
+        self, job_id: str, *, to: JobState, allowed_from: tuple[JobState, ...]
+    ) -> bool:
         """Move the job's state if it is in one of `allowed_from`; True if it moved."""
         ref = self.job_ref(job_id)
 
         @firestore.transactional
         def run(tx: firestore.Transaction) -> bool:
-            if (ref.get(transaction=tx).to_dict() or {}).get("state") not in allowed_from:
+            job = ref.get(transaction=tx).to_dict() or {}
+            if jobs.state_of(job) not in allowed_from:
                 return False
-            at = now()
-            fields: dict[str, Any] = {"state": to, "updated_at": at}
-            if to == "open":
-                fields["completed_at"] = None
-            tx.update(ref, fields)
+            tx.update(ref, jobs.moved(job, to=to, at=now()))
             return True
 
         return bool(run(self._db.transaction()))
@@ -718,30 +720,24 @@ class JobStore:
         if found is None:
             return None
         job, counts = found
-        # A day of WhatsApp traffic is open-ended: it never completes while the day can add more.
-        if job.get("state") != "open" or job.get("open_ended") or not counts.complete:
+        if not jobs.completes(job, all_finished=counts.complete):
             return None
         ref = self.job_ref(job_id)
 
         @firestore.transactional
         def run(tx: firestore.Transaction) -> int | None:
             stored = ref.get(transaction=tx).to_dict() or {}
-            if stored.get("state") != "open":
+            if jobs.state_of(stored) is not JobState.OPEN:
                 return None
-            at = now()
-            completion = int(stored.get("completions", 0)) + 1
-            tx.update(ref, {
-                "state": "completed", "completed_at": at, "updated_at": at,
-                "completions": completion,
-                "callback": {"completion": completion, "state": "pending"},
-            })  # fmt: skip
+            completion, fields = jobs.completed(stored, at=now())
+            tx.update(ref, fields)
             return completion
 
         result: int | None = run(self._db.transaction())
         return result
 
     def mark_callback(
-        self, job_id: str, completion: int, state: str, *, error: str | None = None
+        self, job_id: str, completion: int, state: CallbackState, *, error: str | None = None
     ) -> bool:
         """Record a callback's fate, once: False if this completion's callback was settled."""
         ref = self.job_ref(job_id)
@@ -749,9 +745,12 @@ class JobStore:
         @firestore.transactional
         def run(tx: firestore.Transaction) -> bool:
             callback = (ref.get(transaction=tx).to_dict() or {}).get("callback") or {}
-            if callback.get("completion") != completion or callback.get("state") != "pending":
+            if (
+                callback.get("completion") != completion
+                or callback.get("state") != CallbackState.PENDING
+            ):
                 return False
-            settled = {"completion": completion, "state": state, "at": now()}
+            settled = {"completion": completion, "state": state.value, "at": now()}
             tx.update(ref, {"callback": settled | ({"error": error} if error else {})})
             return True
 
@@ -789,7 +788,10 @@ class JobStore:
         @firestore.transactional
         def run(tx: firestore.Transaction) -> None:
             callback = (ref.get(transaction=tx).to_dict() or {}).get("callback") or {}
-            if callback.get("completion") == completion and callback.get("state") == "pending":
+            if (
+                callback.get("completion") == completion
+                and callback.get("state") == CallbackState.PENDING
+            ):
                 tx.update(ref, {"callback.leased_until": None, "callback.retry_at": retry_at,
                                 "callback.error": error})  # fmt: skip
 

@@ -28,6 +28,8 @@ from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
 
+from sluice.domain.jobs import CallbackState
+
 SECRET_PREFIX = "whsec_"
 
 
@@ -150,10 +152,17 @@ class Turn(Enum):
     SEND = "send"  # take the lease and call the CRM
 
 
+def pending(callback: dict[str, Any], completion: int) -> bool:
+    """Whether the callback of completion `completion` is still to be sent."""
+    return (
+        callback.get("completion") == completion and callback.get("state") == CallbackState.PENDING
+    )
+
+
 def turn(
     callback: dict[str, Any], *, completion: int, chain: str, now: datetime, quiet: timedelta
 ) -> Turn:
-    if callback.get("completion") != completion or callback.get("state") != "pending":
+    if not pending(callback, completion):
         return Turn.SETTLED
     owner, last = callback.get("chain"), callback.get("delivered_at")
     leased = callback.get("leased_until") is not None and callback["leased_until"] > now
@@ -169,7 +178,7 @@ def needs_sending_again(
 ) -> bool:
     """A pending callback no chain has touched for `quiet`: its message was lost (a publish
     after the completion failed), so nothing will ever deliver it unless it is sent again."""
-    if callback.get("state") != "pending":
+    if callback.get("state") != CallbackState.PENDING:
         return False
     stamps = [completed_at, callback.get("delivered_at"), callback.get("sent_again_at")]
     known = [t for t in stamps if t is not None]

@@ -21,6 +21,7 @@ from sluice.adapters.callback_sender import CallbackSender, RefusedCallback
 from sluice.adapters.jobs_store import JobStore, now
 from sluice.adapters.outside import ProviderError
 from sluice.domain.callbacks import Turn, completed_event, signed_headers, webhook_id
+from sluice.domain.jobs import CallbackState
 from sluice.handlers.processor import Capacity
 from sluice.messages import BatchCompleted
 from sluice.outcomes import Ack, Defer, Redeliver
@@ -58,7 +59,7 @@ def send_completion_callback(deps: CallbackDeps, event: BatchCompleted, *, chain
     url = job.get("callback_url") or tenant.get("callback_url")
     secret = tenant.get("signing_secret")
     if not url or not secret:
-        store.mark_callback(job_id, completion, "no_callback_url")
+        store.mark_callback(job_id, completion, CallbackState.NO_CALLBACK_URL)
         return Ack(job_id, "callback", "no callback URL")
 
     def post() -> None:
@@ -77,12 +78,12 @@ def send_completion_callback(deps: CallbackDeps, event: BatchCompleted, *, chain
     except RefusedCallback as refused:
         # Not retried: the address is not allowed, and would not be the next time either.
         log.warning("callback for %s not sent: %s", job_id, refused)
-        store.mark_callback(job_id, completion, "failed", error=str(refused))
+        store.mark_callback(job_id, completion, CallbackState.FAILED, error=str(refused))
         return Ack(job_id, "callback", str(refused))
     except ProviderError as error:
         store.callback_not_delivered(
             job_id, completion, error=str(error), retry_at=now() + deps.backoff
         )
         raise Redeliver(f"callback for {job_id} not delivered: {error}") from None
-    store.mark_callback(job_id, completion, "sent")
+    store.mark_callback(job_id, completion, CallbackState.SENT)
     return Ack(job_id, "callback", f"sent to {url}")

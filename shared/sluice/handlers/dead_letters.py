@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sluice.adapters.jobs_store import JobStore, now
 from sluice.adapters.publisher import Publisher
 from sluice.domain.items import ItemRecord, Transition, dead_lettered, superseded
+from sluice.domain.jobs import CallbackState
 from sluice.handlers.processor import announce_completion
 from sluice.handlers.whatsapp import WhatsAppDeps, record_message
 from sluice.messages import (
@@ -90,6 +91,6 @@ def _record_dead_letter(deps: DeadLetterDeps, source: str, message: PubSubMessag
         return fail_item(store, *recorded, reason)
     if source == BATCH_EVENTS:
         done = BatchCompleted.model_validate_json(message.data)
-        store.mark_callback(done.job_id, done.completion, "failed", error=reason)
+        store.mark_callback(done.job_id, done.completion, CallbackState.FAILED, error=reason)
         return Ack(done.job_id, "callback", reason)
     return Ack(message.message_id, "unhandled", f"nothing records dead letters of {source}")

@@ -16,7 +16,7 @@ from typing import Any
 
 from sluice.adapters.jobs_store import JobStore, NewItem, now
 from sluice.adapters.publisher import Publisher
-from sluice.domain import intake
+from sluice.domain import intake, jobs
 from sluice.domain.batches import (
     BatchIn,
     fingerprint,
@@ -69,22 +69,14 @@ def submit_batch(
     intake_lease, retry_after = deps.intake_lease, deps.retry_after
     job_id = job_id_for(tenant, idempotency_key)
     at = now()
-    new_job = {
-        "tenant": tenant,
-        "kind": batch.kind,
-        "params": batch.params,
-        "callback_url": str(batch.callback_url) if batch.callback_url else None,
-        "total": len(batch.items),
-        "state": "open",
-        "fingerprint": fingerprint(batch),
-        "idempotency_key": idempotency_key,
-        "created_at": at,
-        "updated_at": at,
-        "completed_at": None,
-    }
+    new = jobs.new_job(
+        tenant=tenant, kind=batch.kind, params=batch.params, total=len(batch.items), at=at,
+        callback_url=str(batch.callback_url) if batch.callback_url else None,
+        fingerprint=fingerprint(batch), idempotency_key=idempotency_key,
+    )  # fmt: skip
     owner = uuid.uuid4().hex
     job, decision = store.open_intake(
-        job_id, new_job, owner=owner, lease=intake_lease, retry_after=retry_after
+        job_id, new, owner=owner, lease=intake_lease, retry_after=retry_after
     )
     if isinstance(decision, intake.Mismatch):
         raise Problem(

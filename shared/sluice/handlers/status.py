@@ -7,9 +7,10 @@ from typing import Any
 
 from sluice.adapters.jobs_store import JobStore, now
 from sluice.adapters.publisher import Publisher
-from sluice.domain import items
+from sluice.domain import items, jobs
 from sluice.domain.counters import estimate_completion
 from sluice.domain.items import ItemState
+from sluice.domain.jobs import JobState
 from sluice.domain.paging import decode_token, encode_token
 from sluice.domain.whatsapp import message_again
 from sluice.handlers.auth import Tenant, own_job
@@ -26,7 +27,7 @@ def batch_status(
     job, counts = found
     own_job(job, tenant, job_id)
     eta = None
-    if job.get("state") == "open" and job.get("created_at") is not None:
+    if jobs.state_of(job) is JobState.OPEN and job.get("created_at") is not None:
         eta = estimate_completion(
             counts, started_at=job["created_at"], now=now(),
             requests_per_minute=requests_per_minute,
@@ -95,12 +96,12 @@ def retry_failed(store: JobStore, publisher: Publisher, tenant: Tenant, job_id: 
     A WhatsApp day's messages go back through the WhatsApp path, in conversation order, so
     that each gets its reply."""
     job = own_job(store.get_job(job_id), tenant, job_id)
-    if job.get("state") == "cancelled":
+    if jobs.state_of(job) is JobState.CANCELLED:
         raise Problem(409, "Batch cancelled", "a cancelled batch is not retried")
     at = now()
     requeued = store.transition_items(job_id, "failed", partial(items.retry, now=at))
     if requeued:
-        store.set_job_state(job_id, to="open", allowed_from=("completed",))
+        store.set_job_state(job_id, to=JobState.OPEN, allowed_from=(JobState.COMPLETED,))
         if job.get("kind") == "whatsapp":
             inputs = store.item_inputs(job_id, requeued)
             events = [message_again(str(job["phone_number_id"]), inputs[i]) for i in requeued]
@@ -126,10 +127,10 @@ def cancel_batch(store: JobStore, tenant: Tenant, job_id: str) -> dict:
     if job.get("open_ended"):
         detail = "a WhatsApp day's job takes messages all day and is not cancelled"
         raise Problem(409, "Not cancellable", detail)
-    if not store.set_job_state(job_id, to="cancelled", allowed_from=("open",)):
+    if not store.set_job_state(job_id, to=JobState.CANCELLED, allowed_from=(JobState.OPEN,)):
         state = (store.get_job(job_id) or {}).get("state")
-        if state != "cancelled":
+        if state != JobState.CANCELLED:
             raise Problem(409, "Batch not open", f"the batch is {state}: only an open batch "
                           "is cancelled")  # fmt: skip
     cancelled = store.transition_items(job_id, "queued", partial(items.cancel, now=now()))
-    return {"batch_id": job_id, "cancelled": len(cancelled), "state": "cancelled"}
+    return {"batch_id": job_id, "cancelled": len(cancelled), "state": JobState.CANCELLED.value}

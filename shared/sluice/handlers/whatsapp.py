@@ -18,6 +18,7 @@ from sluice.adapters.publisher import Publisher
 from sluice.adapters.whatsapp_api import WhatsAppAPI
 from sluice.domain.conversations import Ref, Turn
 from sluice.domain.items import FINISHED, ItemState
+from sluice.domain.jobs import new_job
 from sluice.domain.replies import SENT_IN_DOUBT, Composed, InDoubt, Sending, Sent, reply_progress
 from sluice.domain.whatsapp import (
     daily_job_id,
@@ -150,21 +151,11 @@ def record_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> tuple[str
         return None
     received = now()
     job_id = daily_job_id(tenant[0], phone_id, message_time(message, received))
-    deps.store.ensure_job(
-        job_id,
-        {
-            "tenant": tenant[0],
-            "kind": "whatsapp",
-            "phone_number_id": phone_id,
-            "params": {"instructions": REPLY_INSTRUCTIONS},
-            "total": 0,
-            "state": "open",
-            "open_ended": True,
-            "created_at": received,
-            "updated_at": received,
-            "completed_at": None,
-        },
-    )
+    day = new_job(
+        tenant=tenant[0], kind="whatsapp", params={"instructions": REPLY_INSTRUCTIONS}, total=0,
+        at=received, phone_number_id=phone_id,
+    )  # fmt: skip
+    deps.store.ensure_job(job_id, day)
     item_input = inbound_input(message, event.contact)
     item_id = message_key(message["id"])
     deps.store.add_item(job_id, item_id, item_input, at=received)
