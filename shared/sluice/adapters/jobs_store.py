@@ -306,9 +306,7 @@ class JobStore:
             if ref.get(transaction=tx).exists:
                 return False
             tx.create(ref, {**new_item_doc(0, item_input, at)})
-            shard = self.shard_refs(job_id)[counters.pick_shard(self._shards)]
-            tx.set(shard, {k: firestore.Increment(v) for k, v in counters.added().items()},
-                   merge=True)  # fmt: skip
+            self._count(tx, job_id, counters.added())
             return True
 
         return bool(run(self._db.transaction()))
@@ -420,7 +418,11 @@ class JobStore:
     ) -> None:
         # The item first: a commit's first write result is the item's new update time.
         writer.update(self.item_ref(job_id, item_id), change.fields, option=option)
-        moves = counters.delta(change.before, change.after)
+        self._count(writer, job_id, counters.delta(change.before, change.after))
+
+    def _count(self, writer: Any, job_id: str, moves: dict[str, int]) -> None:
+        """Counts moved by a commit, added to one shard picked at random, in that same commit
+        (a transaction or a batch): so counts never drift from the items' states."""
         if moves:
             shard = self.shard_refs(job_id)[counters.pick_shard(self._shards)]
             writer.set(shard, {k: firestore.Increment(v) for k, v in moves.items()}, merge=True)
@@ -684,10 +686,7 @@ class JobStore:
                         tx.update(snap.reference, change.fields)
                         moves.update(counters.delta(change.before, change.after))
                         done.append(snap.id)
-                if moves:
-                    shard = self.shard_refs(job_id)[counters.pick_shard(self._shards)]
-                    tx.set(shard, {k: firestore.Increment(v) for k, v in moves.items()},
-                           merge=True)  # fmt: skip
+                self._count(tx, job_id, dict(moves))
                 return done
 
             moved = run(self._db.transaction())
