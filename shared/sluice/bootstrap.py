@@ -29,10 +29,11 @@ from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.callback_sender import CallbackSender
 from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.exports_store import ExportStore
-from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter
 from sluice.adapters.publisher import Publisher
 from sluice.adapters.whatsapp_api import WhatsAppAPI
+from sluice.clock import now
 from sluice.eventarc import DocumentChange
 from sluice.handlers.callbacks import CallbackDeps, send_completion_callback
 from sluice.handlers.dead_letters import DeadLetterDeps, handle_dead_letter

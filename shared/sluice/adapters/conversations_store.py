@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from google.api_core.exceptions import AlreadyExists, FailedPrecondition
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from sluice.clock import now
 from sluice.domain import conversations
 from sluice.domain.conversations import Ref, Turn
 from sluice.domain.whatsapp import advance_status
@@ -36,7 +37,7 @@ class ConversationStore:
         self._keep = keep
 
     def _expires_at(self) -> datetime:
-        return datetime.now(UTC) + self._keep
+        return now() + self._keep
 
     def conversation_ref(self, phone_id: str, wa_id: str) -> firestore.DocumentReference:
         return self._db.collection("conversations").document(f"{phone_id}:{wa_id}")

@@ -13,7 +13,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from google.api_core.exceptions import Aborted, AlreadyExists, Conflict, FailedPrecondition
@@ -21,6 +21,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from sluice.adapters.queries import declared
+from sluice.clock import now
 from sluice.domain import callbacks, counters, intake, jobs
 from sluice.domain.counters import Counts
 from sluice.domain.firestore_values import entry_size
@@ -48,10 +49,6 @@ WRITE_OVERHEAD = 1024
 PARALLEL_COMMITS = 4
 # The backfill's pages (queries.yaml declares the query, and so its index).
 SUCCEEDED_BEFORE = declared("items-succeeded-before")
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 R = TypeVar("R")

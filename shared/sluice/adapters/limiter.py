@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from google.api_core.exceptions import Aborted, AlreadyExists, FailedPreconditio
 from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from sluice import clock
 from sluice.adapters.outside import ProviderError
 from sluice.domain import limits
 from sluice.outcomes import Defer
@@ -38,10 +39,6 @@ BACKOFF_CACHE_SECONDS = 0.5
 SLOT_GRACE_SECONDS = 15.0
 # How long the tenants' backlogs are trusted before they are read again.
 BACKLOG_CACHE_SECONDS = 2.0
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,7 @@ class Limiter:
         return self._backoff
 
     def factor(self) -> float:
-        return limits.current_factor(self.backoff(), utcnow(), self._recovery)
+        return limits.current_factor(self.backoff(), clock.now(), self._recovery)
 
     def rate_limited(self, retry_after: float | None) -> None:
         """The provider answered 429: slow every instance down, not only this call."""
@@ -91,7 +88,7 @@ class Limiter:
         @firestore.transactional
         def run(tx: firestore.Transaction) -> limits.Backoff:
             current = limits.Backoff.from_doc(self._root.get(transaction=tx).to_dict())
-            learned = limits.after_rate_limited(current, utcnow(), retry_after, self._recovery)
+            learned = limits.after_rate_limited(current, clock.now(), retry_after, self._recovery)
             tx.set(self._root, learned.to_doc())
             return learned
 
@@ -129,7 +126,7 @@ class Limiter:
         cap = cap if cap is not None else self._provider.tenant_max_concurrent
         holder = None if cap is None else self._holder_ref(tenant)
         while True:
-            now = utcnow()
+            now = clock.now()
             backoff = self.backoff()
             pause = random.uniform(0.02, 0.1)
             if backoff.paused_until is not None and backoff.paused_until > now:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from google.api_core.exceptions import AlreadyExists, NotFound
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from sluice.clock import now
 from sluice.domain.callbacks import new_secret
 from sluice.domain.tenants import hash_api_key, new_api_key, tenant_id
 
@@ -56,7 +56,7 @@ class TenantStore:
                     "callback_url": callback_url,
                     "signing_secret": secret,
                     "phone_number_ids": [],
-                    "created_at": datetime.now(UTC),
+                    "created_at": now(),
                 }
             )
         except AlreadyExists:
@@ -72,7 +72,7 @@ class TenantStore:
         if not ref.get().exists:
             raise TenantNotFound(f"tenant {tenant_id(name)!r} does not exist")
         key = new_api_key()
-        ref.update({"api_key_hashes": [hash_api_key(key)], "key_rotated_at": datetime.now(UTC)})
+        ref.update({"api_key_hashes": [hash_api_key(key)], "key_rotated_at": now()})
         return key
 
     def set_sheets(self, name: str, *, enabled: bool) -> None:
@@ -121,7 +121,7 @@ class TenantStore:
                 )
             transaction.update(ref, {"phone_number_ids": firestore.ArrayUnion([phone_number_id])})
             if others or not owner.exists:
-                transaction.set(owner_ref, {"tenant": tid, "since": datetime.now(UTC)})
+                transaction.set(owner_ref, {"tenant": tid, "since": now()})
             return ", ".join(sorted(others)) or None
 
         return assign(self._db.transaction())

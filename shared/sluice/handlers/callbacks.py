@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sluice.adapters.callback_sender import CallbackSender, RefusedCallback
-from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.outside import ProviderError
+from sluice.clock import now
 from sluice.domain.callbacks import Turn, completed_event, signed_headers, webhook_id
 from sluice.domain.jobs import CallbackState
 from sluice.handlers.processor import Capacity

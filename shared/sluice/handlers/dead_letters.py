@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
+from sluice.clock import now
 from sluice.domain.items import ItemRecord, Transition, dead_lettered, superseded
 from sluice.domain.jobs import CallbackState
 from sluice.handlers.processor import announce_completion

@@ -26,13 +26,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sluice.adapters.exports_store import ExportStore, LeaseLost, Row
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter
 from sluice.adapters.outside import ProviderError
+from sluice.clock import now
 from sluice.domain.sheets import columns, exported, row_of, rows_to_add
 from sluice.eventarc import DocumentChange
 from sluice.handlers.auth import Tenant, own_job
@@ -56,7 +57,7 @@ class SheetsDeps:
     # The Sheets write quota, shared by every writer, backfill and configure call.
     limiter: Limiter
     settings: Exports
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    clock: Callable[[], datetime] = now
 
 
 def _write_call(deps: SheetsDeps, call: Callable[[], T], *, tenant: str, interactive: bool) -> T:

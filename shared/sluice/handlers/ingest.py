@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sluice.adapters.jobs_store import JobStore, NewItem, now
+from sluice.adapters.jobs_store import JobStore, NewItem
 from sluice.adapters.publisher import Publisher
+from sluice.clock import now
 from sluice.domain import intake, jobs
 from sluice.domain.batches import (
     BatchIn,

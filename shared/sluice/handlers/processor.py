@@ -18,10 +18,11 @@ from functools import partial
 from typing import Any
 
 from sluice.adapters.ai_provider import AIProvider
-from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter, Permit
 from sluice.adapters.outside import ProviderError
 from sluice.adapters.publisher import Publisher
+from sluice.clock import now
 from sluice.domain.items import (
     AlreadyFinished,
     Claimed,

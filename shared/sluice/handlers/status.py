@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
+from sluice.clock import now
 from sluice.domain import items, jobs
 from sluice.domain.counters import estimate_completion
 from sluice.domain.items import ItemState

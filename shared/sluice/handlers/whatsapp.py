@@ -12,10 +12,11 @@ from typing import Any
 
 from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.conversations_store import ConversationStore, message_key
-from sluice.adapters.jobs_store import JobStore, now
+from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.outside import ProviderError
 from sluice.adapters.publisher import Publisher
 from sluice.adapters.whatsapp_api import WhatsAppAPI
+from sluice.clock import now
 from sluice.domain.conversations import Ref, Turn
 from sluice.domain.items import FINISHED, ItemState
 from sluice.domain.jobs import new_job
