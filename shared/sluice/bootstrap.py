@@ -32,6 +32,7 @@ from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter
 from sluice.adapters.publisher import Publisher
+from sluice.adapters.tenants_store import TenantStore
 from sluice.adapters.whatsapp_api import WhatsAppAPI
 from sluice.clock import now
 from sluice.eventarc import DocumentChange
@@ -118,6 +119,9 @@ class Root:
             self.db(), shards=work.counter_shards, cache_bytes=work.job_cache_bytes
         ))  # fmt: skip
 
+    def tenants(self) -> TenantStore:
+        return self._one("tenants", lambda: TenantStore(self.db()))
+
     def exports(self) -> ExportStore:
         return self._one("exports", lambda: ExportStore(self.db()))
 
@@ -179,7 +183,7 @@ class Root:
 
     def whatsapp(self) -> WhatsAppDeps:
         return self._one("whatsapp", lambda: WhatsAppDeps(
-            store=self.jobs(),
+            store=self.jobs(), tenants=self.tenants(),
             conversations=ConversationStore(
                 self.db(), keep=timedelta(days=self.topology.retention.whatsapp_message_days)
             ),
@@ -200,7 +204,7 @@ class Root:
         t = self.topology
         (delivery,) = (s for s in t.subscriptions.values() if s.topic == BATCH_EVENTS)
         return CallbackDeps(
-            store=self.jobs(),
+            store=self.jobs(), tenants=self.tenants(),
             sender=CallbackSender(
                 self.http(), timeout=t.providers.callbacks.timeout_seconds,
                 allow_loopback=self.settings.allow_loopback_callbacks,
@@ -349,7 +353,7 @@ def backfill() -> Callable[[DocumentChange], Ack]:
 def webhook_ingest() -> Router:
     root = Root(settings())
     return routes.ingest(routes.IngestDeps(
-        store=root.jobs(), publisher=root.publisher(), health=root.health(),
+        tenants=root.tenants(), store=root.jobs(), publisher=root.publisher(), health=root.health(),
         settings=root.settings,
     ))  # fmt: skip
 
@@ -357,6 +361,6 @@ def webhook_ingest() -> Router:
 def status_api() -> Router:
     root = Root(settings())
     return routes.status(routes.StatusDeps(
-        store=root.jobs(), publisher=root.publisher(), health=root.health(),
+        tenants=root.tenants(), store=root.jobs(), publisher=root.publisher(), health=root.health(),
         settings=root.settings, sheets=Once(root.sheets),
     ))  # fmt: skip

@@ -16,6 +16,7 @@ import flask
 
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
+from sluice.adapters.tenants_store import TenantStore
 from sluice.domain.batches import parse_batch, validate_idempotency_key
 from sluice.domain.firestore_values import document_id_refusal
 from sluice.domain.paging import page_size
@@ -39,6 +40,7 @@ from sluice.settings import Settings
 
 @dataclass(frozen=True)
 class IngestDeps:
+    tenants: TenantStore
     store: JobStore
     publisher: Publisher
     health: HealthCheck
@@ -47,6 +49,7 @@ class IngestDeps:
 
 @dataclass(frozen=True)
 class StatusDeps:
+    tenants: TenantStore
     store: JobStore
     publisher: Publisher
     health: HealthCheck
@@ -55,9 +58,9 @@ class StatusDeps:
     sheets: Callable[[], SheetsDeps]
 
 
-def caller(store: JobStore, request: flask.Request) -> Tenant:
+def caller(tenants: TenantStore, request: flask.Request) -> Tenant:
     # The key first: a caller without one gets nothing read, whatever it sends.
-    return authenticate(store, request.headers.get("Authorization"))
+    return authenticate(tenants, request.headers.get("Authorization"))
 
 
 def known_batch_id(batch_id: str) -> str:
@@ -73,7 +76,7 @@ def known_batch_id(batch_id: str) -> str:
 def create_batch(deps: IngestDeps, request: flask.Request) -> flask.Response:
     settings = deps.settings
     api = settings.topology.api
-    tenant = caller(deps.store, request)
+    tenant = caller(deps.tenants, request)
     body = read_body(request, api.max_body_bytes)
     key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
     batch = parse_batch(
@@ -115,27 +118,27 @@ def whatsapp_delivery(deps: IngestDeps, request: flask.Request) -> flask.Respons
 
 
 def get_batch(deps: StatusDeps, request: flask.Request, batch_id: str) -> flask.Response:
-    tenant = caller(deps.store, request)
+    tenant = caller(deps.tenants, request)
     known_batch_id(batch_id)
     rpm = deps.settings.topology.providers.ai.requests_per_minute
     return json_response(batch_status(deps.store, tenant, batch_id, requests_per_minute=rpm))
 
 
 def post_retry_failed(deps: StatusDeps, request: flask.Request, batch_id: str) -> flask.Response:
-    tenant = caller(deps.store, request)
+    tenant = caller(deps.tenants, request)
     known_batch_id(batch_id)
     return json_response(retry_failed(deps.store, deps.publisher, tenant, batch_id))
 
 
 def post_cancel(deps: StatusDeps, request: flask.Request, batch_id: str) -> flask.Response:
-    tenant = caller(deps.store, request)
+    tenant = caller(deps.tenants, request)
     known_batch_id(batch_id)
     return json_response(cancel_batch(deps.store, tenant, batch_id))
 
 
 def get_batch_items(deps: StatusDeps, request: flask.Request, batch_id: str) -> flask.Response:
     api = deps.settings.topology.api
-    tenant = caller(deps.store, request)
+    tenant = caller(deps.tenants, request)
     known_batch_id(batch_id)
     page = batch_items(
         deps.store,
@@ -151,20 +154,20 @@ def get_batch_items(deps: StatusDeps, request: flask.Request, batch_id: str) -> 
 
 
 def post_sheets(deps: StatusDeps, request: flask.Request, batch_id: str) -> flask.Response:
-    tenant = caller(deps.store, request)
+    tenant = caller(deps.tenants, request)
     known_batch_id(batch_id)
     export, created = configure_sheets(deps.sheets(), tenant, batch_id)
     return json_response(export, 201 if created else 200)
 
 
 def get_sheets(deps: StatusDeps, request: flask.Request, batch_id: str) -> flask.Response:
-    tenant = caller(deps.store, request)
+    tenant = caller(deps.tenants, request)
     known_batch_id(batch_id)
     return json_response(export_status(deps.sheets(), tenant, batch_id))
 
 
 def get_me(deps: StatusDeps, request: flask.Request) -> flask.Response:
-    return json_response(features(caller(deps.store, request)))
+    return json_response(features(caller(deps.tenants, request)))
 
 
 def get_health(health: HealthCheck, request: flask.Request) -> flask.Response:

@@ -130,9 +130,9 @@ def _drain(values: Iterator[Any]) -> None:
 # How to make each query function send its queries: through its public method, with each
 # variant (a filter given or not, a cursor or none).
 RUNS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "JobStore._tenant_holding": lambda s: (
-        s["jobs"].tenant_by_key_hash("h"),
-        s["jobs"].tenant_by_phone("1"),
+    "TenantStore._holding": lambda s: (
+        s["tenants"].by_key_hash("h"),
+        s["tenants"].by_phone("1"),
     ),
     "JobStore.unfinished_intakes": lambda s: s["jobs"].unfinished_intakes(),
     "JobStore.list_items": lambda s: [

@@ -312,28 +312,6 @@ class JobStore:
         items = self.job_ref(job_id).collection("items")
         return [ref.id for ref in items.list_documents(page_size=1000)]
 
-    # -- tenants --------------------------------------------------------------------------------
-
-    def tenant(self, tenant_id: str) -> dict[str, Any] | None:
-        snap = self._db.collection("tenants").document(tenant_id).get()
-        return snap.to_dict() if snap.exists else None
-
-    def tenant_by_key_hash(self, key_hash: str) -> tuple[str, dict[str, Any]] | None:
-        return self._tenant_holding("api_key_hashes", key_hash)
-
-    def tenant_by_phone(self, phone_number_id: str) -> tuple[str, dict[str, Any]] | None:
-        return self._tenant_holding("phone_number_ids", phone_number_id)
-
-    def _tenant_holding(self, field: str, value: str) -> tuple[str, dict[str, Any]] | None:
-        query = (
-            self._db.collection("tenants")
-            .where(filter=FieldFilter(field, "array_contains", value))
-            .limit(1)
-        )
-        for snap in query.stream():
-            return snap.id, snap.to_dict() or {}
-        return None
-
     # -- reading --------------------------------------------------------------------------------
 
     def job_meta(self, job_id: str) -> dict[str, Any]:

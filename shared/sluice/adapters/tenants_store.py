@@ -63,6 +63,28 @@ class TenantStore:
             raise TenantExists(f"tenant {tid!r} already exists") from None
         return NewTenant(tid, key, secret)
 
+    # -- what the functions read ---------------------------------------------------------------
+
+    def get(self, tenant_id: str) -> dict[str, Any] | None:
+        snap = self._tenants.document(tenant_id).get()
+        return snap.to_dict() if snap.exists else None
+
+    def by_key_hash(self, key_hash: str) -> tuple[str, dict[str, Any]] | None:
+        """The tenant one of whose API keys has this digest."""
+        return self._holding("api_key_hashes", key_hash)
+
+    def by_phone(self, phone_number_id: str) -> tuple[str, dict[str, Any]] | None:
+        """The tenant a WhatsApp phone number id routes to."""
+        return self._holding("phone_number_ids", phone_number_id)
+
+    def _holding(self, field: str, value: str) -> tuple[str, dict[str, Any]] | None:
+        query = self._tenants.where(filter=FieldFilter(field, "array_contains", value)).limit(1)
+        for snap in query.stream():
+            return snap.id, snap.to_dict() or {}
+        return None
+
+    # -- what the operator does ------------------------------------------------------------------
+
     def list(self) -> list[tuple[str, dict[str, Any]]]:
         return [(s.id, s.to_dict() or {}) for s in self._tenants.order_by("__name__").stream()]
 

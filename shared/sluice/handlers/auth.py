@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sluice.adapters.jobs_store import JobStore
+from sluice.adapters.tenants_store import TenantStore
 from sluice.domain.tenants import bearer_key, hash_api_key
 from sluice.problems import not_found, unauthorized
 
@@ -16,8 +16,8 @@ class Tenant:
     doc: dict[str, Any]
 
 
-def authenticate(store: JobStore, authorization: str | None) -> Tenant:
-    found = store.tenant_by_key_hash(hash_api_key(bearer_key(authorization)))
+def authenticate(tenants: TenantStore, authorization: str | None) -> Tenant:
+    found = tenants.by_key_hash(hash_api_key(bearer_key(authorization)))
     if found is None:
         raise unauthorized("unknown API key")
     return Tenant(*found)

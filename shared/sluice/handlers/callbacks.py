@@ -20,6 +20,7 @@ from datetime import timedelta
 from sluice.adapters.callback_sender import CallbackSender, RefusedCallback
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.outside import ProviderError
+from sluice.adapters.tenants_store import TenantStore
 from sluice.clock import now
 from sluice.domain.callbacks import Turn, completed_event, signed_headers, webhook_id
 from sluice.domain.jobs import CallbackState
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CallbackDeps:
     store: JobStore
+    tenants: TenantStore
     sender: CallbackSender
     capacity: Capacity
     quiet: timedelta  # how long a live delivery chain can go without a delivery
@@ -56,7 +58,7 @@ def send_completion_callback(deps: CallbackDeps, event: BatchCompleted, *, chain
     if found is None:
         return Ack(job_id, "callback", "job missing")
     job, counts = found
-    tenant = store.tenant(str(job.get("tenant"))) or {}
+    tenant = deps.tenants.get(str(job.get("tenant"))) or {}
     url = job.get("callback_url") or tenant.get("callback_url")
     secret = tenant.get("signing_secret")
     if not url or not secret:

@@ -15,6 +15,7 @@ from sluice.adapters.conversations_store import ConversationStore, message_key
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.outside import ProviderError
 from sluice.adapters.publisher import Publisher
+from sluice.adapters.tenants_store import TenantStore
 from sluice.adapters.whatsapp_api import WhatsAppAPI
 from sluice.clock import now
 from sluice.domain.conversations import Ref, Turn
@@ -40,6 +41,7 @@ REPLY_INSTRUCTIONS = "You answer customers on WhatsApp. Reply briefly and helpfu
 @dataclass(frozen=True)
 class WhatsAppDeps:
     store: JobStore
+    tenants: TenantStore
     conversations: ConversationStore
     ai: AIProvider
     whatsapp: WhatsAppAPI
@@ -145,7 +147,7 @@ def record_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> tuple[str
     """The message as an item of its number's job for the day (created once, whatever the number
     of deliveries): its (job id, item id), or None when no tenant has the phone number."""
     message, phone_id = event.body, event.phone_number_id
-    tenant = deps.store.tenant_by_phone(phone_id)
+    tenant = deps.tenants.by_phone(phone_id)
     if tenant is None:
         # Redelivery cannot fix it: say so and acknowledge.
         log.error("no tenant has phone number id %s; message %s dropped", phone_id, message["id"])
