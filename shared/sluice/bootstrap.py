@@ -27,6 +27,7 @@ from sluice import routes
 from sluice.adapters import clients
 from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.callback_sender import CallbackSender
+from sluice.adapters.callbacks_store import CallbackStore
 from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.jobs_store import JobStore
@@ -119,6 +120,9 @@ class Root:
             self.db(), shards=work.counter_shards, cache_bytes=work.job_cache_bytes
         ))  # fmt: skip
 
+    def callback_store(self) -> CallbackStore:
+        return self._one("callbacks", lambda: CallbackStore(self.db()))
+
     def tenants(self) -> TenantStore:
         return self._one("tenants", lambda: TenantStore(self.db()))
 
@@ -204,7 +208,7 @@ class Root:
         t = self.topology
         (delivery,) = (s for s in t.subscriptions.values() if s.topic == BATCH_EVENTS)
         return CallbackDeps(
-            store=self.jobs(), tenants=self.tenants(),
+            store=self.jobs(), callbacks=self.callback_store(), tenants=self.tenants(),
             sender=CallbackSender(
                 self.http(), timeout=t.providers.callbacks.timeout_seconds,
                 allow_loopback=self.settings.allow_loopback_callbacks,
@@ -218,8 +222,8 @@ class Root:
     def sweeps(self) -> SweepDeps:
         t = self.topology
         return SweepDeps(
-            store=self.jobs(), publisher=self.publisher(), exports=self.exports(),
-            whatsapp=self.whatsapp(),
+            store=self.jobs(), callbacks=self.callback_store(), publisher=self.publisher(),
+            exports=self.exports(), whatsapp=self.whatsapp(),
             stall=timedelta(seconds=t.work.stall_seconds),
             callback_quiet=timedelta(seconds=t.quiet_after(BATCH_EVENTS)),
             export_lease=timedelta(seconds=t.exports.lease_seconds),
@@ -231,7 +235,8 @@ class Root:
         )  # fmt: skip
 
     def dead_letters(self) -> DeadLetterDeps:
-        return DeadLetterDeps(store=self.jobs(), publisher=self.publisher(),
+        return DeadLetterDeps(store=self.jobs(), callbacks=self.callback_store(),
+                              publisher=self.publisher(),
                               whatsapp=self.whatsapp())  # fmt: skip
 
     def sheets(self) -> SheetsDeps:

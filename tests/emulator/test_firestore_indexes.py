@@ -33,6 +33,7 @@ from google.cloud.firestore_v1.services.firestore.client import FirestoreClient
 from google.cloud.firestore_v1.types import StructuredQuery
 
 import sluice.adapters
+from sluice.adapters.callbacks_store import CallbackStore
 from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.jobs_store import JobStore
@@ -116,6 +117,7 @@ def stores(db) -> dict[str, Any]:
     tenants.create("acme")
     return {
         "jobs": JobStore(db, shards=2),
+        "callbacks": CallbackStore(db),
         "exports": ExportStore(db),
         "conversations": ConversationStore(db),
         "tenants": tenants,
@@ -147,7 +149,7 @@ RUNS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "JobStore.items_in": lambda s: _drain(s["jobs"].items_in("job", "running")),
     "JobStore.queued_untouched_since": lambda s: s["jobs"].queued_untouched_since("job", T0),
     "JobStore._open_batches": lambda s: (s["jobs"].open_batches(), s["jobs"].tenant_backlogs()),
-    "JobStore.callbacks_to_send_again": lambda s: s["jobs"].callbacks_to_send_again(
+    "CallbackStore.callbacks_to_send_again": lambda s: s["callbacks"].callbacks_to_send_again(
         now=T0, quiet=T0 - T0
     ),
     "JobStore.transition_items": lambda s: s["jobs"].transition_items(

@@ -22,7 +22,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from sluice.adapters.queries import declared
 from sluice.clock import now
-from sluice.domain import callbacks, counters, intake, jobs
+from sluice.domain import counters, intake, jobs
 from sluice.domain.counters import Counts
 from sluice.domain.firestore_values import entry_size
 from sluice.domain.items import (
@@ -36,7 +36,7 @@ from sluice.domain.items import (
 )
 from sluice.domain.items import claim as decide_claim
 from sluice.domain.items import save_progress as decide_progress
-from sluice.domain.jobs import CallbackState, JobState
+from sluice.domain.jobs import JobState
 
 # Firestore takes at most 500 writes in one commit, and a request of at most 10 MiB; its
 # emulator refuses a request over 4 MiB (answering 429, which the client retries for a minute).
@@ -610,29 +610,6 @@ class JobStore:
         snaps = self._db.get_all([self.job_ref(job_id), *self.shard_refs(job_id)])
         return max(snap.update_time for snap in snaps if snap.exists)
 
-    def callbacks_to_send_again(self, *, now: datetime, quiet: timedelta) -> list[tuple[str, int]]:
-        """Pending callbacks no delivery chain has touched for `quiet` (see
-        domain.callbacks.needs_sending_again), each stamped `sent_again_at` now, so the next
-        sweep leaves it to the message sent for it."""
-        query = self._db.collection("jobs").where(
-            filter=FieldFilter("callback.state", "==", CallbackState.PENDING.value)
-        )
-        found = []
-        for snap in query.select(["callback", "completed_at"]).stream():
-            doc = snap.to_dict() or {}
-            callback = doc.get("callback") or {}
-            if callbacks.needs_sending_again(
-                callback, completed_at=doc.get("completed_at"), now=now, quiet=quiet
-            ):
-                # Conditional on the document as read: a delivery that began meanwhile wins.
-                with contextlib.suppress(FailedPrecondition):
-                    snap.reference.update(
-                        {"callback.sent_again_at": now},
-                        option=self._db.write_option(last_update_time=snap.update_time),
-                    )
-                    found.append((snap.id, int(callback["completion"])))
-        return found
-
     def transition_items(
         self,
         job_id: str,
@@ -709,67 +686,6 @@ class JobStore:
 
         result: int | None = run(self._db.transaction())
         return result
-
-    def mark_callback(
-        self, job_id: str, completion: int, state: CallbackState, *, error: str | None = None
-    ) -> bool:
-        """Record a callback's fate, once: False if this completion's callback was settled."""
-        ref = self.job_ref(job_id)
-
-        @firestore.transactional
-        def run(tx: firestore.Transaction) -> bool:
-            callback = (ref.get(transaction=tx).to_dict() or {}).get("callback") or {}
-            if (
-                callback.get("completion") != completion
-                or callback.get("state") != CallbackState.PENDING
-            ):
-                return False
-            settled = {"completion": completion, "state": state.value, "at": now()}
-            tx.update(ref, {"callback": settled | ({"error": error} if error else {})})
-            return True
-
-        return bool(run(self._db.transaction()))
-
-    def lease_callback(
-        self, job_id: str, completion: int, *, chain: str, now: datetime, quiet: timedelta,
-        lease: timedelta,
-    ) -> callbacks.Turn:  # fmt: skip
-        """Decide, in one transaction, whether this delivery (of message `chain`) calls the CRM;
-        if it does, it owns the callback and holds it for `lease`."""
-        ref = self.job_ref(job_id)
-
-        @firestore.transactional
-        def run(tx: firestore.Transaction) -> callbacks.Turn:
-            callback = (ref.get(transaction=tx).to_dict() or {}).get("callback") or {}
-            decided = callbacks.turn(
-                callback, completion=completion, chain=chain, now=now, quiet=quiet
-            )
-            if decided is callbacks.Turn.SEND:
-                tx.update(ref, {"callback.chain": chain, "callback.delivered_at": now,
-                                "callback.leased_until": now + lease})  # fmt: skip
-            return decided
-
-        decided: callbacks.Turn = run(self._db.transaction())
-        return decided
-
-    def callback_not_delivered(
-        self, job_id: str, completion: int, *, error: str, retry_at: datetime
-    ) -> None:
-        """The CRM did not take the callback (or no slot came free): free the lease for this
-        chain's next delivery, not before `retry_at`, and say why."""
-        ref = self.job_ref(job_id)
-
-        @firestore.transactional
-        def run(tx: firestore.Transaction) -> None:
-            callback = (ref.get(transaction=tx).to_dict() or {}).get("callback") or {}
-            if (
-                callback.get("completion") == completion
-                and callback.get("state") == CallbackState.PENDING
-            ):
-                tx.update(ref, {"callback.leased_until": None, "callback.retry_at": retry_at,
-                                "callback.error": error})  # fmt: skip
-
-        run(self._db.transaction())
 
 
 __all__ = ["AlreadyFinished", "ClaimResult", "JobStore", "LeaseHeld", "NewItem"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sluice.adapters.callback_sender import CallbackSender, RefusedCallback
+from sluice.adapters.callbacks_store import CallbackStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.outside import ProviderError
 from sluice.adapters.tenants_store import TenantStore
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CallbackDeps:
     store: JobStore
+    callbacks: CallbackStore
     tenants: TenantStore
     sender: CallbackSender
     capacity: Capacity
@@ -45,7 +47,7 @@ class CallbackDeps:
 def send_completion_callback(deps: CallbackDeps, event: BatchCompleted, *, chain: str) -> Ack:
     """`chain` is the delivery's Pub/Sub message id."""
     store, job_id, completion = deps.store, event.job_id, event.completion
-    decided = store.lease_callback(
+    decided = deps.callbacks.lease_callback(
         job_id, completion, chain=chain, now=now(), quiet=deps.quiet, lease=deps.lease
     )
     if decided is Turn.SETTLED:
@@ -62,7 +64,7 @@ def send_completion_callback(deps: CallbackDeps, event: BatchCompleted, *, chain
     url = job.get("callback_url") or tenant.get("callback_url")
     secret = tenant.get("signing_secret")
     if not url or not secret:
-        store.mark_callback(job_id, completion, CallbackState.NO_CALLBACK_URL)
+        deps.callbacks.mark_callback(job_id, completion, CallbackState.NO_CALLBACK_URL)
         return Ack(job_id, "callback", "no callback URL")
 
     def post() -> None:
@@ -74,19 +76,19 @@ def send_completion_callback(deps: CallbackDeps, event: BatchCompleted, *, chain
         with deps.capacity.permit(str(job.get("tenant"))):
             post()
     except Defer:
-        store.callback_not_delivered(
+        deps.callbacks.callback_not_delivered(
             job_id, completion, error="no callback capacity", retry_at=now() + deps.backoff
         )
         raise Redeliver(f"no callback capacity for {job_id}") from None
     except RefusedCallback as refused:
         # Not retried: the address is not allowed, and would not be the next time either.
         log.warning("callback for %s not sent: %s", job_id, refused)
-        store.mark_callback(job_id, completion, CallbackState.FAILED, error=str(refused))
+        deps.callbacks.mark_callback(job_id, completion, CallbackState.FAILED, error=str(refused))
         return Ack(job_id, "callback", str(refused))
     except ProviderError as error:
-        store.callback_not_delivered(
+        deps.callbacks.callback_not_delivered(
             job_id, completion, error=str(error), retry_at=now() + deps.backoff
         )
         raise Redeliver(f"callback for {job_id} not delivered: {error}") from None
-    store.mark_callback(job_id, completion, CallbackState.SENT)
+    deps.callbacks.mark_callback(job_id, completion, CallbackState.SENT)
     return Ack(job_id, "callback", f"sent to {url}")

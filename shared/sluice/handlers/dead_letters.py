@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from sluice.adapters.callbacks_store import CallbackStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
 from sluice.clock import now
@@ -63,6 +64,7 @@ def fail_item(
 @dataclass(frozen=True)
 class DeadLetterDeps:
     store: JobStore
+    callbacks: CallbackStore
     publisher: Publisher
     whatsapp: WhatsAppDeps
 
@@ -92,6 +94,8 @@ def _record_dead_letter(deps: DeadLetterDeps, source: str, message: PubSubMessag
         return fail_item(store, *recorded, reason)
     if source == BATCH_EVENTS:
         done = BatchCompleted.model_validate_json(message.data)
-        store.mark_callback(done.job_id, done.completion, CallbackState.FAILED, error=reason)
+        deps.callbacks.mark_callback(
+            done.job_id, done.completion, CallbackState.FAILED, error=reason
+        )
         return Ack(done.job_id, "callback", reason)
     return Ack(message.message_id, "unhandled", f"nothing records dead letters of {source}")

@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sluice.adapters.callbacks_store import CallbackStore
 from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
@@ -106,6 +107,7 @@ def bring_waiting(whatsapp: WhatsAppDeps, *, now: datetime, idle: timedelta) -> 
 @dataclass(frozen=True)
 class SweepDeps:
     store: JobStore
+    callbacks: CallbackStore
     publisher: Publisher
     exports: ExportStore
     whatsapp: WhatsAppDeps
@@ -149,7 +151,7 @@ def sweep(deps: SweepDeps, *, now: datetime) -> Ack:
             # from now on a delivery of an older message ends there, and the items are left
             # alone for another `stall`.
             store.redispatched(job_id, orphans, dispatch=dispatch, at=now)
-    callbacks = store.callbacks_to_send_again(now=now, quiet=deps.callback_quiet)
+    callbacks = deps.callbacks.callbacks_to_send_again(now=now, quiet=deps.callback_quiet)
     if callbacks:
         publisher.publish(
             BATCH_EVENTS,
