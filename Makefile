@@ -40,8 +40,12 @@ checkov: $(CHECKOV_VENV)/.synced
 
 # The whole suite: pure logic, adapters on the emulators, functions, end to end on the local cloud.
 # The local cloud is started and stopped by the tests' own fixtures.
+# Tests run in TEST_WORKERS processes (pytest-xdist), each with its own emulators: the long
+# end-to-end scenarios mostly wait (on rate limits, backoffs, outages), so they overlap well
+# even on two cores. The heaviest on CPU share one worker (xdist_group "cpu-heavy").
+TEST_WORKERS ?= 3
 test: lint checkov
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 unit: install
 	$(PY) -m pytest tests/unit

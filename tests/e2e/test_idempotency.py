@@ -66,6 +66,8 @@ def status_of(http: httpx.Client, d: Deployment, key: str, job_id: str) -> dict:
     return http.get(url, headers=bearer(key)).json()
 
 
+# 10,000 items: the suite's heaviest on CPU. Both run on one worker, one after the other.
+@pytest.mark.xdist_group("cpu-heavy")
 @pytest.mark.parametrize("clients", [2, 3])
 def test_concurrent_retries_of_a_large_batch_never_overwrite_or_miscount(
     http, deployment, make_tenant, db, clients
