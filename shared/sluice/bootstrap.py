@@ -107,7 +107,12 @@ class Root:
         return self._one("publisher", lambda: Publisher(
             clients.publisher_client(), self.settings.project,
             timeout=self.topology.api.publish_timeout_seconds, prefix=self.settings.topic_prefix,
+            allowed=self._publishes(),
         ))  # fmt: skip
+
+    def _publishes(self) -> frozenset[str] | None:
+        function = self.topology.functions.get(self.settings.function or "")
+        return None if function is None else frozenset(function.publishes)
 
     def http(self) -> Any:
         return self._one("http", clients.http_client)

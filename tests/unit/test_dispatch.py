@@ -29,3 +29,11 @@ def test_a_handled_topic_no_subscription_pushes_stops_the_processor_at_start():
     del raw["subscriptions"]["sweeps-to-processor"]
     with pytest.raises(RuntimeError, match="topic 'sweeps' has a handler but no subscription"):
         check_batch_item_processor(parse_topology(yaml.safe_dump(raw)))
+
+
+def test_every_topic_the_code_names_is_declared_in_the_topology():
+    from sluice import messages
+
+    topology = load_topology()
+    named = {v for k, v in vars(messages).items() if k.isupper() and isinstance(v, str)}
+    assert named <= set(topology.topics), named - set(topology.topics)

@@ -17,10 +17,15 @@ if TYPE_CHECKING:  # imported by clients.publisher_client, only in functions tha
 
 class Publisher:
     def __init__(
-        self, client: pubsub_v1.PublisherClient, project: str, *, timeout: float, prefix: str = ""
-    ) -> None:
+        self, client: pubsub_v1.PublisherClient, project: str, *, timeout: float, prefix: str = "",
+        allowed: frozenset[str] | None = None,
+    ) -> None:  # fmt: skip
         self._client = client
         self._project = project
+        # The topics this function may publish to (its `publishes` in topology.yaml, all that
+        # its service account may publish to in the cloud): another one fails here, locally,
+        # not first in the cloud. None: any (tools, tests).
+        self._allowed = allowed
         # The topology's topics are named with the deployment's prefix in its project.
         self._prefix = prefix
         # A publish that has not been confirmed by then is treated as Pub/Sub being down.
@@ -30,6 +35,14 @@ class Publisher:
     def topic_path(self, topic: str) -> str:
         return self._client.topic_path(self._project, f"{self._prefix}{topic}")
 
+    def _publishing_to(self, topic: str) -> str:
+        if self._allowed is not None and topic not in self._allowed:
+            raise PermissionError(
+                f"this function may not publish to {topic!r}: add it to its `publishes` in "
+                "topology.yaml (in the cloud its service account may publish only there)"
+            )
+        return self.topic_path(topic)
+
     def ping(self, topic: str) -> None:
         """Raises unless Pub/Sub answers for `topic` within the publish timeout. Not retried: a
         health check reports what is true now, and a retrying call would outlive the answer."""
@@ -38,7 +51,7 @@ class Publisher:
     def republish(self, topic: str, message: PubSubMessage) -> str:
         """A delivered message published again as it came: its data, attributes and key."""
         future = self._client.publish(
-            self.topic_path(topic), message.data, ordering_key=message.ordering_key,
+            self._publishing_to(topic), message.data, ordering_key=message.ordering_key,
             retry=self._retry, timeout=self._timeout, **message.attributes,
         )  # fmt: skip
         result: str = future.result(timeout=self._timeout)
@@ -58,7 +71,7 @@ class Publisher:
         Raises the publish error (or TimeoutError) if any is not confirmed: the caller must not
         report the work as accepted.
         """
-        path = self.topic_path(topic)
+        path = self._publishing_to(topic)
         pending = [
             (
                 key,
