@@ -42,6 +42,7 @@ from sluice.handlers.dead_letters import DeadLetterDeps, handle_dead_letter
 from sluice.handlers.exports import SheetsDeps, on_export_written, on_item_written
 from sluice.handlers.health import HealthCheck
 from sluice.handlers.processor import Capacity, ClaimRules, WorkItemDeps, handle_work_item
+from sluice.handlers.status import BatchDeps
 from sluice.handlers.sweeper import IntakeTimes, SweepDeps, sweep
 from sluice.handlers.whatsapp import WhatsAppDeps, handle_event
 from sluice.http import Router
@@ -370,7 +371,11 @@ def webhook_ingest() -> Router:
 
 def status_api() -> Router:
     root = Root(settings())
+    batches = BatchDeps(
+        store=root.jobs(), publisher=root.publisher(),
+        requests_per_minute=root.topology.providers.ai.requests_per_minute,
+    )  # fmt: skip
     return routes.status(routes.StatusDeps(
-        tenants=root.tenants(), store=root.jobs(), publisher=root.publisher(), health=root.health(),
-        settings=root.settings, sheets=Once(root.sheets),
+        tenants=root.tenants(), batches=batches, health=root.health(), settings=root.settings,
+        sheets=Once(root.sheets),
     ))  # fmt: skip

@@ -26,6 +26,7 @@ from sluice.handlers.exports import SheetsDeps, configure_sheets, export_status
 from sluice.handlers.health import HealthCheck
 from sluice.handlers.ingest import IntakeDeps, submit_batch
 from sluice.handlers.status import (
+    BatchDeps,
     batch_items,
     batch_status,
     cancel_batch,
@@ -50,8 +51,7 @@ class IngestDeps:
 @dataclass(frozen=True)
 class StatusDeps:
     tenants: TenantStore
-    store: JobStore
-    publisher: Publisher
+    batches: BatchDeps
     health: HealthCheck
     settings: Settings
     # Built on the first Sheets request: the discovery client is not loaded at every cold start.
@@ -120,20 +120,19 @@ def whatsapp_delivery(deps: IngestDeps, request: flask.Request) -> flask.Respons
 def get_batch(deps: StatusDeps, request: flask.Request, batch_id: str) -> flask.Response:
     tenant = caller(deps.tenants, request)
     known_batch_id(batch_id)
-    rpm = deps.settings.topology.providers.ai.requests_per_minute
-    return json_response(batch_status(deps.store, tenant, batch_id, requests_per_minute=rpm))
+    return json_response(batch_status(deps.batches, tenant, batch_id))
 
 
 def post_retry_failed(deps: StatusDeps, request: flask.Request, batch_id: str) -> flask.Response:
     tenant = caller(deps.tenants, request)
     known_batch_id(batch_id)
-    return json_response(retry_failed(deps.store, deps.publisher, tenant, batch_id))
+    return json_response(retry_failed(deps.batches, tenant, batch_id))
 
 
 def post_cancel(deps: StatusDeps, request: flask.Request, batch_id: str) -> flask.Response:
     tenant = caller(deps.tenants, request)
     known_batch_id(batch_id)
-    return json_response(cancel_batch(deps.store, tenant, batch_id))
+    return json_response(cancel_batch(deps.batches, tenant, batch_id))
 
 
 def get_batch_items(deps: StatusDeps, request: flask.Request, batch_id: str) -> flask.Response:
@@ -141,7 +140,7 @@ def get_batch_items(deps: StatusDeps, request: flask.Request, batch_id: str) -> 
     tenant = caller(deps.tenants, request)
     known_batch_id(batch_id)
     page = batch_items(
-        deps.store,
+        deps.batches,
         tenant,
         batch_id,
         state=parse_state(request.args.get("state")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -19,10 +20,16 @@ from sluice.messages import WHATSAPP_EVENTS, WORK_ITEMS, WorkItem
 from sluice.problems import FieldError, Problem, not_found
 
 
-def batch_status(
-    store: JobStore, tenant: Tenant, job_id: str, *, requests_per_minute: int
-) -> dict[str, Any]:
-    found = store.job_with_counts(job_id)
+@dataclass(frozen=True)
+class BatchDeps:
+    store: JobStore
+    publisher: Publisher
+    # The AI provider's declared rate: what a batch's remaining items are estimated at.
+    requests_per_minute: int
+
+
+def batch_status(deps: BatchDeps, tenant: Tenant, job_id: str) -> dict[str, Any]:
+    found = deps.store.job_with_counts(job_id)
     if found is None:
         raise not_found(f"batch {job_id}")
     job, counts = found
@@ -31,7 +38,7 @@ def batch_status(
     if jobs.state_of(job) is JobState.OPEN and job.get("created_at") is not None:
         eta = estimate_completion(
             counts, started_at=job["created_at"], now=now(),
-            requests_per_minute=requests_per_minute,
+            requests_per_minute=deps.requests_per_minute,
         )  # fmt: skip
     return {
         "batch_id": job_id,
@@ -61,7 +68,7 @@ def parse_state(raw: str | None) -> str | None:
 
 
 def batch_items(
-    store: JobStore,
+    deps: BatchDeps,
     tenant: Tenant,
     job_id: str,
     *,
@@ -69,8 +76,8 @@ def batch_items(
     page_size: int,
     page_token: str | None,
 ) -> dict[str, Any]:
-    own_job(store.get_job(job_id), tenant, job_id)
-    rows = store.list_items(
+    own_job(deps.store.get_job(job_id), tenant, job_id)
+    rows = deps.store.list_items(
         job_id, state=state, limit=page_size + 1, after=decode_token(page_token)
     )
     page, more = rows[:page_size], len(rows) > page_size
@@ -92,10 +99,11 @@ def item_view(item_id: str, doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def retry_failed(store: JobStore, publisher: Publisher, tenant: Tenant, job_id: str) -> dict:
+def retry_failed(deps: BatchDeps, tenant: Tenant, job_id: str) -> dict:
     """Requeue exactly the failed items and publish them again; a repeated call finds none.
     A WhatsApp day's messages go back through the WhatsApp path, in conversation order, so
     that each gets its reply."""
+    store, publisher = deps.store, deps.publisher
     job = own_job(store.get_job(job_id), tenant, job_id)
     if jobs.state_of(job) is JobState.CANCELLED:
         raise Problem(409, "Batch cancelled", "a cancelled batch is not retried")
@@ -120,10 +128,11 @@ def retry_failed(store: JobStore, publisher: Publisher, tenant: Tenant, job_id: 
     return {"batch_id": job_id, "requeued": len(requeued)}
 
 
-def cancel_batch(store: JobStore, tenant: Tenant, job_id: str) -> dict:
+def cancel_batch(deps: BatchDeps, tenant: Tenant, job_id: str) -> dict:
     """Queued items become cancelled; running ones finish; the batch is `cancelled`. Cancelling
     a cancelled batch again changes nothing; a completed batch is not cancelled (409), and
     neither is a WhatsApp day, whose messages keep coming."""
+    store = deps.store
     job = own_job(store.get_job(job_id), tenant, job_id)
     if job.get("open_ended"):
         detail = "a WhatsApp day's job takes messages all day and is not cancelled"
