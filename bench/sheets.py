@@ -25,7 +25,8 @@ from google.cloud import firestore
 
 from bench.report import table
 from localcloud.cloud import LocalCloud
-from sluice.adapters.jobs_store import JobStore, new_item_doc
+from sluice.adapters.intake_store import IntakeStore, new_item_doc
+from sluice.adapters.job_paths import JobPaths
 from sluice.adapters.tenants_store import TenantStore
 
 SMALL, LARGE = 10, 10_000
@@ -36,7 +37,7 @@ def seed_finished_job(db: firestore.Client, tenant: str, job_id: str, n: int) ->
     """A completed job of n succeeded items, as the processor leaves one."""
     job = {"tenant": tenant, "kind": "summarize", "total": n, "state": "completed",
            "intake": "published", "params": {}}  # fmt: skip
-    JobStore(db, shards=8).create_job(job_id, job)
+    IntakeStore(JobPaths(db, shards=8)).create_job(job_id, job)
     at = datetime.now(UTC) - timedelta(minutes=5)
     items = db.collection("jobs").document(job_id).collection("items")
     for start in range(0, n, 500):

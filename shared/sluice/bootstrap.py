@@ -30,6 +30,9 @@ from sluice.adapters.callback_sender import CallbackSender
 from sluice.adapters.callbacks_store import CallbackStore
 from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.exports_store import ExportStore
+from sluice.adapters.intake_store import IntakeStore
+from sluice.adapters.items_store import ItemStore
+from sluice.adapters.job_paths import JobPaths
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter
 from sluice.adapters.publisher import Publisher
@@ -41,7 +44,13 @@ from sluice.handlers.callbacks import CallbackDeps, send_completion_callback
 from sluice.handlers.dead_letters import DeadLetterDeps, handle_dead_letter
 from sluice.handlers.exports import SheetsDeps, on_export_written, on_item_written
 from sluice.handlers.health import HealthCheck
-from sluice.handlers.processor import Capacity, ClaimRules, WorkItemDeps, handle_work_item
+from sluice.handlers.processor import (
+    Capacity,
+    Claiming,
+    ClaimRules,
+    WorkItemDeps,
+    handle_work_item,
+)
 from sluice.handlers.status import BatchDeps
 from sluice.handlers.sweeper import IntakeTimes, SweepDeps, sweep
 from sluice.handlers.whatsapp import WhatsAppDeps, handle_event
@@ -120,11 +129,19 @@ class Root:
 
     # -- adapters -------------------------------------------------------------------------------
 
+    def paths(self) -> JobPaths:
+        shards = self.topology.work.counter_shards
+        return self._one("paths", lambda: JobPaths(self.db(), shards=shards))
+
     def jobs(self) -> JobStore:
-        work = self.topology.work
-        return self._one("jobs", lambda: JobStore(
-            self.db(), shards=work.counter_shards, cache_bytes=work.job_cache_bytes
-        ))  # fmt: skip
+        cache = self.topology.work.job_cache_bytes
+        return self._one("jobs", lambda: JobStore(self.paths(), cache_bytes=cache))
+
+    def items(self) -> ItemStore:
+        return self._one("items", lambda: ItemStore(self.paths()))
+
+    def intake(self) -> IntakeStore:
+        return self._one("intake", lambda: IntakeStore(self.paths()))
 
     def callback_store(self) -> CallbackStore:
         return self._one("callbacks", lambda: CallbackStore(self.db()))
@@ -185,15 +202,18 @@ class Root:
         work = self.topology.work
         return ClaimRules(lease_seconds=work.lease_seconds, max_attempts=work.max_attempts)
 
+    def claiming(self) -> Claiming:
+        return Claiming(jobs=self.jobs(), items=self.items(), rules=self.rules())
+
     def work_items(self) -> WorkItemDeps:
         return WorkItemDeps(
-            store=self.jobs(), ai=self.ai(), capacity=self.capacity("ai", interactive=False),
-            publisher=self.publisher(), rules=self.rules(),
+            claiming=self.claiming(), ai=self.ai(),
+            capacity=self.capacity("ai", interactive=False), publisher=self.publisher(),
         )  # fmt: skip
 
     def whatsapp(self) -> WhatsAppDeps:
         return self._one("whatsapp", lambda: WhatsAppDeps(
-            store=self.jobs(), tenants=self.tenants(),
+            claiming=self.claiming(), intake=self.intake(), tenants=self.tenants(),
             conversations=ConversationStore(
                 self.db(), keep=timedelta(days=self.topology.retention.whatsapp_message_days)
             ),
@@ -207,14 +227,13 @@ class Root:
             ),
             send_capacity=self.capacity("whatsapp", interactive=True),
             publisher=self.publisher(),
-            rules=self.rules(),
         ))  # fmt: skip
 
     def callbacks(self) -> CallbackDeps:
         t = self.topology
         (delivery,) = (s for s in t.subscriptions.values() if s.topic == BATCH_EVENTS)
         return CallbackDeps(
-            store=self.jobs(), callbacks=self.callback_store(), tenants=self.tenants(),
+            jobs=self.jobs(), callbacks=self.callback_store(), tenants=self.tenants(),
             sender=CallbackSender(
                 self.http(), timeout=t.providers.callbacks.timeout_seconds,
                 allow_loopback=self.settings.allow_loopback_callbacks,
@@ -228,7 +247,8 @@ class Root:
     def sweeps(self) -> SweepDeps:
         t = self.topology
         return SweepDeps(
-            store=self.jobs(), callbacks=self.callback_store(), publisher=self.publisher(),
+            intake=self.intake(), items=self.items(), jobs=self.jobs(),
+            callbacks=self.callback_store(), publisher=self.publisher(),
             exports=self.exports(), whatsapp=self.whatsapp(),
             stall=timedelta(seconds=t.work.stall_seconds),
             callback_quiet=timedelta(seconds=t.quiet_after(BATCH_EVENTS)),
@@ -241,9 +261,10 @@ class Root:
         )  # fmt: skip
 
     def dead_letters(self) -> DeadLetterDeps:
-        return DeadLetterDeps(store=self.jobs(), callbacks=self.callback_store(),
-                              publisher=self.publisher(),
-                              whatsapp=self.whatsapp())  # fmt: skip
+        return DeadLetterDeps(
+            jobs=self.jobs(), items=self.items(), callbacks=self.callback_store(),
+            publisher=self.publisher(), whatsapp=self.whatsapp(),
+        )  # fmt: skip
 
     def sheets(self) -> SheetsDeps:
         # Imported here: the discovery client is only loaded by the functions that export (and
@@ -252,7 +273,7 @@ class Root:
 
         s = self.settings
         return self._one("sheets", lambda: SheetsDeps(
-            exports=self.exports(), jobs=self.jobs(),
+            exports=self.exports(), jobs=self.jobs(), items=self.items(),
             sheets=SheetsAPI(
                 endpoint=s.sheets_endpoint, service_account=s.sheets_service_account,
                 timeout=self.topology.providers.sheets.timeout_seconds,
@@ -364,7 +385,8 @@ def backfill() -> Callable[[DocumentChange], Ack]:
 def webhook_ingest() -> Router:
     root = Root(settings())
     return routes.ingest(routes.IngestDeps(
-        tenants=root.tenants(), store=root.jobs(), publisher=root.publisher(), health=root.health(),
+        tenants=root.tenants(), intake=root.intake(), publisher=root.publisher(),
+        health=root.health(),
         settings=root.settings,
     ))  # fmt: skip
 
@@ -372,7 +394,7 @@ def webhook_ingest() -> Router:
 def status_api() -> Router:
     root = Root(settings())
     batches = BatchDeps(
-        store=root.jobs(), publisher=root.publisher(),
+        jobs=root.jobs(), items=root.items(), publisher=root.publisher(),
         requests_per_minute=root.topology.providers.ai.requests_per_minute,
     )  # fmt: skip
     return routes.status(routes.StatusDeps(

@@ -14,7 +14,7 @@ from functools import partial
 
 import flask
 
-from sluice.adapters.jobs_store import JobStore
+from sluice.adapters.intake_store import IntakeStore
 from sluice.adapters.publisher import Publisher
 from sluice.adapters.tenants_store import TenantStore
 from sluice.domain.batches import parse_batch, validate_idempotency_key
@@ -42,7 +42,7 @@ from sluice.settings import Settings
 @dataclass(frozen=True)
 class IngestDeps:
     tenants: TenantStore
-    store: JobStore
+    intake: IntakeStore
     publisher: Publisher
     health: HealthCheck
     settings: Settings
@@ -87,7 +87,7 @@ def create_batch(deps: IngestDeps, request: flask.Request) -> flask.Response:
         allow_loopback_callbacks=settings.allow_loopback_callbacks,
     )
     intake = IntakeDeps(
-        store=deps.store,
+        intake=deps.intake,
         publisher=deps.publisher,
         status_api_url=settings.required("status_api_url"),
         intake_lease=timedelta(seconds=api.intake_lease_seconds),

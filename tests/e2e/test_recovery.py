@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sluice.adapters.jobs_store import JobStore, NewItem
+from sluice.adapters.intake_store import NewItem
 from tests.e2e.test_batch_path import wait_done
+from tests.stores import stores
 
 pytestmark = pytest.mark.cloud
 
@@ -34,14 +35,14 @@ def test_the_scheduled_sweeper_finishes_items_no_message_reaches(http, deploy, m
 
     # Items stored with no message on any topic, as after a requeue whose publish was lost: only
     # the sweeper, fired by the local cloud's scheduler, can get them done.
-    store = JobStore(db, shards=d.topology.work.counter_shards)
+    store = stores(db, shards=d.topology.work.counter_shards)
     at = datetime.now(UTC)
-    store.create_job("orphans", {
+    store.intake.create_job("orphans", {
         "tenant": tenant.id, "kind": "summarize", "params": {}, "total": 4, "state": "open",
         "intake": "published", "fingerprint": "f", "created_at": at, "updated_at": at,
         "completed_at": None,
     })  # fmt: skip
-    store.write_items("orphans", [NewItem(f"i{n}", n, {"text": f"orphan {n}"}) for n in range(4)],
-                      at=at)  # fmt: skip
+    orphans = [NewItem(f"i{n}", n, {"text": f"orphan {n}"}) for n in range(4)]
+    store.intake.write_items("orphans", orphans, at=at)
     status_url = d.url("status-api") + "/v1/batches/orphans"
     assert wait_done(http, status_url, tenant.api_key, timeout=60)[-1]["counts"]["succeeded"] == 4

@@ -36,11 +36,11 @@ import sluice.adapters
 from sluice.adapters.callbacks_store import CallbackStore
 from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.exports_store import ExportStore
-from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.tenants_store import TenantStore
 from tests.deploy.hcl import Config
 from tests.deploy.test_terraform import TERRAFORM, VARIABLES
 from tests.firestore_indexes import Indexes, unserved
+from tests.stores import stores as job_stores
 
 ADAPTERS = Path(sluice.adapters.__file__).parent
 # The builder of declared queries: its callers are the ones that send them.
@@ -116,7 +116,7 @@ def stores(db) -> dict[str, Any]:
     tenants = TenantStore(db)
     tenants.create("acme")
     return {
-        "jobs": JobStore(db, shards=2),
+        **vars(job_stores(db, shards=2)),
         "callbacks": CallbackStore(db),
         "exports": ExportStore(db),
         "conversations": ConversationStore(db),
@@ -136,23 +136,23 @@ RUNS: dict[str, Callable[[dict[str, Any]], Any]] = {
         s["tenants"].by_key_hash("h"),
         s["tenants"].by_phone("1"),
     ),
-    "JobStore.unfinished_intakes": lambda s: s["jobs"].unfinished_intakes(),
-    "JobStore.list_items": lambda s: [
-        s["jobs"].list_items("job", state=state, limit=10, after=after)
+    "IntakeStore.unfinished_intakes": lambda s: s["intake"].unfinished_intakes(),
+    "ItemStore.list_items": lambda s: [
+        s["items"].list_items("job", state=state, limit=10, after=after)
         for state in (None, "failed")
         for after in (None, "item-1")
     ],
-    "JobStore.succeeded_before": lambda s: [
-        s["jobs"].succeeded_before("job", T0, after=after, limit=10)
+    "ItemStore.succeeded_before": lambda s: [
+        s["items"].succeeded_before("job", T0, after=after, limit=10)
         for after in (None, {"finished_at": T0, "item_id": "item-1"})
     ],
-    "JobStore.items_in": lambda s: _drain(s["jobs"].items_in("job", "running")),
-    "JobStore.queued_untouched_since": lambda s: s["jobs"].queued_untouched_since("job", T0),
+    "ItemStore.items_in": lambda s: _drain(s["items"].items_in("job", "running")),
+    "ItemStore.queued_untouched_since": lambda s: s["items"].queued_untouched_since("job", T0),
     "JobStore._open_batches": lambda s: (s["jobs"].open_batches(), s["jobs"].tenant_backlogs()),
     "CallbackStore.callbacks_to_send_again": lambda s: s["callbacks"].callbacks_to_send_again(
         now=T0, quiet=T0 - T0
     ),
-    "JobStore.transition_items": lambda s: s["jobs"].transition_items(
+    "ItemStore.transition_items": lambda s: s["items"].transition_items(
         "job", "failed", lambda item: None
     ),
     "ExportStore.unwritten": lambda s: s["exports"].unwritten("job", 10),

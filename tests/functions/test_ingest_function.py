@@ -11,10 +11,11 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 from localcloud.cloud import merge
 from localcloud.processes import free_port
-from sluice.adapters.jobs_store import JobStore, NewItem
+from sluice.adapters.intake_store import NewItem
 from sluice.domain.batches import fingerprint, item_ids, job_id_for, parse_batch
 from sluice.topology import REPO_TOPOLOGY
 from tests.conftest import bearer
+from tests.stores import stores
 
 BATCH = {"kind": "ocr", "items": [{"input": "a"}, {"input": "b"}]}
 
@@ -60,9 +61,11 @@ def test_a_key_in_flight_is_a_409_with_retry_after_and_a_dead_owner_is_taken_ove
     batch = parse_batch(BATCH, max_batch_items=10, max_item_input_bytes=100)
     dead = {"tenant": tenant.id, "kind": "ocr", "params": {}, "total": 2, "state": "open",
             "fingerprint": fingerprint(batch)}  # fmt: skip
-    store = JobStore(db, shards=8)
-    store.open_intake(job_id, dead, owner="died", lease=timedelta(seconds=3))
-    store.write_items(job_id, [NewItem(item_ids(job_id, batch)[0], 0, "a")], at=datetime.now(UTC))
+    store = stores(db, shards=8)
+    store.intake.open_intake(job_id, dead, owner="died", lease=timedelta(seconds=3))
+    store.intake.write_items(
+        job_id, [NewItem(item_ids(job_id, batch)[0], 0, "a")], at=datetime.now(UTC)
+    )
 
     client = function_client("webhook-ingest")
     busy = client.post("/v1/batches", json=BATCH, headers=headers)

@@ -8,19 +8,20 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-from sluice.adapters.jobs_store import JobStore, NewItem
+from sluice.adapters.intake_store import NewItem
 from sluice.adapters.limiter import Limiter
 from sluice.topology import load_topology
 from tests.pushes import push_body
+from tests.stores import Stores, stores
 from tests.topologies import mutated
 
 
 @pytest.fixture
-def store(db) -> JobStore:
-    store = JobStore(db, shards=2)
+def store(db) -> Stores:
+    store = stores(db, shards=2)
     job = {"tenant": "t", "total": 1, "state": "open", "fingerprint": "f", "params": {}}
-    store.create_job("job1", job)
-    store.write_items("job1", [NewItem("item1", 0, "hello")], at=datetime.now(UTC))
+    store.intake.create_job("job1", job)
+    store.intake.write_items("job1", [NewItem("item1", 0, "hello")], at=datetime.now(UTC))
     return store
 
 
@@ -31,7 +32,7 @@ def deliver(client, project: str, payload: dict) -> int:
 
 
 def test_a_finished_item_is_acknowledged_and_left_alone(function_client, project, store, db):
-    ref = store.item_ref("job1", "item1")
+    ref = store.paths.item_ref("job1", "item1")
     ref.update({"state": "succeeded", "result": {"content": "first"}})
     client = function_client("batch-item-processor")
     assert deliver(client, project, {"job_id": "job1", "item_id": "item1"}) == 200
@@ -40,13 +41,13 @@ def test_a_finished_item_is_acknowledged_and_left_alone(function_client, project
 
 def test_an_item_leased_by_another_worker_is_delivered_again_later(function_client, project, store):
     until = datetime.now(UTC) + timedelta(minutes=5)
-    store.item_ref("job1", "item1").update(
+    store.paths.item_ref("job1", "item1").update(
         {"state": "running", "attempts": 1, "lease": {"token": "other", "until": until}}
     )
     client = function_client("batch-item-processor")
     # A 503 is a nack: Pub/Sub delivers it again after the subscription's backoff.
     assert deliver(client, project, {"job_id": "job1", "item_id": "item1"}) == 503
-    assert store.item_ref("job1", "item1").get().to_dict()["lease"]["token"] == "other"
+    assert store.paths.item_ref("job1", "item1").get().to_dict()["lease"]["token"] == "other"
 
 
 def test_a_provider_that_cannot_be_reached_requeues_the_item_for_redelivery(
@@ -54,7 +55,7 @@ def test_a_provider_that_cannot_be_reached_requeues_the_item_for_redelivery(
 ):
     client = function_client("batch-item-processor")
     assert deliver(client, project, {"job_id": "job1", "item_id": "item1"}) == 503
-    item = store.item_ref("job1", "item1").get().to_dict()
+    item = store.paths.item_ref("job1", "item1").get().to_dict()
     assert item["state"] == "queued" and item["attempts"] == 1
     assert "provider unreachable" in item["error"]
 
@@ -65,7 +66,7 @@ def test_an_unreadable_message_is_acknowledged_not_retried_forever(
 ):
     client = function_client("batch-item-processor")
     assert deliver(client, project, payload) == 200
-    assert store.item_ref("job1", "item1").get().to_dict()["state"] == "queued"
+    assert store.paths.item_ref("job1", "item1").get().to_dict()["state"] == "queued"
 
 
 def test_an_item_that_finds_no_capacity_is_acknowledged_and_published_again_without_an_attempt(
@@ -91,7 +92,7 @@ def test_an_item_that_finds_no_capacity_is_acknowledged_and_published_again_with
 
     client = function_client("batch-item-processor")
     assert deliver(client, project, {"job_id": "job1", "item_id": "item1"}) == 200
-    item = store.item_ref("job1", "item1").get().to_dict()
+    item = store.paths.item_ref("job1", "item1").get().to_dict()
     assert (item["state"], item.get("attempts", 0)) == ("queued", 0)
     (again,) = subscriber.pull(subscription=tap, max_messages=10, timeout=10).received_messages
     assert json.loads(again.message.data) == {"job_id": "job1", "item_id": "item1"}

@@ -13,11 +13,12 @@ from werkzeug.serving import make_server
 
 from localcloud.sheets_server import SheetsConfig, create_app
 from sluice.adapters.exports_store import ExportStore
-from sluice.adapters.jobs_store import JobStore, NewItem
+from sluice.adapters.intake_store import NewItem
 from sluice.adapters.sheets_api import SheetsAPI
 from sluice.adapters.tenants_store import TenantStore
 from tests.conftest import bearer
 from tests.firestore_events import firestore_event
+from tests.stores import stores
 
 
 @pytest.fixture
@@ -35,10 +36,10 @@ def sheets_server(monkeypatch) -> Iterator[str]:
 def batch(db) -> tuple[str, str]:
     """A tenant on the Sheets whitelist and its batch of two queued items: (api key, job id)."""
     tenant = TenantStore(db).create("sheety", sheets=True)
-    store = JobStore(db, shards=2)
-    store.create_job("job1", {"tenant": tenant.id, "kind": "batch", "total": 2,
+    store = stores(db, shards=2)
+    store.intake.create_job("job1", {"tenant": tenant.id, "kind": "batch", "total": 2,
                               "state": "open", "intake": "published", "params": {}})  # fmt: skip
-    store.write_items("job1", [NewItem(f"i{n}", n, f"doc {n}") for n in range(2)],
+    store.intake.write_items("job1", [NewItem(f"i{n}", n, f"doc {n}") for n in range(2)],
                       at=datetime.now(UTC))  # fmt: skip
     return tenant.api_key, "job1"
 

@@ -12,9 +12,10 @@ import yaml
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 from localcloud.cloud import merge
-from sluice.adapters.jobs_store import JobStore, NewItem
+from sluice.adapters.intake_store import NewItem
 from sluice.topology import REPO_TOPOLOGY
 from tests.pushes import push_body
+from tests.stores import Stores, stores
 
 TOPICS = ["work-items", "batch-events"]
 
@@ -47,13 +48,13 @@ def taps(project):
 
 
 @pytest.fixture
-def store(db) -> JobStore:
-    store = JobStore(db, shards=2)
+def store(db) -> Stores:
+    store = stores(db, shards=2)
     job = {"tenant": "t", "total": 3, "state": "open", "intake": "published", "params": {},
            "fingerprint": "f"}  # fmt: skip
-    store.create_job("job1", job)
+    store.intake.create_job("job1", job)
     items = [NewItem(f"item{n}", n, f"input {n}") for n in range(3)]
-    store.write_items("job1", items, at=datetime.now(UTC))
+    store.intake.write_items("job1", items, at=datetime.now(UTC))
     return store
 
 
@@ -84,42 +85,42 @@ def test_a_dead_lettered_item_fails_with_the_reason_and_can_complete_its_batch(
     function_client, project, store, taps
 ):
     for n in (1, 2):
-        store.item_ref("job1", f"item{n}").update({"state": "succeeded", "result": {}})
-    store.shard_refs("job1")[0].set({"queued": -2, "succeeded": 2}, merge=True)
+        store.paths.item_ref("job1", f"item{n}").update({"state": "succeeded", "result": {}})
+    store.paths.shard_refs("job1")[0].set({"queued": -2, "succeeded": 2}, merge=True)
     client = function_client("batch-item-processor")
 
     message = {"job_id": "job1", "item_id": "item0"}
     assert post(client, project, "work-items-dead-letter", message, DEAD_LETTERED) == 200
 
-    item = store.item_ref("job1", "item0").get().to_dict()
+    item = store.paths.item_ref("job1", "item0").get().to_dict()
     assert item["state"] == "failed"
     assert item["error"] == "dead-lettered: work-items-to-processor gave up after 20 deliveries"
-    job = store.get_job("job1")
+    job = store.jobs.get_job("job1")
     assert job["state"] == "completed"
     assert taps("batch-events") == [{"type": "batch.completed", "job_id": "job1", "completion": 1}]
 
     # The same dead letter again changes nothing and announces nothing.
     assert post(client, project, "work-items-dead-letter", message, DEAD_LETTERED) == 200
-    assert store.item_ref("job1", "item0").get().to_dict() == item
+    assert store.paths.item_ref("job1", "item0").get().to_dict() == item
     assert taps("batch-events") == []
 
 
 def test_a_dead_letter_leaves_finished_and_live_leased_items_alone(function_client, project, store):
     until = datetime.now(UTC) + timedelta(minutes=5)
-    store.item_ref("job1", "item0").update({"state": "succeeded", "result": {"content": "x"}})
-    store.item_ref("job1", "item1").update(
+    store.paths.item_ref("job1", "item0").update({"state": "succeeded", "result": {"content": "x"}})
+    store.paths.item_ref("job1", "item1").update(
         {"state": "running", "attempts": 1, "lease": {"token": "w", "until": until}}
     )
     client = function_client("batch-item-processor")
     for item_id in ("item0", "item1"):
         message = {"job_id": "job1", "item_id": item_id}
         assert post(client, project, "work-items-dead-letter", message, DEAD_LETTERED) == 200
-    assert store.item_ref("job1", "item0").get().to_dict()["state"] == "succeeded"
-    assert store.item_ref("job1", "item1").get().to_dict()["lease"]["token"] == "w"
+    assert store.paths.item_ref("job1", "item0").get().to_dict()["state"] == "succeeded"
+    assert store.paths.item_ref("job1", "item1").get().to_dict()["lease"]["token"] == "w"
 
 
 def test_a_dead_lettered_callback_is_recorded_failed(function_client, project, store):
-    store.job_ref("job1").update(
+    store.paths.job_ref("job1").update(
         {"state": "completed", "callback": {"completion": 1, "state": "pending"}}
     )
     attributes = {
@@ -129,7 +130,7 @@ def test_a_dead_lettered_callback_is_recorded_failed(function_client, project, s
     client = function_client("batch-item-processor")
     message = {"type": "batch.completed", "job_id": "job1", "completion": 1}
     assert post(client, project, "batch-events-dead-letter", message, attributes) == 200
-    callback = store.get_job("job1")["callback"]
+    callback = store.jobs.get_job("job1")["callback"]
     assert callback["state"] == "failed"
     assert (
         callback["error"] == "dead-lettered: batch-events-to-processor gave up after 50 deliveries"
@@ -140,10 +141,10 @@ def test_the_sweeper_takes_over_dead_workers_items_and_leaves_a_moving_batch_alo
     function_client, project, store, taps
 ):
     now = datetime.now(UTC)
-    store.item_ref("job1", "item0").update(
+    store.paths.item_ref("job1", "item0").update(
         {"state": "running", "attempts": 1, "lease": {"token": "dead", "until": now}}
     )
-    store.item_ref("job1", "item1").update(
+    store.paths.item_ref("job1", "item1").update(
         {
             "state": "running",
             "attempts": 1,
@@ -157,7 +158,7 @@ def test_the_sweeper_takes_over_dead_workers_items_and_leaves_a_moving_batch_alo
     (sent,) = taps("work-items")
     assert (sent["job_id"], sent["item_id"]) == ("job1", "item0")
     # Stamped with a dispatch the item records: it supersedes the dead worker's message.
-    assert sent["dispatch"] == store.item_ref("job1", "item0").get().to_dict()["dispatch"] > 0
+    assert sent["dispatch"] == store.paths.item_ref("job1", "item0").get().to_dict()["dispatch"] > 0
 
 
 def test_a_message_the_sweeper_superseded_ends_without_work_and_the_new_one_works(
@@ -168,26 +169,26 @@ def test_a_message_the_sweeper_superseded_ends_without_work_and_the_new_one_work
     assert post(client, project, "sweeps", {"type": "sweep"}) == 200
     newer = {m["item_id"]: m for m in taps("work-items")}
     assert sorted(newer) == ["item0", "item1", "item2"]
-    before = store.item_ref("job1", "item0").get()
+    before = store.paths.item_ref("job1", "item0").get()
     # The old message (the intake's, dispatch 0), still waiting for capacity somewhere, comes
     # again: acknowledged, nothing re-published, the item untouched.
     assert post(client, project, "work-items", {"job_id": "job1", "item_id": "item0"}) == 200
     assert taps("work-items") == []
-    after = store.item_ref("job1", "item0").get()
+    after = store.paths.item_ref("job1", "item0").get()
     assert after.update_time == before.update_time
     # The new one is worked on (this provider cannot be reached: a counted attempt, redelivery).
     assert post(client, project, "work-items", newer["item0"]) == 503
-    assert store.item_ref("job1", "item0").get().to_dict()["attempts"] == 1
+    assert store.paths.item_ref("job1", "item0").get().to_dict()["attempts"] == 1
     # And a superseded message that Pub/Sub gave up on does not fail an item a newer one carries.
     assert post(client, project, "work-items-dead-letter",
                 {"job_id": "job1", "item_id": "item1"}, DEAD_LETTERED) == 200  # fmt: skip
-    assert store.item_ref("job1", "item1").get().to_dict()["state"] == "queued"
+    assert store.paths.item_ref("job1", "item1").get().to_dict()["state"] == "queued"
 
 
 def test_the_sweeper_republishes_a_stalled_batchs_queued_items_and_pending_callbacks(
     function_client, project, store, taps, stall_one_second, db
 ):
-    other = JobStore(db, shards=2)
+    other = stores(db, shards=2)
     # A callback no delivery touched for longer than a live chain stays silent (ack deadline +
     # maximum backoff, 30 + 600 s): its message was lost. And one whose chain is retrying, in
     # its backoff: the sweeper leaves it to that chain.
@@ -195,24 +196,24 @@ def test_the_sweeper_republishes_a_stalled_batchs_queued_items_and_pending_callb
         datetime.now(UTC) - timedelta(hours=1),
         datetime.now(UTC) - timedelta(minutes=1),
     )
-    other.create_job("done", {"tenant": "t", "total": 1, "state": "completed",
+    other.intake.create_job("done", {"tenant": "t", "total": 1, "state": "completed",
                               "completed_at": long_ago, "fingerprint": "f",
                               "callback": {"completion": 2, "state": "pending"}})  # fmt: skip
-    other.create_job("retrying", {"tenant": "t", "total": 1, "state": "completed",
+    other.intake.create_job("retrying", {"tenant": "t", "total": 1, "state": "completed",
                                   "completed_at": long_ago, "fingerprint": "f",
                                   "callback": {"completion": 1, "state": "pending", "chain": "m1",
                                                "delivered_at": a_minute_ago}})  # fmt: skip
     # A WhatsApp day is not the sweeper's: each message has the live event that created it.
-    other.create_job("day", {"tenant": "t", "total": 0, "state": "open", "open_ended": True,
+    other.intake.create_job("day", {"tenant": "t", "total": 0, "state": "open", "open_ended": True,
                              "intake": "published", "fingerprint": "f"})  # fmt: skip
-    other.write_items("day", [NewItem("m", 0, "x")], at=datetime.now(UTC))
+    other.intake.write_items("day", [NewItem("m", 0, "x")], at=datetime.now(UTC))
     time.sleep(1.2)  # no progress for stall_seconds
     client = function_client("batch-item-processor")
     assert post(client, project, "sweeps", {"type": "sweep"}) == 200
     sent = taps("work-items")
     assert [(m["job_id"], m["item_id"]) for m in sent] == [("job1", f"item{n}") for n in range(3)]
     assert taps("batch-events") == [{"type": "batch.completed", "job_id": "done", "completion": 2}]
-    assert other.get_job("done")["callback"]["sent_again_at"] is not None
+    assert other.jobs.get_job("done")["callback"]["sent_again_at"] is not None
     # The items and callbacks it sent messages for are stamped: the next sweep leaves them to
     # those messages.
     assert post(client, project, "sweeps", {"type": "sweep"}) == 200
@@ -225,27 +226,27 @@ def test_the_sweeper_finishes_a_written_intake_and_abandons_a_half_written_one(
 ):
     """Two submissions answered 503 and never retried: tenant B's stopped half way through
     writing two hours ago, tenant C's had written every item. Tenant A's batch is live."""
-    store = JobStore(db, shards=2)
+    store = stores(db, shards=2)
     long_ago = datetime.now(UTC) - timedelta(hours=2)
     base = {"state": "open", "params": {}, "fingerprint": "f", "updated_at": long_ago}
-    store.create_job("a", {**base, "tenant": "A", "total": 2, "intake": "published"})
-    store.write_items("a", [NewItem(f"a{n}", n, "x") for n in range(2)], at=long_ago)
-    store.create_job("b", {**base, "tenant": "B", "total": 1000, "intake": "writing"})
-    store.write_items("b", [NewItem("b0", 0, "x")], at=long_ago)
-    store.create_job("c", {**base, "tenant": "C", "total": 2, "intake": "items_written"})
-    store.write_items("c", [NewItem(f"c{n}", n, "x") for n in range(2)], at=long_ago)
+    store.intake.create_job("a", {**base, "tenant": "A", "total": 2, "intake": "published"})
+    store.intake.write_items("a", [NewItem(f"a{n}", n, "x") for n in range(2)], at=long_ago)
+    store.intake.create_job("b", {**base, "tenant": "B", "total": 1000, "intake": "writing"})
+    store.intake.write_items("b", [NewItem("b0", 0, "x")], at=long_ago)
+    store.intake.create_job("c", {**base, "tenant": "C", "total": 2, "intake": "items_written"})
+    store.intake.write_items("c", [NewItem(f"c{n}", n, "x") for n in range(2)], at=long_ago)
     # Before the sweep already: B's thousand items that were never published are no backlog,
     # so they do not halve A's share of bulk capacity; neither are C's.
-    assert store.tenant_backlogs() == {"A": 2}
+    assert store.jobs.tenant_backlogs() == {"A": 2}
 
     client = function_client("batch-item-processor")
     assert post(client, project, "sweeps", {"type": "sweep"}) == 200
     assert taps("work-items") == [
         {"job_id": "c", "item_id": f"c{n}", "dispatch": 0} for n in range(2)
     ]
-    assert store.get_job("c")["intake"] == "published"
-    assert store.get_job("b")["intake"] == "abandoned"
-    assert store.tenant_backlogs() == {"A": 2, "C": 2}
+    assert store.jobs.get_job("c")["intake"] == "published"
+    assert store.jobs.get_job("b")["intake"] == "abandoned"
+    assert store.jobs.tenant_backlogs() == {"A": 2, "C": 2}
     # Nothing more to do at the next sweep.
     assert post(client, project, "sweeps", {"type": "sweep"}) == 200
     assert taps("work-items") == []

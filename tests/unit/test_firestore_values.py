@@ -8,7 +8,7 @@ from google.cloud.firestore_v1.types import Value
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sluice.adapters.jobs_store import commit_ranges
+from sluice.adapters.intake_store import commit_ranges
 from sluice.domain.batches import parse_batch
 from sluice.domain.errors import Invalid, Unauthenticated
 from sluice.domain.firestore_values import (

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CallbackDeps:
-    store: JobStore
+    jobs: JobStore
     callbacks: CallbackStore
     tenants: TenantStore
     sender: CallbackSender
@@ -46,7 +46,7 @@ class CallbackDeps:
 
 def send_completion_callback(deps: CallbackDeps, event: BatchCompleted, *, chain: str) -> Ack:
     """`chain` is the delivery's Pub/Sub message id."""
-    store, job_id, completion = deps.store, event.job_id, event.completion
+    job_id, completion = event.job_id, event.completion
     decided = deps.callbacks.lease_callback(
         job_id, completion, chain=chain, now=now(), quiet=deps.quiet, lease=deps.lease
     )
@@ -56,7 +56,7 @@ def send_completion_callback(deps: CallbackDeps, event: BatchCompleted, *, chain
         return Ack(job_id, "callback", "another delivery owns this callback")
     if decided is Turn.WAIT:
         raise Redeliver(f"callback for {job_id} is being sent by another delivery")
-    found = store.job_with_counts(job_id)
+    found = deps.jobs.job_with_counts(job_id)
     if found is None:
         return Ack(job_id, "callback", "job missing")
     job, counts = found

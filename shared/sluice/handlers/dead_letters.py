@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from sluice.adapters.callbacks_store import CallbackStore
+from sluice.adapters.items_store import ItemStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
 from sluice.clock import now
@@ -42,8 +43,17 @@ def reason_of(message: PubSubMessage, source: str) -> str:
     return f"dead-lettered: {subscription} gave up after {attempts} deliveries"
 
 
+@dataclass(frozen=True)
+class DeadLetterDeps:
+    jobs: JobStore
+    items: ItemStore
+    callbacks: CallbackStore
+    publisher: Publisher
+    whatsapp: WhatsAppDeps
+
+
 def fail_item(
-    store: JobStore, job_id: str, item_id: str, reason: str, *, dispatch: int | None = None
+    deps: DeadLetterDeps, job_id: str, item_id: str, reason: str, *, dispatch: int | None = None
 ) -> Ack:
     """`dispatch`: the dead-lettered work-item message's (None for a WhatsApp event)."""
 
@@ -54,19 +64,11 @@ def fail_item(
         return dead_lettered(item, reason=reason, now=at)
 
     at = now()
-    change = store.change_item(job_id, item_id, decide)
+    change = deps.items.change_item(job_id, item_id, decide)
     if change is None:
         return Ack(item_id, "unchanged", f"{reason} (already settled)")
-    completed = store.complete_if_done(job_id)
+    completed = deps.jobs.complete_if_done(job_id)
     return Ack(item_id, change.after.value, reason, completed=completed, job=job_id)
-
-
-@dataclass(frozen=True)
-class DeadLetterDeps:
-    store: JobStore
-    callbacks: CallbackStore
-    publisher: Publisher
-    whatsapp: WhatsAppDeps
 
 
 def handle_dead_letter(deps: DeadLetterDeps, source: str, message: PubSubMessage) -> Ack:
@@ -78,12 +80,12 @@ def handle_dead_letter(deps: DeadLetterDeps, source: str, message: PubSubMessage
 
 
 def _record_dead_letter(deps: DeadLetterDeps, source: str, message: PubSubMessage) -> Ack:
-    store, reason = deps.store, reason_of(message, source)
+    reason = reason_of(message, source)
     # Not the message itself: a WhatsApp event carries what a customer wrote.
     log.error("%s: message %s on %s", reason, message.message_id, source)
     if source == WORK_ITEMS:
         work = WorkItem.model_validate_json(message.data)
-        return fail_item(store, work.job_id, work.item_id, reason, dispatch=work.dispatch)
+        return fail_item(deps, work.job_id, work.item_id, reason, dispatch=work.dispatch)
     if source == WHATSAPP_EVENTS:
         event = WhatsAppEventMessage.model_validate_json(message.data)
         if event.kind != "message":
@@ -91,7 +93,7 @@ def _record_dead_letter(deps: DeadLetterDeps, source: str, message: PubSubMessag
         recorded = record_message(deps.whatsapp, event)
         if recorded is None:
             return Ack(str(event.body.get("id")), "dropped", "no tenant has the phone number")
-        return fail_item(store, *recorded, reason)
+        return fail_item(deps, *recorded, reason)
     if source == BATCH_EVENTS:
         done = BatchCompleted.model_validate_json(message.data)
         deps.callbacks.mark_callback(

@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sluice.adapters.exports_store import ExportStore, LeaseLost, Row
+from sluice.adapters.items_store import ItemStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter
 from sluice.adapters.outside import ProviderError
@@ -53,6 +54,7 @@ T = TypeVar("T")
 class SheetsDeps:
     exports: ExportStore
     jobs: JobStore
+    items: ItemStore
     sheets: SheetsAPI
     # The Sheets write quota, shared by every writer, backfill and configure call.
     limiter: Limiter
@@ -288,7 +290,7 @@ def backfill(deps: SheetsDeps, job_id: str, export: dict[str, Any], *,
         record = deps.exports.backfill_record(job_id)
         cursor, done = record.get("cursor"), int(record.get("rows") or 0)
         started, kind = time.monotonic(), str(export.get("kind"))
-        while page := deps.jobs.succeeded_before(
+        while page := deps.items.succeeded_before(
             job_id, export["created_at"], after=cursor, limit=settings.rows_per_call
         ):
             assigned = deps.exports.assign_rows(

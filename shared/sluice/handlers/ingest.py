@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sluice.adapters.jobs_store import JobStore, NewItem
+from sluice.adapters.intake_store import IntakeStore, NewItem
 from sluice.adapters.publisher import Publisher
 from sluice.clock import now
 from sluice.domain import intake, jobs
@@ -56,7 +56,7 @@ def in_flight(retry_after: int) -> Problem:
 
 @dataclass(frozen=True)
 class IntakeDeps:
-    store: JobStore
+    intake: IntakeStore
     publisher: Publisher
     status_api_url: str  # where the answer's status_url points
     intake_lease: timedelta  # how long one request owns a batch's intake
@@ -66,8 +66,7 @@ class IntakeDeps:
 def submit_batch(
     deps: IntakeDeps, *, tenant: str, batch: BatchIn, idempotency_key: str | None
 ) -> Accepted:
-    store, publisher = deps.store, deps.publisher
-    intake_lease, retry_after = deps.intake_lease, deps.retry_after
+    store = deps.intake
     job_id = job_id_for(tenant, idempotency_key)
     at = now()
     new = jobs.new_job(
@@ -77,7 +76,7 @@ def submit_batch(
     )  # fmt: skip
     owner = uuid.uuid4().hex
     job, decision = store.open_intake(
-        job_id, new, owner=owner, lease=intake_lease, retry_after=retry_after
+        job_id, new, owner=owner, lease=deps.intake_lease, retry_after=deps.retry_after
     )
     if isinstance(decision, intake.Mismatch):
         raise Problem(
@@ -89,9 +88,7 @@ def submit_batch(
         raise in_flight(decision.retry_after)
     if isinstance(decision, intake.Own):
         try:
-            _finish_intake(
-                store, publisher, job_id, batch, decision.stage, owner, intake_lease, retry_after
-            )
+            _finish_intake(deps, job_id, batch, decision.stage, owner)
         except BaseException:
             # Whatever stopped it (an outage answered 503), the retry need not wait for the
             # lease to run out; if even this fails, the lease runs out by itself.
@@ -107,18 +104,12 @@ def submit_batch(
 
 
 def _finish_intake(
-    store: JobStore,
-    publisher: Publisher,
-    job_id: str,
-    batch: BatchIn,
-    stage: intake.Stage,
-    owner: str,
-    lease: timedelta,
-    retry_after: int,
+    deps: IntakeDeps, job_id: str, batch: BatchIn, stage: intake.Stage, owner: str
 ) -> None:
     """Write what is not written yet, publish, and record each stage while still the owner.
     A request that lost its lease on the way (it was slower than the lease) leaves the rest to
     the one that took over, and says the key is in flight."""
+    store, lease, retry_after = deps.intake, deps.intake_lease, deps.retry_after
     ids = item_ids(job_id, batch)
     if stage is intake.Stage.WRITING:
         items = [
@@ -131,6 +122,7 @@ def _finish_intake(
         ):
             raise in_flight(retry_after)
     # Publishing twice is harmless: a second delivery finds the item claimed or finished.
-    publisher.publish(WORK_ITEMS, (WorkItem(job_id=job_id, item_id=i).model_dump() for i in ids))
+    messages = (WorkItem(job_id=job_id, item_id=i).model_dump() for i in ids)
+    deps.publisher.publish(WORK_ITEMS, messages)
     if not store.advance_intake(job_id, owner=owner, to=intake.Stage.PUBLISHED, lease=lease):
         raise in_flight(retry_after)

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from sluice.adapters.ai_provider import AIProvider
+from sluice.adapters.items_store import ItemStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter, Permit
 from sluice.adapters.outside import ProviderError
@@ -97,13 +98,21 @@ class ClaimRules:
     max_attempts: int  # failed attempts before the item fails for good
 
 
+@dataclass(frozen=True)
+class Claiming:
+    """What claiming an item and recording its outcome need: its job, its item, the rules."""
+
+    jobs: JobStore
+    items: ItemStore
+    rules: ClaimRules
+
+
 def process_item(
-    store: JobStore,
+    claiming: Claiming,
     work: Work,
     job_id: str,
     item_id: str,
     *,
-    rules: ClaimRules,
     capacity: Capacity | None = None,
     dispatch: int | None = None,
 ) -> Ack:
@@ -111,7 +120,8 @@ def process_item(
     sweeper sends again (see sluice.domain.items.superseded); None for those it never does."""
     # A finished item needs no capacity: answer a repeated delivery before waiting for any.
     # The claim below is conditional on the item staying as read here.
-    seen = store.read_item(job_id, item_id)
+    jobs, items, rules = claiming.jobs, claiming.items, claiming.rules
+    seen = items.read_item(job_id, item_id)
     if seen is not None and ItemState(seen.doc["state"]).finished:
         return Ack(item_id, seen.doc["state"], "duplicate delivery")
     if (
@@ -120,12 +130,12 @@ def process_item(
         and superseded(ItemRecord.from_doc(seen.doc), dispatch)
     ):
         return Ack(item_id, "superseded", "a newer message carries the item")
-    job = store.job_meta(job_id)
+    job = jobs.job_meta(job_id)
     token = uuid.uuid4().hex
     # The permit covers the claim and the provider call, and is let go before the outcome is
     # recorded. The claim is conditional on the item staying as read above.
     with _permit(capacity, str(job.get("tenant"))):
-        claimed = store.claim_item(
+        claimed = items.claim_item(
             job_id, item_id, token=token, lease_seconds=rules.lease_seconds,
             max_attempts=rules.max_attempts, seen=seen,
         )  # fmt: skip
@@ -139,22 +149,22 @@ def process_item(
         if isinstance(decision, LeaseHeld):
             raise Redeliver(f"item {item_id} is leased until {decision.until}")
         if isinstance(decision, Transition):
-            completed = store.complete_if_done(job_id)
+            completed = jobs.complete_if_done(job_id)
             return Ack(item_id, decision.after.value, "lease expired too often", completed, job_id)
         assert isinstance(decision, Claimed)
-        attempt = _Attempt(store, job_id, item_id, token, claimed.after)
+        attempt = _Attempt(items, job_id, item_id, token, claimed.after)
         decide, deferred = attempt.run(
             work, claimed.input, job["params"], claimed.progress, rules, capacity
         )
     if decide is None:
         return Ack(item_id, "superseded", "another delivery took the item over")
-    change = store.finish_item(job_id, item_id, token=token, decide=decide, seen=attempt.latest)
+    change = items.finish_item(job_id, item_id, token=token, decide=decide, seen=attempt.latest)
     if change is None:
         return Ack(item_id, "superseded", "another delivery took the item over")
     if change.after is ItemState.QUEUED:
         reason = f"item {item_id}: {change.fields['error']}"
         raise Defer(reason) if deferred else Redeliver(reason)
-    return Ack(item_id, change.after.value, completed=store.complete_if_done(job_id), job=job_id)
+    return Ack(item_id, change.after.value, completed=jobs.complete_if_done(job_id), job=job_id)
 
 
 def _superseded(doc: dict[str, Any], dispatch: int) -> bool:
@@ -174,12 +184,12 @@ class _Attempt:
     """One claimed attempt at the work: the item as this claim last wrote it (`latest`), which
     every later write of the claim is conditional on."""
 
-    def __init__(self, store: JobStore, job_id: str, item_id: str, token: str, latest: Any) -> None:
-        self._store, self._job, self._item, self._token = store, job_id, item_id, token
+    def __init__(self, items: ItemStore, job_id: str, item_id: str, token: str, latest: Any):
+        self._items, self._job, self._item, self._token = items, job_id, item_id, token
         self.latest = latest
 
     def _save(self, fields: dict[str, Any]) -> bool:
-        saved, self.latest = self._store.save_progress(
+        saved, self.latest = self._items.save_progress(
             self._job, self._item, token=self._token, fields=fields, seen=self.latest
         )
         return saved
@@ -215,20 +225,19 @@ class _Attempt:
 
 @dataclass(frozen=True)
 class WorkItemDeps:
-    store: JobStore
+    claiming: Claiming
     ai: AIProvider
     # Bulk work: behind interactive replies for the AI provider's capacity, shared by tenants.
     capacity: Capacity
     publisher: Publisher
-    rules: ClaimRules
 
 
 def handle_work_item(deps: WorkItemDeps, work: WorkItem) -> Ack:
     """A CRM item: one model call. Raises Defer when it found no capacity (the push entry point
     publishes the same message again: waiting never counts as a delivery attempt)."""
     ack = process_item(
-        deps.store, without_progress(deps.ai.complete), work.job_id, work.item_id,
-        rules=deps.rules, capacity=deps.capacity, dispatch=work.dispatch,
+        deps.claiming, without_progress(deps.ai.complete), work.job_id, work.item_id,
+        capacity=deps.capacity, dispatch=work.dispatch,
     )  # fmt: skip
     announce_completion(deps.publisher, ack)
     return ack

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from sluice.adapters.items_store import ItemStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
 from sluice.clock import now
@@ -22,14 +23,15 @@ from sluice.problems import FieldError, Problem, not_found
 
 @dataclass(frozen=True)
 class BatchDeps:
-    store: JobStore
+    jobs: JobStore
+    items: ItemStore
     publisher: Publisher
     # The AI provider's declared rate: what a batch's remaining items are estimated at.
     requests_per_minute: int
 
 
 def batch_status(deps: BatchDeps, tenant: Tenant, job_id: str) -> dict[str, Any]:
-    found = deps.store.job_with_counts(job_id)
+    found = deps.jobs.job_with_counts(job_id)
     if found is None:
         raise not_found(f"batch {job_id}")
     job, counts = found
@@ -76,8 +78,8 @@ def batch_items(
     page_size: int,
     page_token: str | None,
 ) -> dict[str, Any]:
-    own_job(deps.store.get_job(job_id), tenant, job_id)
-    rows = deps.store.list_items(
+    own_job(deps.jobs.get_job(job_id), tenant, job_id)
+    rows = deps.items.list_items(
         job_id, state=state, limit=page_size + 1, after=decode_token(page_token)
     )
     page, more = rows[:page_size], len(rows) > page_size
@@ -103,16 +105,16 @@ def retry_failed(deps: BatchDeps, tenant: Tenant, job_id: str) -> dict:
     """Requeue exactly the failed items and publish them again; a repeated call finds none.
     A WhatsApp day's messages go back through the WhatsApp path, in conversation order, so
     that each gets its reply."""
-    store, publisher = deps.store, deps.publisher
-    job = own_job(store.get_job(job_id), tenant, job_id)
+    publisher = deps.publisher
+    job = own_job(deps.jobs.get_job(job_id), tenant, job_id)
     if jobs.state_of(job) is JobState.CANCELLED:
         raise Problem(409, "Batch cancelled", "a cancelled batch is not retried")
     at = now()
-    requeued = store.transition_items(job_id, "failed", partial(items.retry, now=at))
+    requeued = deps.items.transition_items(job_id, "failed", partial(items.retry, now=at))
     if requeued:
-        store.set_job_state(job_id, to=JobState.OPEN, allowed_from=(JobState.COMPLETED,))
+        deps.jobs.set_job_state(job_id, to=JobState.OPEN, allowed_from=(JobState.COMPLETED,))
         if job.get("kind") == "whatsapp":
-            inputs = store.item_inputs(job_id, requeued)
+            inputs = deps.items.item_inputs(job_id, requeued)
             events = [message_again(str(job["phone_number_id"]), inputs[i]) for i in requeued]
             publisher.publish_keyed(
                 WHATSAPP_EVENTS, ((e.to_message(), e.ordering_key) for e in events)
@@ -132,15 +134,14 @@ def cancel_batch(deps: BatchDeps, tenant: Tenant, job_id: str) -> dict:
     """Queued items become cancelled; running ones finish; the batch is `cancelled`. Cancelling
     a cancelled batch again changes nothing; a completed batch is not cancelled (409), and
     neither is a WhatsApp day, whose messages keep coming."""
-    store = deps.store
-    job = own_job(store.get_job(job_id), tenant, job_id)
+    job = own_job(deps.jobs.get_job(job_id), tenant, job_id)
     if job.get("open_ended"):
         detail = "a WhatsApp day's job takes messages all day and is not cancelled"
         raise Problem(409, "Not cancellable", detail)
-    if not store.set_job_state(job_id, to=JobState.CANCELLED, allowed_from=(JobState.OPEN,)):
-        state = (store.get_job(job_id) or {}).get("state")
+    if not deps.jobs.set_job_state(job_id, to=JobState.CANCELLED, allowed_from=(JobState.OPEN,)):
+        state = (deps.jobs.get_job(job_id) or {}).get("state")
         if state != JobState.CANCELLED:
             raise Problem(409, "Batch not open", f"the batch is {state}: only an open batch "
                           "is cancelled")  # fmt: skip
-    cancelled = store.transition_items(job_id, "queued", partial(items.cancel, now=now()))
+    cancelled = deps.items.transition_items(job_id, "queued", partial(items.cancel, now=now()))
     return {"batch_id": job_id, "cancelled": len(cancelled), "state": JobState.CANCELLED.value}

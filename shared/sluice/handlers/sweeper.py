@@ -33,6 +33,8 @@ from datetime import datetime, timedelta
 
 from sluice.adapters.callbacks_store import CallbackStore
 from sluice.adapters.exports_store import ExportStore
+from sluice.adapters.intake_store import IntakeStore
+from sluice.adapters.items_store import ItemStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
 from sluice.domain import intake
@@ -62,7 +64,7 @@ class IntakeTimes:
 
 
 def sweep_intakes(
-    store: JobStore, publisher: Publisher, *, now: datetime, times: IntakeTimes
+    store: IntakeStore, publisher: Publisher, *, now: datetime, times: IntakeTimes
 ) -> tuple[int, int]:
     """Finish or abandon the intakes nobody is finishing; (published, abandoned)."""
     published = abandoned = 0
@@ -106,7 +108,9 @@ def bring_waiting(whatsapp: WhatsAppDeps, *, now: datetime, idle: timedelta) -> 
 
 @dataclass(frozen=True)
 class SweepDeps:
-    store: JobStore
+    intake: IntakeStore
+    items: ItemStore
+    jobs: JobStore
     callbacks: CallbackStore
     publisher: Publisher
     exports: ExportStore
@@ -120,24 +124,24 @@ class SweepDeps:
 
 
 def sweep(deps: SweepDeps, *, now: datetime) -> Ack:
-    store, publisher, stall = deps.store, deps.publisher, deps.stall
+    items, publisher, stall = deps.items, deps.publisher, deps.stall
     intakes_published, intakes_abandoned = sweep_intakes(
-        store, publisher, now=now, times=deps.intakes
+        deps.intake, publisher, now=now, times=deps.intakes
     )
     taken_over = requeued = 0
-    for job_id in store.open_batches():
+    for job_id in deps.jobs.open_batches():
         orphans = [
             item_id
-            for item_id, item in store.items_in(job_id, ItemState.RUNNING.value)
+            for item_id, item in items.items_in(job_id, ItemState.RUNNING.value)
             if not lease_live(item, now)
         ]
         taken_over += len(orphans)
-        if stalled(store.last_progress(job_id), now=now, stall=stall):
+        if stalled(deps.jobs.last_progress(job_id), now=now, stall=stall):
             # Only items no delivery has touched for as long: one whose message is in Pub/Sub's
             # retry backoff is claimed (and so touched) at every delivery. One whose message
             # waits for capacity is not touched, and cannot be told from one whose message was
             # lost: it gets a new message too, which supersedes the waiting one.
-            queued = store.queued_untouched_since(job_id, now - stall)
+            queued = items.queued_untouched_since(job_id, now - stall)
             requeued += len(queued)
             orphans += queued
         if orphans:
@@ -150,7 +154,7 @@ def sweep(deps: SweepDeps, *, now: datetime) -> Ack:
             # Recorded once published (a failed publish leaves the old messages in charge):
             # from now on a delivery of an older message ends there, and the items are left
             # alone for another `stall`.
-            store.redispatched(job_id, orphans, dispatch=dispatch, at=now)
+            items.redispatched(job_id, orphans, dispatch=dispatch, at=now)
     callbacks = deps.callbacks.callbacks_to_send_again(now=now, quiet=deps.callback_quiet)
     if callbacks:
         publisher.publish(

@@ -12,7 +12,7 @@ from typing import Any
 
 from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.conversations_store import ConversationStore, message_key
-from sluice.adapters.jobs_store import JobStore
+from sluice.adapters.intake_store import IntakeStore
 from sluice.adapters.outside import ProviderError
 from sluice.adapters.publisher import Publisher
 from sluice.adapters.tenants_store import TenantStore
@@ -29,7 +29,7 @@ from sluice.domain.whatsapp import (
     message_time,
     should_reply,
 )
-from sluice.handlers.processor import Capacity, ClaimRules, Progress, process_item
+from sluice.handlers.processor import Capacity, Claiming, Progress, process_item
 from sluice.messages import WHATSAPP_EVENTS, WhatsAppEventMessage
 from sluice.outcomes import Ack, Defer
 
@@ -40,7 +40,8 @@ REPLY_INSTRUCTIONS = "You answer customers on WhatsApp. Reply briefly and helpfu
 
 @dataclass(frozen=True)
 class WhatsAppDeps:
-    store: JobStore
+    claiming: Claiming
+    intake: IntakeStore
     tenants: TenantStore
     conversations: ConversationStore
     ai: AIProvider
@@ -48,7 +49,6 @@ class WhatsAppDeps:
     ai_capacity: Capacity
     send_capacity: Capacity
     publisher: Publisher
-    rules: ClaimRules
 
 
 def handle_event(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> Ack:
@@ -101,7 +101,7 @@ def handle_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> Ack:
     me, user = Ref(job_id, item_id), str(event.body["from"])
     queued = deps.conversations.waiting(phone_id, user)
     if queued:
-        seen = deps.store.read_item(job_id, item_id)
+        seen = deps.claiming.items.read_item(job_id, item_id)
         if seen is not None and ItemState(seen.doc["state"]).finished:
             # A repeat of a finished message (perhaps one that died before letting the next
             # one go): the next one goes now.
@@ -114,7 +114,7 @@ def handle_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> Ack:
     replies = should_reply(event.body, event.display_phone_number)
     capacity = replace(deps.ai_capacity, holder=phone_id) if replies else None
     try:
-        ack = process_item(deps.store, reply, job_id, item_id, rules=deps.rules, capacity=capacity)
+        ack = process_item(deps.claiming, reply, job_id, item_id, capacity=capacity)
     except Defer as deferred:
         # Acknowledged, not refused: a refusal would count toward dead-lettering it. It waits
         # at the head of its conversation for the sweeper to bring it back.
@@ -135,7 +135,7 @@ def let_next_go(deps: WhatsAppDeps, phone_id: str, user: str, me: Ref) -> None:
 def bring(deps: WhatsAppDeps, phone_id: str, waiting: Ref) -> bool:
     """Send a waiting message's event again, in its conversation's order: False if its item is
     gone (nothing to bring)."""
-    inputs = deps.store.item_inputs(waiting.job_id, [waiting.item_id])
+    inputs = deps.claiming.items.item_inputs(waiting.job_id, [waiting.item_id])
     if waiting.item_id not in inputs:
         return False
     event = message_again(phone_id, inputs[waiting.item_id])
@@ -158,10 +158,10 @@ def record_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> tuple[str
         tenant=tenant[0], kind="whatsapp", params={"instructions": REPLY_INSTRUCTIONS}, total=0,
         at=received, phone_number_id=phone_id,
     )  # fmt: skip
-    deps.store.ensure_job(job_id, day)
+    deps.intake.ensure_job(job_id, day)
     item_input = inbound_input(message, event.contact)
     item_id = message_key(message["id"])
-    deps.store.add_item(job_id, item_id, item_input, at=received)
+    deps.intake.add_item(job_id, item_id, item_input, at=received)
     deps.conversations.record_inbound(
         phone_id,
         message["from"],

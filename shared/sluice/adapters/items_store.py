@@ -1,0 +1,318 @@
+"""A job's items in Firestore: read, claimed, changed, listed.
+
+Every state change of an item is one write that changes the item and increments one counter shard
+(sluice.adapters.job_paths), so counts never drift from states. The decisions come from
+`sluice.domain.items`; this module only reads, applies and commits them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from google.api_core.exceptions import FailedPrecondition
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from sluice.adapters.job_paths import WRITE_BATCH, JobPaths
+from sluice.adapters.queries import declared
+from sluice.clock import now
+from sluice.domain import counters
+from sluice.domain.items import (
+    AlreadyFinished,
+    Claim,
+    Claimed,
+    ItemRecord,
+    LeaseHeld,
+    Transition,
+    holds_lease,
+)
+from sluice.domain.items import claim as decide_claim
+from sluice.domain.items import save_progress as decide_progress
+
+# The backfill's pages (queries.yaml declares the query, and so its index).
+SUCCEEDED_BEFORE = declared("items-succeeded-before")
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class SeenItem:
+    """An item's document as read (or as a change left it) and its update time then."""
+
+    doc: dict[str, Any]
+    update_time: datetime
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    decision: Claim
+    input: Any = None
+    # The item as the claim left it, when known: the finish is conditional on it.
+    after: SeenItem | None = None
+    # What earlier claims' work recorded on the item (see items.save_progress).
+    progress: dict[str, Any] = field(default_factory=dict)
+
+
+class ItemStore:
+    def __init__(self, paths: JobPaths) -> None:
+        self._paths = paths
+
+    def read_item(self, job_id: str, item_id: str) -> SeenItem | None:
+        """The item as stored now, for a change conditional on it staying so. None: no item."""
+        snap = self._paths.item_ref(job_id, item_id).get()
+        return SeenItem(snap.to_dict() or {}, snap.update_time) if snap.exists else None
+
+    def claim_item(
+        self,
+        job_id: str,
+        item_id: str,
+        *,
+        token: str,
+        lease_seconds: int,
+        max_attempts: int,
+        seen: SeenItem | None = None,
+    ) -> ClaimResult | None:
+        """Claim an item for one delivery, or say why not. None: the item does not exist.
+        `seen`: the item as the caller last read it, which saves a transaction if unchanged."""
+
+        def decide(doc: dict[str, Any]) -> tuple[tuple[Claim, Any, Any], Transition | None]:
+            # The input comes from the same read the decision does, on either path.
+            decision = decide_claim(
+                ItemRecord.from_doc(doc),
+                now=now(),
+                token=token,
+                lease_seconds=lease_seconds,
+                max_attempts=max_attempts,
+            )
+            found = (decision, doc.get("input"), doc.get("progress") or {})
+            if isinstance(decision, Claimed):
+                return found, decision.transition
+            return found, decision if isinstance(decision, Transition) else None
+
+        try:
+            (decision, item_input, progress), after = self._change(job_id, item_id, decide, seen)
+        except KeyError:
+            return None
+        return ClaimResult(decision, item_input, after, progress)
+
+    def save_progress(
+        self,
+        job_id: str,
+        item_id: str,
+        *,
+        token: str,
+        fields: dict[str, Any],
+        seen: SeenItem | None,
+    ) -> tuple[bool, SeenItem | None]:
+        """Record how far the claim's work got, only while the claim is `token`'s. Returns
+        whether it was recorded and, when known, the item as it is now (for the next write
+        conditional on it)."""
+
+        def decide(doc: dict[str, Any]) -> tuple[bool, Transition | None]:
+            change = decide_progress(
+                ItemRecord.from_doc(doc), doc.get("progress") or {}, token=token, fields=fields,
+                now=now(),
+            )  # fmt: skip
+            return change is not None, change
+
+        try:
+            return self._change(job_id, item_id, decide, seen)
+        except KeyError:
+            return False, None
+
+    def finish_item(
+        self,
+        job_id: str,
+        item_id: str,
+        *,
+        token: str,
+        decide: Callable[[ItemRecord], Transition],
+        seen: SeenItem | None = None,
+    ) -> Transition | None:
+        """Record the outcome of a claim, only if the claim is still ours.
+
+        None: another delivery took the item over after our lease expired, and its outcome is
+        the one that counts; ours is dropped so the item never has two results. `seen`: the
+        item as the claim left it (`ClaimResult.after`).
+        """
+        return self.change_item(
+            job_id,
+            item_id,
+            lambda record: decide(record) if holds_lease(record, token) else None,
+            seen=seen,
+        )
+
+    def change_item(
+        self,
+        job_id: str,
+        item_id: str,
+        decide: Callable[[ItemRecord], Transition | None],
+        *,
+        seen: SeenItem | None = None,
+    ) -> Transition | None:
+        """Apply `decide` to the item as stored now, with its count, atomically. None: the item
+        does not exist or `decide` left it alone."""
+
+        def change(doc: dict[str, Any]) -> tuple[Transition | None, Transition | None]:
+            transition = decide(ItemRecord.from_doc(doc))
+            return transition, transition
+
+        try:
+            return self._change(job_id, item_id, change, seen)[0]
+        except KeyError:
+            return None
+
+    def _change(
+        self,
+        job_id: str,
+        item_id: str,
+        decide: Callable[[dict[str, Any]], tuple[R, Transition | None]],
+        seen: SeenItem | None,
+    ) -> tuple[R, SeenItem | None]:
+        """Apply `decide` to the item as stored, with its count, atomically. First as a write
+        conditional on the item being as `seen` (one round trip, no locks: every item passes
+        here twice per delivery); if it changed since, again in a transaction on what is stored
+        now. Returns what `decide` said and, when known, the item as this change left it.
+        Raises KeyError when the item does not exist."""
+        if seen is not None:
+            result, change = decide(seen.doc)
+            if change is None:
+                return result, seen
+            batch = self._paths.db.batch()
+            when = self._paths.db.write_option(last_update_time=seen.update_time)
+            self._apply(batch, job_id, item_id, change, option=when)
+            with contextlib.suppress(FailedPrecondition):  # changed since: decide again below
+                written = batch.commit()[0].update_time
+                return result, SeenItem({**seen.doc, **change.fields}, written)
+        ref = self._paths.item_ref(job_id, item_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> R:
+            snap = ref.get(transaction=tx)
+            if not snap.exists:
+                raise KeyError(item_id)
+            result, change = decide(snap.to_dict() or {})
+            if change is not None:
+                self._apply(tx, job_id, item_id, change)
+            return result
+
+        return run(self._paths.db.transaction()), None
+
+    def _apply(
+        self,
+        writer: firestore.WriteBatch,
+        job_id: str,
+        item_id: str,
+        change: Transition,
+        *,
+        option: Any = None,
+    ) -> None:
+        # The item first: a commit's first write result is the item's new update time.
+        writer.update(self._paths.item_ref(job_id, item_id), change.fields, option=option)
+        self._paths.count(writer, job_id, counters.delta(change.before, change.after))
+
+    def transition_items(
+        self,
+        job_id: str,
+        state: str,
+        decide: Callable[[ItemRecord], Transition | None],
+        *,
+        chunk: int = 200,
+    ) -> list[str]:
+        """Apply `decide` to every item now in `state`, a chunk per transaction; each item is
+        read again inside its transaction, so one that moved meanwhile is left alone. Returns the
+        ids that changed."""
+        changed: list[str] = []
+        items = self._paths.items(job_id)
+        while True:
+            query = items.where(filter=FieldFilter("state", "==", state)).limit(chunk)
+            refs = [snap.reference for snap in query.stream()]
+            if not refs:
+                return changed
+
+            @firestore.transactional
+            def run(tx: firestore.Transaction, refs: list[Any] = refs) -> list[str]:
+                done, moves = [], Counter[str]()
+                for snap in tx.get_all(refs):
+                    change = decide(ItemRecord.from_doc(snap.to_dict() or {"state": "cancelled"}))
+                    if snap.exists and change is not None:
+                        tx.update(snap.reference, change.fields)
+                        moves.update(counters.delta(change.before, change.after))
+                        done.append(snap.id)
+                self._paths.count(tx, job_id, dict(moves))
+                return done
+
+            moved = run(self._paths.db.transaction())
+            changed += moved
+            if not moved:
+                return changed
+
+    def items_in(self, job_id: str, state: str) -> Iterator[tuple[str, ItemRecord]]:
+        query = self._paths.items(job_id).where(filter=FieldFilter("state", "==", state))
+        for snap in query.select(["state", "attempts", "lease"]).stream():
+            yield snap.id, ItemRecord.from_doc(snap.to_dict() or {})
+
+    def queued_untouched_since(self, job_id: str, before: datetime) -> list[str]:
+        """Queued items not changed since `before`: no delivery has reached them since then."""
+        query = (
+            self._paths.job_ref(job_id)
+            .collection("items")
+            .where(filter=FieldFilter("state", "==", "queued"))
+        )
+        docs = ((snap.id, snap.to_dict() or {}) for snap in query.select(["updated_at"]).stream())
+        return [i for i, doc in docs if doc.get("updated_at") is None or doc["updated_at"] < before]
+
+    def redispatched(
+        self, job_id: str, item_ids: Sequence[str], *, dispatch: int, at: datetime
+    ) -> None:
+        """Record the dispatch of the new messages the sweeper sent these items, which
+        supersedes their older ones, and stamp them so that the next sweep leaves them a while.
+        Only these two fields: a delivery changing an item meanwhile keeps its own change."""
+        for start in range(0, len(item_ids), WRITE_BATCH):
+            batch = self._paths.db.batch()
+            for item_id in item_ids[start : start + WRITE_BATCH]:
+                batch.update(
+                    self._paths.item_ref(job_id, item_id), {"updated_at": at, "dispatch": dispatch}
+                )
+            batch.commit()
+
+    def item_inputs(self, job_id: str, item_ids: Sequence[str]) -> dict[str, Any]:
+        """The inputs of the given items, read in one round trip per 500."""
+        inputs: dict[str, Any] = {}
+        for start in range(0, len(item_ids), WRITE_BATCH):
+            refs = [self._paths.item_ref(job_id, i) for i in item_ids[start : start + WRITE_BATCH]]
+            for snap in self._paths.db.get_all(refs, field_paths=["input"]):
+                if snap.exists:
+                    inputs[snap.id] = (snap.to_dict() or {}).get("input")
+        return inputs
+
+    def list_items(
+        self, job_id: str, *, state: str | None, limit: int, after: str | None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        query: Any = self._paths.items(job_id)
+        if state is not None:
+            query = query.where(filter=FieldFilter("state", "==", state))
+        query = query.order_by("__name__").limit(limit)
+        if after is not None:
+            query = query.start_after({"__name__": self._paths.item_ref(job_id, after)})
+        return [(snap.id, snap.to_dict() or {}) for snap in query.stream()]
+
+    def succeeded_before(
+        self, job_id: str, before: datetime, *, after: dict[str, Any] | None, limit: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Succeeded items that finished before `before`, in (finished_at, id) order, from just
+        after the cursor `after` ({finished_at, item_id}): a stable order a restart resumes."""
+        values = {"state": "succeeded", "finished_at": before}
+        query = SUCCEEDED_BEFORE.on(self._paths.job_ref(job_id), values).limit(limit)
+        if after:
+            last = self._paths.item_ref(job_id, after["item_id"])
+            query = query.start_after({"finished_at": after["finished_at"], "__name__": last})
+        return [(snap.id, snap.to_dict() or {}) for snap in query.stream()]
+
+
+__all__ = ["AlreadyFinished", "ClaimResult", "ItemStore", "LeaseHeld", "SeenItem"]

@@ -1,0 +1,50 @@
+"""Where a job's documents live in Firestore, and the one way its counts move.
+
+A job is `jobs/{job}`, its items `jobs/{job}/items/{item}` and its counts `jobs/{job}/shards/{n}`.
+The intake, item and job stores all write through this one layout, so that every commit that
+moves an item between states moves its count in the same commit, and counts never drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.cloud import firestore
+
+from sluice.domain import counters
+
+# Firestore takes at most 500 writes in one commit.
+WRITE_BATCH = 500
+
+
+class JobPaths:
+    def __init__(self, db: firestore.Client, *, shards: int) -> None:
+        self.db = db
+        self.shards = shards
+
+    def job_ref(self, job_id: str) -> firestore.DocumentReference:
+        return self.db.collection("jobs").document(job_id)
+
+    def items(self, job_id: str) -> firestore.CollectionReference:
+        return self.job_ref(job_id).collection("items")
+
+    def item_ref(self, job_id: str, item_id: str) -> firestore.DocumentReference:
+        return self.items(job_id).document(item_id)
+
+    def shard_refs(self, job_id: str) -> list[firestore.DocumentReference]:
+        shards = self.job_ref(job_id).collection("shards")
+        return [shards.document(str(n)) for n in range(self.shards)]
+
+    def create(self, tx: firestore.Transaction, job_id: str, job: dict[str, Any]) -> None:
+        """The job and its counter shards, every item counted as queued."""
+        tx.create(self.job_ref(job_id), job)
+        initial = counters.initial_shards(int(job["total"]), self.shards)
+        for shard_ref, shard in zip(self.shard_refs(job_id), initial, strict=True):
+            tx.set(shard_ref, shard)
+
+    def count(self, writer: Any, job_id: str, moves: dict[str, int]) -> None:
+        """Counts moved by a commit, added to one shard picked at random, in that same commit
+        (a transaction or a batch): so counts never drift from the items' states."""
+        if moves:
+            shard = self.shard_refs(job_id)[counters.pick_shard(self.shards)]
+            writer.set(shard, {k: firestore.Increment(v) for k, v in moves.items()}, merge=True)
