@@ -24,8 +24,8 @@ $(VENV)/.synced: pyproject.toml shared/localcloud/pyproject.toml uv.lock | $(UV)
 	touch $@
 
 lint: install
-	$(VENV)/bin/ruff check shared services tests bench tools
-	$(VENV)/bin/ruff format --check shared services tests bench tools
+	$(VENV)/bin/ruff check shared services tests testkit bench tools
+	$(VENV)/bin/ruff format --check shared services tests testkit bench tools
 	$(VENV)/bin/mypy
 
 # checkov checks terraform/ offline; every check it skips says why where it is skipped.

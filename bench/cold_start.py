@@ -28,7 +28,7 @@ import httpx
 from bench.report import table
 from localcloud.cloud import Deployment, LocalCloud
 from localcloud.functions import FunctionProcess
-from tests.firestore_events import firestore_event
+from testkit.firestore_events import firestore_event
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "services"

@@ -30,7 +30,7 @@ from localcloud.cloud import Deployment, LocalCloud
 from localcloud.functions import FunctionProcess
 from sluice.adapters.tenants_store import TenantStore
 from sluice.topology import Function, FunctionLimits
-from tests.whatsapp_payloads import change, delivery, signed, text_message
+from testkit.whatsapp_payloads import change, delivery, signed, text_message
 
 RUNS = 3
 RATE = 20  # WhatsApp deliveries a second, the steady load

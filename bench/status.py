@@ -5,7 +5,7 @@ seed), before the functions deploy, so a 10,000-item job takes seconds to prepar
 in counter shards, so the answer should cost the same whatever the job's size.
 
 Documents read per call are counted on the wire by a second status-api process whose
-Firestore is reached through `bench/firestore_meter.py`.
+Firestore is reached through `testkit/firestore_meter.py`.
 
 Run alone with `make bench PARTS=status`.
 """
@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 from google.cloud import firestore
 
-from bench.firestore_meter import FirestoreMeter
 from bench.report import percentile, table
 from bench.sheets import seed_finished_job
 from localcloud.cloud import Deployment, LocalCloud
 from localcloud.functions import FunctionProcess
 from sluice.adapters.tenants_store import TenantStore
+from testkit.firestore_meter import FirestoreMeter
 
 SIZES = (10, 1_000, 10_000)
 CALLS = 60

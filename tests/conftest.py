@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -61,15 +60,7 @@ def deployment(deploy: Callable[..., Deployment]) -> Deployment:
     return deploy()
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 @pytest.fixture
 def http() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=30) as client:
         yield client
-
-
-def logs_of(deployment: Deployment, function: str) -> str:
-    return Path(deployment.functions[function].log_path).read_text()

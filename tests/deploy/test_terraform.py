@@ -1,4 +1,4 @@
-"""terraform/ declares what topology.yaml says, read with python-hcl2 (see tests/deploy/hcl.py).
+"""terraform/ declares what topology.yaml says, read with python-hcl2 (see testkit/hcl.py).
 
 Each resource is expanded per `for_each` instance with its values, so these tests compare what
 would be created, not how the configuration is written.
@@ -24,14 +24,11 @@ from google.cloud.firestore_v1.types import StructuredQuery
 from sluice.adapters.queries import QUERIES_FILE, declarations
 from sluice.settings import Settings, env_name
 from sluice.topology import REPO_TOPOLOGY, Topology, load_topology, parse_topology
-from tests.deploy.hcl import Config, HclError, Ref, Scope
-from tests.firestore_indexes import Indexes, unserved
-from tests.topologies import mutated
+from testkit.firestore_indexes import Indexes, unserved
+from testkit.hcl import Config, HclError, Ref, Scope
+from testkit.terraform import ROOT, TERRAFORM, VARIABLES
+from testkit.topologies import mutated
 
-ROOT = Path(__file__).resolve().parents[2]
-TERRAFORM = ROOT / "terraform"
-# The values a deployment gives; every other variable takes its default from variables.tf.
-VARIABLES = {"project_id": "sluice-prod", "region": "europe-west1", "firestore_location": "eur3"}
 PUBLIC = {"allUsers", "allAuthenticatedUsers"}
 
 

@@ -12,7 +12,7 @@ from google.cloud import firestore
 
 from localcloud.cloud import Deployment, LocalCloud
 from sluice.adapters.tenants_store import NewTenant, TenantStore
-from tests.conftest import bearer
+from testkit.client import bearer
 
 pytestmark = pytest.mark.cloud
 

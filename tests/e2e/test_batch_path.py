@@ -7,44 +7,12 @@ import os
 import signal
 import time
 
-import httpx
 import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-from localcloud.cloud import Deployment
-from tests.conftest import bearer, logs_of
+from testkit.client import bearer, items_of, logs_of, submit, wait_done
 
 pytestmark = pytest.mark.cloud
-
-
-def submit(
-    http: httpx.Client,
-    d: Deployment,
-    key: str,
-    n: int = 0,
-    *,
-    inputs: list | None = None,
-    **extra: object,
-) -> dict:
-    """Submit a batch of `inputs`, or of n documents `{"text": "doc i"}`."""
-    inputs = inputs if inputs is not None else [{"text": f"doc {i}"} for i in range(n)]
-    body = {"kind": "summarize", "items": [{"input": x} for x in inputs]}
-    body.update(extra)
-    r = http.post(d.url("webhook-ingest") + "/v1/batches", json=body, headers=bearer(key))
-    assert r.status_code == 202, r.text
-    return r.json()
-
-
-def wait_done(http: httpx.Client, url: str, key: str, timeout: float = 120) -> list[dict]:
-    polls = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = http.get(url, headers=bearer(key)).json()
-        polls.append(status)
-        if status["state"] == "completed":
-            return polls
-        time.sleep(0.3)
-    raise AssertionError(f"batch not completed: {polls[-1]}")
 
 
 def test_a_batch_finishes_with_one_result_per_item(http, deployment, make_tenant):
@@ -62,17 +30,6 @@ def test_a_batch_finishes_with_one_result_per_item(http, deployment, make_tenant
     assert polls[-1]["counts"]["succeeded"] == 300
     stats = http.get(deployment.provider_url + "/_sluice/stats").json()
     assert stats["by_status"].get("200") == 300
-
-
-def items_of(http: httpx.Client, status_url: str, key: str, **params: object) -> list[dict]:
-    items, token = [], None
-    while True:
-        query = {**params, "page_size": 40, **({"page_token": token} if token else {})}
-        page = http.get(status_url + "/items", params=query, headers=bearer(key)).json()
-        items += page["items"]
-        token = page["next_page_token"]
-        if token is None:
-            return items
 
 
 def test_items_are_listed_page_by_page_and_by_state(http, deployment, make_tenant):

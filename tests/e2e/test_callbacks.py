@@ -12,8 +12,7 @@ import pytest
 
 from localcloud.processes import BackgroundServer
 from sluice.domain.callbacks import verify
-from tests.conftest import bearer
-from tests.e2e.test_batch_path import submit, wait_done
+from testkit.client import bearer, submit, wait_done
 
 pytestmark = pytest.mark.cloud
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import bearer
+from testkit.client import bearer
 
 pytestmark = pytest.mark.cloud
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from localcloud.cloud import Deployment
-from tests.conftest import bearer
+from testkit.client import bearer
 
 pytestmark = pytest.mark.cloud
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.e2e.test_batch_path import items_of, submit, wait_done
+from testkit.client import items_of, submit, wait_done
 
 pytestmark = pytest.mark.cloud
 

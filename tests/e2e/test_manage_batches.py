@@ -6,8 +6,7 @@ import time
 
 import pytest
 
-from tests.conftest import bearer
-from tests.e2e.test_batch_path import items_of, wait_done
+from testkit.client import bearer, items_of, wait_done
 
 pytestmark = pytest.mark.cloud
 

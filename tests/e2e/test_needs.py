@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import bearer, logs_of
+from testkit.client import bearer, logs_of
 
 pytestmark = pytest.mark.cloud
 

@@ -12,9 +12,8 @@ from google.pubsub_v1.types import PushConfig
 
 from localcloud.cloud import Deployment
 from sluice.adapters.tenants_store import TenantStore
-from tests.e2e.test_batch_path import items_of, submit, wait_done
-from tests.e2e.test_whatsapp import wait_for, webhook
-from tests.whatsapp_payloads import change, delivery, signed, text_message
+from testkit.client import items_of, submit, wait_done, wait_for, webhook
+from testkit.whatsapp_payloads import change, delivery, signed, text_message
 
 pytestmark = pytest.mark.cloud
 

@@ -10,10 +10,8 @@ import time
 import pytest
 
 from sluice.adapters.tenants_store import TenantStore
-from tests.conftest import bearer
-from tests.e2e.test_batch_path import submit, wait_done
-from tests.e2e.test_whatsapp import wait_for, webhook
-from tests.whatsapp_payloads import change, delivery, signed, text_message
+from testkit.client import bearer, submit, wait_done, wait_for, webhook
+from testkit.whatsapp_payloads import change, delivery, signed, text_message
 
 pytestmark = pytest.mark.cloud
 

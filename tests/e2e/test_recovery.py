@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import pytest
 
 from sluice.adapters.intake_store import NewItem
-from tests.e2e.test_batch_path import wait_done
-from tests.stores import stores
+from testkit.client import wait_done
+from testkit.stores import stores
 
 pytestmark = pytest.mark.cloud
 

@@ -16,8 +16,7 @@ import pytest
 from localcloud.cloud import Deployment
 from sluice.adapters.sheets_api import SheetsAPI
 from sluice.domain.sheets import BATCH_COLUMNS
-from tests.conftest import bearer
-from tests.e2e.test_batch_path import items_of, submit, wait_done
+from testkit.client import bearer, items_of, submit, wait_done
 
 pytestmark = pytest.mark.cloud
 

@@ -15,14 +15,10 @@ from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.tenants_store import TenantStore
 from sluice.domain.whatsapp import sign
 from sluice.messages import WhatsAppEventMessage
-from tests.conftest import logs_of
-from tests.whatsapp_payloads import change, delivery, signed, status, text_message
+from testkit.client import logs_of, wait_for, webhook
+from testkit.whatsapp_payloads import change, delivery, signed, status, text_message
 
 pytestmark = pytest.mark.cloud
-
-
-def webhook(d: Deployment) -> str:
-    return d.url("webhook-ingest") + "/whatsapp/webhook"
 
 
 @pytest.fixture
@@ -53,16 +49,6 @@ def phone(deployment: Deployment, db) -> str:
     store.create("shop")
     store.add_phone("shop", deployment.whatsapp["phone_number_id"])
     return deployment.whatsapp["phone_number_id"]
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_the_verification_handshake_answers_metas_request(http, deployment):

@@ -10,9 +10,8 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from sluice.adapters.tenants_store import TenantStore
 from sluice.domain.replies import SENT_IN_DOUBT
-from tests.conftest import bearer
-from tests.e2e.test_whatsapp import wait_for, webhook
-from tests.whatsapp_payloads import change, delivery, signed, text_message
+from testkit.client import bearer, wait_for, webhook
+from testkit.whatsapp_payloads import change, delivery, signed, text_message
 
 pytestmark = pytest.mark.cloud
 

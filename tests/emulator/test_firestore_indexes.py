@@ -10,8 +10,8 @@ local test and fails in the cloud. This test closes that gap in three steps:
 2. It runs each of them on the emulator (the real store, nothing stubbed) and records the
    structured queries actually sent, at the Firestore client's RunQuery and RunAggregationQuery
    calls, each with the adapter function that sent it.
-3. It applies Firestore's index rules to each recorded query (tests/firestore_indexes.py) and
-   checks it against the indexes Terraform declares, as tests/deploy/hcl.py evaluates them: a
+3. It applies Firestore's index rules to each recorded query (testkit/firestore_indexes.py) and
+   checks it against the indexes Terraform declares, as testkit/hcl.py evaluates them: a
    compound query with no declared index fails, naming the index it needs.
 
 Reading queries off the wire, rather than off the declaration, is what catches a query an adapter
@@ -37,10 +37,10 @@ from sluice.adapters.callbacks_store import CallbackStore
 from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.tenants_store import TenantStore
-from tests.deploy.hcl import Config
-from tests.deploy.test_terraform import TERRAFORM, VARIABLES
-from tests.firestore_indexes import Indexes, unserved
-from tests.stores import stores as job_stores
+from testkit.firestore_indexes import Indexes, unserved
+from testkit.hcl import Config
+from testkit.stores import stores as job_stores
+from testkit.terraform import TERRAFORM, VARIABLES
 
 ADAPTERS = Path(sluice.adapters.__file__).parent
 # The builder of declared queries: its callers are the ones that send them.

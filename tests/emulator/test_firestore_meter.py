@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from bench.firestore_meter import FirestoreMeter
+from testkit.firestore_meter import FirestoreMeter
 
 
 def test_reads_through_the_meter_are_counted_and_writes_are_not(project, local_cloud, monkeypatch):

@@ -14,7 +14,7 @@ from sluice.adapters.intake_store import NewItem
 from sluice.domain.intake import InFlight, Mismatch, Own, Stage
 from sluice.domain.items import AlreadyFinished, Claimed, LeaseHeld, succeed
 from sluice.handlers.dead_letters import fail_item
-from tests.stores import Stores, stores
+from testkit.stores import Stores, stores
 
 
 @pytest.fixture

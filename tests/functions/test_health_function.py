@@ -6,7 +6,7 @@ import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 from localcloud.processes import free_port
-from tests.topologies import mutated
+from testkit.topologies import mutated
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from localcloud.processes import free_port
 from sluice.adapters.intake_store import NewItem
 from sluice.domain.batches import fingerprint, item_ids, job_id_for, parse_batch
 from sluice.topology import REPO_TOPOLOGY
-from tests.conftest import bearer
-from tests.stores import stores
+from testkit.client import bearer
+from testkit.stores import stores
 
 BATCH = {"kind": "ocr", "items": [{"input": "a"}, {"input": "b"}]}
 

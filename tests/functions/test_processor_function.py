@@ -11,9 +11,9 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from sluice.adapters.intake_store import NewItem
 from sluice.adapters.limiter import Limiter
 from sluice.topology import load_topology
-from tests.pushes import push_body
-from tests.stores import Stores, stores
-from tests.topologies import mutated
+from testkit.pushes import push_body
+from testkit.stores import Stores, stores
+from testkit.topologies import mutated
 
 
 @pytest.fixture

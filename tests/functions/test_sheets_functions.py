@@ -16,9 +16,9 @@ from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.intake_store import NewItem
 from sluice.adapters.sheets_api import SheetsAPI
 from sluice.adapters.tenants_store import TenantStore
-from tests.conftest import bearer
-from tests.firestore_events import firestore_event
-from tests.stores import stores
+from testkit.client import bearer
+from testkit.firestore_events import firestore_event
+from testkit.stores import stores
 
 
 @pytest.fixture

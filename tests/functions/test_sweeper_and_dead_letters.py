@@ -14,8 +14,8 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from localcloud.cloud import merge
 from sluice.adapters.intake_store import NewItem
 from sluice.topology import REPO_TOPOLOGY
-from tests.pushes import push_body
-from tests.stores import Stores, stores
+from testkit.pushes import push_body
+from testkit.stores import Stores, stores
 
 TOPICS = ["work-items", "batch-events"]
 

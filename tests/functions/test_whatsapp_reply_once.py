@@ -20,8 +20,8 @@ from localcloud.cloud import merge
 from sluice.adapters.conversations_store import ConversationStore
 from sluice.adapters.tenants_store import TenantStore
 from sluice.topology import REPO_TOPOLOGY
-from tests.pushes import push_body
-from tests.whatsapp_payloads import text_message
+from testkit.pushes import push_body
+from testkit.whatsapp_payloads import text_message
 
 PHONE = "100000000000009"
 LEASE_SECONDS = 5

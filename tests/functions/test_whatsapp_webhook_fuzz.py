@@ -14,8 +14,8 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from testkit.whatsapp_payloads import change, delivery, signed, status, text_message
 from tests.functions.conftest import APP_SECRET
-from tests.whatsapp_payloads import change, delivery, signed, status, text_message
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from sluice.settings import MASK, MissingSetting, Settings
 from sluice.topology import load_topology
-from tests.topologies import mutated
+from testkit.topologies import mutated
 
 WEBHOOK_INGEST_ENV = {
     "SLUICE_STATUS_API_URL": "https://status.example",

@@ -3,7 +3,7 @@
 import pytest
 
 from sluice.topology import load_topology, parse_topology
-from tests.topologies import mutated
+from testkit.topologies import mutated
 
 
 def test_the_repository_topology_loads():

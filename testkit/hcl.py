@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hcl2
 import yaml
@@ -38,11 +38,11 @@ class Ref(str):
     def attr(self, name: str) -> Ref:
         return Ref(f"{self}.{name}")
 
-    def index(self, key: Any) -> Ref:
+    def index(self, key: Any) -> Ref:  # type: ignore[override]  # str.index is not used on a Ref
         return Ref(f"{self}[{json.dumps(key)}]")
 
 
-class HclSet(list):  # type: ignore[type-arg]
+class HclSet(list[Any]):
     """toset(): for_each keys each instance by the element itself."""
 
 
@@ -161,7 +161,8 @@ class Config:
                 return value
             if kind == "string" and isinstance(value, (int, float, bool, str)):
                 return value if isinstance(value, str) else _text(value)
-            ok = {"number": (int, float), "bool": bool}[kind]
+            kinds: dict[str, type | tuple[type, ...]] = {"number": (int, float), "bool": bool}
+            ok = kinds[kind]
             if not isinstance(value, ok) or (kind == "number" and isinstance(value, bool)):
                 raise HclError(f"{where}: {value!r} is not a {kind}")
             return value
@@ -227,7 +228,9 @@ class Config:
     @staticmethod
     def raw_attributes(body: Tree) -> dict[str, Tree]:
         return {
-            _name(_children(a)[0]): _children(a)[-1] for a in _trees(body) if a.data == "attribute"
+            _name(_children(a)[0]): cast(Tree, _children(a)[-1])
+            for a in _trees(body)
+            if a.data == "attribute"
         }
 
     def body(self, body: Tree, scope: Scope) -> dict[str, Any]:
@@ -273,7 +276,7 @@ class Config:
                 return self.eval(kids[1], scope)
             return self.eval(trees[0] if trees else kids[0], scope)
         if rule in {"int_lit", "float_lit", "literal_value"}:
-            return _token(kids[0])
+            return _token(cast(Token, kids[0]))
         if rule == "identifier":
             return self._identifier(str(kids[0]), scope)
         if rule == "string":

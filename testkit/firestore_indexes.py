@@ -25,7 +25,7 @@ from typing import Any
 
 from google.cloud.firestore_v1.types import StructuredQuery
 
-from tests.deploy.hcl import Config
+from testkit.hcl import Config
 
 RANGE_OPERATORS = {"LESS_THAN", "LESS_THAN_OR_EQUAL", "GREATER_THAN", "GREATER_THAN_OR_EQUAL",
                    "NOT_EQUAL", "NOT_IN", "IS_NOT_NAN", "IS_NOT_NULL"}  # fmt: skip
@@ -140,8 +140,8 @@ class Indexes:
                 equal = {(f, "CONTAINS" if k == "CONTAINS" else "EQUAL") for f, k in fields[:n]}
                 if equal == set(query.equal) and fields[n:] == query.ordered:
                     return None
-            fields = [*query.equal, *query.ordered, (NAME, query.name_order)]
-            return f"a composite index ({query.scope}) on {query.collection}: {fields}"
+            needed = [*query.equal, *query.ordered, (NAME, query.name_order)]
+            return f"a composite index ({query.scope}) on {query.collection}: {needed}"
         for f, kind in [*query.equal, *query.ordered]:
             have = {order for scope, order in self.single(query.collection, f)
                     if scope == query.scope}  # fmt: skip
