@@ -49,6 +49,7 @@ from localcloud.local_server import (
     SlidingWindow,
     by_key,
     from_env,
+    json_object,
     json_response,
     local_app,
     pause,
@@ -211,12 +212,7 @@ def parse_message(raw: bytes) -> OutgoingMessage:
     Every message type is accepted generically, as an object under the key its `type` names;
     only `text` is checked further.
     """
-    try:
-        body = json.loads(raw)
-    except ValueError as e:  # also covers bytes that are not UTF-8
-        raise invalid(f"The request body is not valid JSON: {e}") from e
-    if not isinstance(body, dict):
-        raise invalid("The request body must be a JSON object.")
+    body = json_object(raw, invalid, "The request body is not valid JSON")
     if "messaging_product" not in body:
         raise invalid("The parameter messaging_product is required.")
     if body["messaging_product"] != "whatsapp":

@@ -243,6 +243,17 @@ class Counters(Generic[E]):
 # --- the app -------------------------------------------------------------------------------------
 
 
+def json_object(raw: bytes, error: Callable[[str], Exception], not_json: str) -> dict[str, Any]:
+    """A request body that must be one JSON object, or `error` with the provider's own wording."""
+    try:
+        body = json.loads(raw)
+    except ValueError as e:  # also covers bytes that are not UTF-8
+        raise error(f"{not_json}: {e}") from e
+    if not isinstance(body, dict):
+        raise error("The request body must be a JSON object.")
+    return body
+
+
 def json_response(
     body: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> flask.Response:

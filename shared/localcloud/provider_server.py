@@ -47,6 +47,7 @@ from localcloud.local_server import (
     SlidingWindow,
     calls_log,
     from_env,
+    json_object,
     json_response,
     local_app,
     pause,
@@ -248,12 +249,7 @@ class ChatRequest:
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
-    try:
-        body = json.loads(raw)
-    except ValueError as e:  # also covers bytes that are not UTF-8
-        raise InvalidRequest(f"We could not parse the JSON body of your request: {e}") from e
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
+    body = json_object(raw, InvalidRequest, "We could not parse the JSON body of your request")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("You must provide a model parameter.")
