@@ -14,7 +14,9 @@ from localcloud.cloud import Deployment, LocalCloud
 from sluice.adapters.tenants_store import NewTenant, TenantStore
 from testkit.client import bearer
 
-pytestmark = pytest.mark.cloud
+# One worker runs the whole module, so that its two shared deployments are deployed once, not
+# once on each worker that takes one of its tests.
+pytestmark = [pytest.mark.cloud, pytest.mark.xdist_group("bad-input")]
 
 # Two deployments serve the whole module (deploying one per test was most of its time): `quiet`
 # for the tests whose bad input must change nothing (none of them gives it any work, so "no job,
