@@ -241,6 +241,7 @@ class Deployment:
                 env={},
                 log_dir=self.dir,
                 port=self.ports.get(name, 0),
+                on_demand=function.signature_type == "cloudevent",
             )
         # Each function's environment holds the others' URLs (status-api's): learn them first.
         for fn in self.functions.values():
@@ -350,7 +351,7 @@ class Deployment:
                     "namespace": "(default)",
                     "document": {"value": trigger.document, "matchType": "PATH_PATTERN"},
                 },
-                timeout=10,
+                timeout=60,  # a first registration on a loaded machine takes seconds
             )
             response.raise_for_status()
 
