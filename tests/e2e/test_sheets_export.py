@@ -172,6 +172,8 @@ def test_a_killed_writer_and_backfill_leave_every_result_in_the_sheet_within_the
     # The backfill while it writes the first 40 rows, then both, one after the other, until the
     # batch ends, and both again at its end, when the last rows are queued or being written.
     rng, kills = random.Random(8), {"sheets-writer": 0, "backfill": 0}
+    # The backfill is scaled to zero until the export's first event starts it.
+    wait_until(lambda: d.functions["backfill"].pid, 60, "the backfill to start", every=0.05)
     time.sleep(rng.uniform(0.1, 0.4))
     kills["backfill"] += kill("backfill")
     victims = ["sheets-writer", "backfill"]
