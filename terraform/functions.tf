@@ -34,7 +34,7 @@ resource "google_storage_bucket_object" "source" {
 }
 
 locals {
-  # Settings that are not secrets, by name; each function gets the ones it needs.
+  # Settings that are not secrets, by name; each function gets the ones it needs and uses.
   plain_settings = {
     status_api_url         = "https://${local.functions["status-api"].name}-${data.google_project.this.number}.${var.region}.run.app"
     ai_provider_url        = var.settings.ai_provider_url
@@ -92,6 +92,8 @@ resource "google_cloudfunctions2_function" "function" {
         for setting in each.value.needs : "SLUICE_${upper(setting)}" => local.plain_settings[setting]
         if !contains(keys(local.secrets), setting)
       },
+      # The settings it reads when set: every one of them has a value in var.settings.
+      { for setting in each.value.uses : "SLUICE_${upper(setting)}" => local.plain_settings[setting] },
     )
 
     # The secrets it needs, and only those (topology.yaml's `secrets`).

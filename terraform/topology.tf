@@ -24,6 +24,7 @@ locals {
       limits      = fn.limits
       publishes   = lookup(fn, "publishes", [])
       needs       = lookup(fn, "needs", [])
+      uses        = lookup(fn, "uses", [])
       # Deployment settings that are not limits (var.functions).
       min_instances = local.function_settings[name].min_instances
       cpu           = local.function_settings[name].cpu

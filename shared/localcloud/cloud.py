@@ -195,9 +195,9 @@ class Deployment:
 
     def function_env(self, function: Function) -> dict[str, str]:
         """A function's environment, as Terraform gives it (terraform/functions.tf): the project
-        and SLUICE_<NAME> for each setting its `needs` lists, no other; plus the emulators, the
-        deployment's topology and the stand-ins. A setting a function uses but does not list is
-        missing here as it would be in the cloud, so the function fails locally first."""
+        and SLUICE_<NAME> for each setting its `needs` or `uses` list, no other; plus the
+        emulators, the deployment's topology and the stand-ins. A setting a function reads but
+        does not list is missing here as it would be in the cloud, so it fails locally first."""
         values = self.settings()
         return {
             **self.cloud.emulators.env(),
@@ -205,6 +205,7 @@ class Deployment:
             "SLUICE_TOPOLOGY": str(self.topology_path),
             **self.stand_ins(),
             **{env_name(need): values[need] for need in function.needs if need in values},
+            **{env_name(use): values[use] for use in function.uses if use in values},
         }
 
     # -- lifecycle ------------------------------------------------------------------------------

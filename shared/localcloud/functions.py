@@ -4,9 +4,9 @@
 WORKERS), as Cloud Run puts instances behind one URL; `concurrency` becomes THREADS. When the
 process dies the supervisor starts it again on the same port, as Cloud Run starts a new instance.
 
-A function started `on_demand` is scaled to zero until its first request, as every Sluice function
-is in the cloud (none declares minimum instances): its front end holds that request while the
-process starts. The local cloud starts the event functions (Firestore triggers) this way, since
+A function started `on_demand` is scaled to zero until its first request, as Cloud Run keeps a
+function with no minimum instances (Terraform's default): its front end holds that request while
+the process starts. The local cloud starts the event functions (Firestore triggers) this way, since
 a deployment may never give them an event, and keeps the HTTP ones warm for their callers.
 """
 

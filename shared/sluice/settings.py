@@ -1,6 +1,7 @@
 """One typed settings object for every function, read from the environment once per process.
 
-Which values a function needs is declared in `topology.yaml` (`needs`): in a function (K_SERVICE
+Which values a function needs is declared in `topology.yaml` (`needs`; `uses` for those it
+reads when given and defaults otherwise): in a function (K_SERVICE
 names it, in the cloud and in the local cloud alike) a missing one fails when the settings are
 first read, with the variable's name; elsewhere `required()` says which one is missing.
 The emulator hosts (PUBSUB_EMULATOR_HOST, FIRESTORE_EMULATOR_HOST) are read by Google's client
@@ -74,6 +75,14 @@ class Settings(BaseSettings):
         unknown = sorted(set(self.topology.secrets) - set(type(self).model_fields))
         if unknown:
             raise ValueError(f"topology secrets that are no setting: {', '.join(unknown)}")
+        return self
+
+    @model_validator(mode="after")
+    def _function_settings_are_settings(self) -> Settings:
+        named = {n for f in self.topology.functions.values() for n in (*f.needs, *f.uses)}
+        unknown = sorted(named - set(type(self).model_fields))
+        if unknown:
+            raise ValueError(f"topology needs or uses that are no setting: {', '.join(unknown)}")
         return self
 
     @model_validator(mode="after")

@@ -45,6 +45,10 @@ class Function(_Strict):
     # Settings it cannot start without (SLUICE_<NAME>); Terraform passes each one, from Secret
     # Manager when it is a secret, and no others.
     needs: list[str] = Field(default_factory=list)
+    # Settings it reads when given and defaults otherwise (the AI model, the Graph API's version):
+    # Terraform passes each one too, so that a value set for the deployment reaches it. Never a
+    # secret: a secret is a need.
+    uses: list[str] = Field(default_factory=list)
 
     @property
     def signature_type(self) -> str:
@@ -285,6 +289,11 @@ class Topology(_Strict):
         needed = {n for f in self.functions.values() for n in f.needs}
         problems = [f"secrets: {n!r} is listed twice" for n in sorted(set(self.secrets))
                     if self.secrets.count(n) > 1]  # fmt: skip
+        for name, function in self.functions.items():
+            problems += [f"functions.{name}.uses: {n!r} is a secret, so a need" for n in
+                         function.uses if n in self.secrets]  # fmt: skip
+            problems += [f"functions.{name}.uses: {n!r} is a need already" for n in
+                         function.uses if n in function.needs]  # fmt: skip
         problems += [
             f"secrets: {n!r} is no function's need" for n in self.secrets if n not in needed
         ]

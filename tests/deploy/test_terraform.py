@@ -199,11 +199,24 @@ def test_each_function_gets_exactly_the_settings_it_needs(tf, topology):
         plain = {k for k in env if k.startswith("SLUICE_")} - DEPLOYMENT_SETTINGS
         secret = {s["key"] for s in service.get("secret_environment_variables", [])}
         assert not plain & secret, name
-        assert plain | secret == {env_name(n) for n in spec.needs}, name
+        assert plain | secret == {env_name(n) for n in [*spec.needs, *spec.uses]}, name
         assert env["GOOGLE_CLOUD_PROJECT"] == "sluice-prod"
         assert env["SLUICE_FIRESTORE_DATABASE"] == "google_firestore_database.database.name"
         assert env["SLUICE_TOPIC_PREFIX"] == ""
     assert {env_name(f) for f in Settings.model_fields} >= DEPLOYMENT_SETTINGS
+
+
+def test_a_setting_set_for_the_deployment_reaches_the_functions_that_use_it(topology):
+    # terraform.tfvars' settings: what a deployment chooses (the model), or the defaults.
+    chosen = Config(TERRAFORM, {**VARIABLES, "settings": {"ai_model": "gpt-4.1"}})
+    functions = chosen.resources("google_cloudfunctions2_function", "function")
+    users = {name for name, spec in topology.functions.items() if "ai_model" in spec.uses}
+    assert users == {"batch-item-processor"}
+    for name in topology.functions:
+        env = block(functions[name], "service_config")["environment_variables"]
+        assert env.get("SLUICE_AI_MODEL") == ("gpt-4.1" if name in users else None), name
+    env = block(functions["batch-item-processor"], "service_config")["environment_variables"]
+    assert env["SLUICE_WHATSAPP_API_VERSION"] == "v21.0"  # the default, given all the same
 
 
 def test_secrets_are_the_topologys_and_come_from_secret_manager(tf, topology):

@@ -39,7 +39,10 @@ def test_each_function_gets_the_settings_its_needs_list_and_only_those(tmp_path,
     spec = d.topology.functions[name]
     env = d.function_env(spec)
     settings = {k for k in env if k.startswith("SLUICE_")}
-    assert settings - LOCAL_ONLY == {env_name(n) for n in spec.needs}
+    given = d.settings()
+    uses = {env_name(n) for n in spec.uses if n in given}
+    assert settings - LOCAL_ONLY - uses == {env_name(n) for n in spec.needs}
+    assert {k: env[k] for k in uses} == {env_name(n): given[n] for n in spec.uses if n in given}
     assert settings >= LOCAL_ONLY
     assert env["GOOGLE_CLOUD_PROJECT"] == "test-env"
     assert {k: env[k] for k in EMULATORS} == EMULATORS

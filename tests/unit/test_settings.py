@@ -61,10 +61,19 @@ def test_outside_a_function_a_missing_value_is_named_when_it_is_used():
         settings.required("ai_provider_url")
 
 
-def test_every_need_in_the_topology_is_a_setting():
+def test_every_need_and_use_in_the_topology_is_a_setting():
     fields = set(Settings.model_fields)
     for name, function in load_topology().functions.items():
-        assert set(function.needs) <= fields, name
+        assert set(function.needs) | set(function.uses) <= fields, name
+
+
+def test_a_topology_use_that_is_no_setting_is_refused(monkeypatch, tmp_path):
+    # A renamed setting would otherwise be given under a name nothing reads.
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(mutated({"functions.batch-item-processor.uses": ["ai_modle"]}))
+    monkeypatch.setenv("SLUICE_TOPOLOGY", str(topology))
+    with pytest.raises(ValidationError, match="needs or uses that are no setting: ai_modle"):
+        Settings()  # type: ignore[call-arg]
 
 
 def test_the_topologys_secrets_are_never_shown(monkeypatch):

@@ -128,6 +128,13 @@ def test_the_repository_topology_loads():
         ("secrets", ["whatsapp_app_secret", "whatsapp_app_secret"], "listed twice"),
         ("secrets", ["ai_model"], "'ai_model' is no function's need"),
         ("secrets", "whatsapp_app_secret", "valid list"),
+        # What a function reads when set is no secret (a secret is a need) and no need again.
+        (
+            "functions.batch-item-processor.uses",
+            ["whatsapp_app_secret"],
+            "batch-item-processor.uses: 'whatsapp_app_secret' is a secret, so a need",
+        ),
+        ("functions.batch-item-processor.uses", ["ai_provider_url"], "is a need already"),
     ],
 )
 def test_a_broken_topology_fails_loudly(path, value, message):
