@@ -8,7 +8,7 @@ processor instance through Firestore, spread over several documents so none is a
   times of its recent calls: an exact sliding window, so the sum never exceeds the limit in any
   60-second window, not only in aligned minutes;
 - learning: a 429 halves the usable share of both for every instance, pauses calls for its
-  Retry-After, and the share recovers linearly once the pause is over.
+  Retry-After, and the share recovers linearly afterwards.
 
 Interactive work (WhatsApp replies) may use every slot and shard; bulk work leaves a reserve to it.
 Between bulk tenants, the one with the largest backlog yields its turn once it holds its fair share
@@ -55,15 +55,11 @@ def current_factor(backoff: Backoff, now: datetime, recovery: timedelta) -> floa
 def after_rate_limited(
     backoff: Backoff, now: datetime, retry_after: float | None, recovery: timedelta
 ) -> Backoff:
-    """A 429: halve what is usable now, and pause everyone for the provider's Retry-After.
-
-    The share recovers from the end of the pause, not from the 429: when the provider's window
-    frees, it frees one call at a time, and coming back at a share regained while paused sent a
-    burst into a window with room for one (a second 429 a minute after the first)."""
+    """A 429: halve what is usable now, and pause everyone for the provider's Retry-After."""
     factor = max(MIN_FACTOR, current_factor(backoff, now, recovery) / 2)
     pause = now + timedelta(seconds=min(retry_after if retry_after is not None else 1.0, 60.0))
     paused_until = max(pause, backoff.paused_until) if backoff.paused_until else pause
-    return Backoff(factor, paused_until, paused_until)
+    return Backoff(factor, now, paused_until)
 
 
 def usable_slots(max_concurrent: int, factor: float) -> int:
