@@ -70,11 +70,14 @@ def items_of(http: httpx.Client, status_url: str, key: str, **params: Any) -> li
             return items
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 60, what: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T], timeout: float = 60, what: str = "condition", every: float = 0.2
+) -> T:
+    """The first truthy value of `predicate`, asked every `every` seconds until `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")

@@ -242,10 +242,6 @@ class Deployment:
                 env={},
                 log_dir=self.dir,
                 port=self.ports.get(name, 0),
-                # Warm, as with minimum instances. Starting the event functions on their first
-                # event (on_demand: less CPU in the suite) puts their 2 s start-ups in the middle
-                # of timing-sensitive tests, and may be why the limits tests failed more with it.
-                on_demand=False,
             )
         # Each function's environment holds the others' URLs (status-api's): learn them first.
         for fn in self.functions.values():

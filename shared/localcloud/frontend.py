@@ -9,7 +9,6 @@ dies under it gets a 503 too. The Pub/Sub emulator, pushing straight at a restar
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 
 import httpx
@@ -25,8 +24,6 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", 
 class Frontend(BackgroundServer):
     def __init__(self, backend_port: int, *, port: int = 0, timeout: float = 600.0) -> None:
         self.backend = f"http://127.0.0.1:{backend_port}"
-        # Called before each request: starts the first instance of a function scaled to zero.
-        self.wake: Callable[[], None] | None = None
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=1.0),
             # Idle connections are dropped well before gunicorn's own keep-alive (2 s) closes
@@ -46,8 +43,6 @@ class Frontend(BackgroundServer):
         self, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         deadline = time.monotonic() + STARTUP_WAIT_SECONDS
-        if self.wake is not None:
-            self.wake()
         while True:
             if self._http.is_closed:
                 # The deployment is stopping: requests still arriving get what Cloud Run gives

@@ -3,11 +3,6 @@
 `local_instances` from the topology becomes gunicorn workers behind one port (functions-framework's
 WORKERS), as Cloud Run puts instances behind one URL; `concurrency` becomes THREADS. When the
 process dies the supervisor starts it again on the same port, as Cloud Run starts a new instance.
-
-A function started `on_demand` is scaled to zero until its first request, as Cloud Run keeps a
-function with no minimum instances (Terraform's default): its front end holds that request while
-the process starts. The local cloud starts the event functions (Firestore triggers) this way, since
-a deployment may never give them an event, and keeps the HTTP ones warm for their callers.
 """
 
 from __future__ import annotations
@@ -47,10 +42,8 @@ class FunctionProcess:
         env: dict[str, str],
         log_dir: Path,
         port: int = 0,
-        on_demand: bool = False,
     ) -> None:
         self.name = name
-        self.on_demand = on_demand
         self.function = function
         self.source = source
         # The process listens on a private port; callers use the front end's stable URL.
@@ -90,30 +83,16 @@ class FunctionProcess:
         ]  # fmt: skip
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path.touch()  # an empty log until it starts, for whoever reads it before
         self.frontend.start()
-        if self.on_demand:
-            self.frontend.wake = self._wake
-        else:
-            self._wake()
-        self._watcher.start()
-
-    def _wake(self) -> None:
-        """Start the first instance, once; a later call (every request) finds it started."""
-        if self._proc is not None:
-            return
         with self._lock:
-            if self._proc is None and not self._stopping.is_set():
-                self._proc = spawn(
-                    self._argv(), log_path=self.log_path, env=self.env, withhold=WITHHELD
-                )
+            self._proc = spawn(
+                self._argv(), log_path=self.log_path, env=self.env, withhold=WITHHELD
+            )
+        self._watcher.start()
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Until an instance serves. One that exits while starting (its private port was taken
         between choosing and binding it) is started again by the watcher, on a new port."""
-        if self.on_demand and self._proc is None:
-            return  # scaled to zero: its first request starts it
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:

@@ -238,7 +238,7 @@ class Topology(_Strict):
                 for t in function.publishes
                 if t not in self.topics
             ]
-        problems += self._secret_problems()
+        problems += self._setting_problems()
         for name, trig in self.firestore_triggers.items():
             fn = self.functions.get(trig.function)
             if fn is None or fn.trigger != "firestore":
@@ -283,9 +283,10 @@ class Topology(_Strict):
             raise ValueError("; ".join(problems))
         return self
 
-    def _secret_problems(self) -> list[str]:
+    def _setting_problems(self) -> list[str]:
         """Each secret is named once, and is a setting some function needs (or nothing would
-        read the Secret Manager secret Terraform creates for it)."""
+        read the Secret Manager secret Terraform creates for it); what a function uses is
+        neither a secret nor one of its needs."""
         needed = {n for f in self.functions.values() for n in f.needs}
         problems = [f"secrets: {n!r} is listed twice" for n in sorted(set(self.secrets))
                     if self.secrets.count(n) > 1]  # fmt: skip

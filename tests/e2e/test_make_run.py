@@ -20,9 +20,6 @@ pytestmark = pytest.mark.cloud
 def listening(url: str) -> bool:
     try:
         httpx.get(url, timeout=1)
-    except httpx.ReadTimeout:
-        # Accepted and held: a function scaled to zero starting for this request.
-        return True
     except httpx.TransportError:
         return False
     return True

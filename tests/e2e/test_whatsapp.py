@@ -272,8 +272,7 @@ def test_secrets_stay_off_command_lines_and_message_text_out_of_the_logs(
                ("app_secret", "verify_token", "access_token"))]  # fmt: skip
     pids = [p.pid for p in deployment._servers.values()]
     for fn in deployment.functions.values():
-        # (A function scaled to zero, never called, has no process to look at.)
-        pids += [pid for pid in (fn.pid, *fn.worker_pids()) if pid is not None]
+        pids += [fn.pid, *fn.worker_pids()]
     for pid in pids:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
         assert not [s for s in secrets if s in cmdline], cmdline

@@ -150,24 +150,17 @@ def test_items_are_listed_by_state_in_pages(store):
 
 def test_an_outcome_from_a_claim_taken_over_is_dropped_even_on_the_conditional_path(store):
     job = new_job(store, 1)
-    first = store.items.claim_item(
-        job,
-        "i0",
-        token="first",
-        lease_seconds=0,
-        max_attempts=3,
-        seen=store.items.read_item(job, "i0"),
-    )
+
+    def claim_as(token: str, lease_seconds: int):
+        seen = store.items.read_item(job, "i0")
+        return store.items.claim_item(
+            job, "i0", token=token, lease_seconds=lease_seconds, max_attempts=3, seen=seen
+        )
+
+    first = claim_as("first", lease_seconds=0)
     assert first is not None and isinstance(first.decision, Claimed) and first.after is not None
     # Its lease (0 s) expired: another delivery takes the item over and finishes it.
-    second = store.items.claim_item(
-        job,
-        "i0",
-        token="second",
-        lease_seconds=60,
-        max_attempts=3,
-        seen=store.items.read_item(job, "i0"),
-    )
+    second = claim_as("second", lease_seconds=60)
     assert second is not None and isinstance(second.decision, Claimed)
     won = partial(succeed, result={"by": "second"}, now=datetime.now(UTC))
     assert store.items.finish_item(job, "i0", token="second", decide=won, seen=second.after)
