@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import secrets
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,10 +31,11 @@ from google.pubsub_v1.types import DeadLetterPolicy, PushConfig, RetryPolicy
 from localcloud.emulators import Emulators
 from localcloud.functions import FunctionProcess
 from localcloud.graph_server import ACCESS_TOKEN_ENV as GRAPH_ACCESS_TOKEN_ENV
-from localcloud.processes import listening_port, spawn, stop
+from localcloud.processes import Process, listening_port, spawn_module, stop
 from localcloud.provider_server import API_KEY_ENV as PROVIDER_API_KEY_ENV
 from localcloud.scheduler import Scheduler
 from localcloud.triggers import TriggerRouter
+from localcloud.zygote import Zygote
 from sluice.settings import env_name
 from sluice.topology import REPO_TOPOLOGY, Function, Topology, parse_topology
 
@@ -64,6 +64,8 @@ class LocalCloud:
     ) -> None:
         self.log_dir = log_dir
         self.router = TriggerRouter(port=router_port)
+        # Every function and local server of every deployment is forked from it.
+        self.zygote = Zygote(log_dir / "zygote.log")
         self.deployments: list[Deployment] = []
         # Deployments whose processes are still shutting down (see Deployment.stop).
         self.stopping: list[threading.Thread] = []
@@ -77,6 +79,7 @@ class LocalCloud:
     def start(self) -> None:
         self.router.start()
         try:
+            self.zygote.start()
             self.emulators.start()
         except BaseException:
             self.stop()
@@ -93,6 +96,7 @@ class LocalCloud:
         while self.stopping:
             self.stopping.pop().join()
         self.emulators.stop()
+        self.zygote.stop()
         self.router.stop()
 
     @contextlib.contextmanager
@@ -124,7 +128,7 @@ class Deployment:
     sheets_args: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     functions: dict[str, FunctionProcess] = field(default_factory=dict)
-    _servers: dict[str, Any] = field(default_factory=dict)
+    _servers: dict[str, Process] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         raw = yaml.safe_load(REPO_TOPOLOGY.read_text())
@@ -223,11 +227,9 @@ class Deployment:
         logs = {name: self.dir / f"{name}.log" for name in servers}
         offsets = {name: log.stat().st_size if log.exists() else 0 for name, log in logs.items()}
         for name, (module, args) in servers.items():
-            self._servers[name] = spawn(
-                [sys.executable, "-m", f"localcloud.{module}",
-                 "--port", str(self.ports.get(name, 0)), *args],
-                log_path=logs[name],
-                env=secrets_of.get(name),
+            self._servers[name] = spawn_module(
+                f"localcloud.{module}", ["--port", str(self.ports.get(name, 0)), *args],
+                log_path=logs[name], env=secrets_of.get(name), zygote=self.cloud.zygote,
             )  # fmt: skip
         # The functions' environment holds the servers' URLs: learn the ports first.
         for name, proc in self._servers.items():
@@ -242,6 +244,7 @@ class Deployment:
                 env={},
                 log_dir=self.dir,
                 port=self.ports.get(name, 0),
+                zygote=self.cloud.zygote,
             )
         # Each function's environment holds the others' URLs (status-api's): learn them first.
         for fn in self.functions.values():

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 from localcloud.frontend import Frontend
-from localcloud.processes import free_port, http_ok, spawn, stop
+from localcloud.processes import Process, free_port, http_ok, spawn_module, stop
+from localcloud.zygote import Zygote
 from sluice.topology import Function
 
 log = logging.getLogger(__name__)
@@ -42,8 +41,12 @@ class FunctionProcess:
         env: dict[str, str],
         log_dir: Path,
         port: int = 0,
+        zygote: Zygote | None = None,
     ) -> None:
+        """`zygote`: fork each instance from it (see localcloud.zygote) instead of starting a
+        fresh interpreter, which is what a cold start measures."""
         self.name = name
+        self.zygote = zygote
         self.function = function
         self.source = source
         # The process listens on a private port; callers use the front end's stable URL.
@@ -59,7 +62,7 @@ class FunctionProcess:
         }
         self.log_path = log_dir / f"{name}.log"
         self.restarts = 0
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Process | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._watcher = threading.Thread(target=self._watch, daemon=True, name=f"watch-{name}")
@@ -72,22 +75,21 @@ class FunctionProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def _argv(self) -> list[str]:
-        return [
-            sys.executable, "-m", "functions_framework",
+    def _spawn(self) -> Process:
+        args = [
             "--target", self.function.entry_point,
             "--source", str(self.source),
             "--signature-type", self.function.signature_type,
             "--host", "127.0.0.1",
             "--port", str(self.port),
         ]  # fmt: skip
+        return spawn_module("functions_framework", args, log_path=self.log_path, env=self.env,
+                            withhold=WITHHELD, zygote=self.zygote)  # fmt: skip
 
     def start(self) -> None:
         self.frontend.start()
         with self._lock:
-            self._proc = spawn(
-                self._argv(), log_path=self.log_path, env=self.env, withhold=WITHHELD
-            )
+            self._proc = self._spawn()
         self._watcher.start()
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -119,9 +121,7 @@ class FunctionProcess:
                 # process between free_port() and the bind). Callers keep the front end's URL.
                 self.port = free_port()
                 self.frontend.backend = f"http://127.0.0.1:{self.port}"
-                self._proc = spawn(
-                    self._argv(), log_path=self.log_path, env=self.env, withhold=WITHHELD
-                )
+                self._proc = self._spawn()
 
     def worker_pids(self) -> list[int]:
         """The gunicorn workers (the instances) under this process."""

@@ -18,14 +18,36 @@ import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
+
+if TYPE_CHECKING:
+    from localcloud.zygote import Zygote
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class Process(Protocol):
+    """A child process as the local cloud handles it: a `subprocess.Popen`, or a zygote's child."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def child_env(env: dict[str, str] | None, withhold: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment without the variables whose names start with one of
+    `withhold`, and `env`."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(withhold)}
+    return {**inherited, **(env or {})}
 
 
 def spawn(
@@ -38,21 +60,35 @@ def spawn(
     """Start `argv` in its own session, output to `log_path`, with this process's environment
     (without the variables whose names start with one of `withhold`) and `env`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(withhold)}
     with log_path.open("ab") as log:
         return subprocess.Popen(
             list(argv),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**inherited, **(env or {})},
+            env=child_env(env, withhold),
             start_new_session=True,
         )
 
 
-def stop(
-    proc: subprocess.Popen[bytes], *, grace: float = 5.0, sig: signal.Signals = signal.SIGTERM
-) -> None:
+def spawn_module(
+    module: str,
+    args: Sequence[str],
+    *,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    withhold: tuple[str, ...] = (),
+    zygote: Zygote | None = None,
+) -> Process:
+    """`python -m module args`, as `spawn` starts it: forked from `zygote` when given (the same
+    program, its imports already done), else a fresh interpreter."""
+    if zygote is None:
+        return spawn([sys.executable, "-m", module, *args], log_path=log_path, env=env,
+                     withhold=withhold)  # fmt: skip
+    return zygote.spawn(module, list(args), log_path=log_path, env=child_env(env, withhold))
+
+
+def stop(proc: Process, *, grace: float = 5.0, sig: signal.Signals = signal.SIGTERM) -> None:
     """Signal the whole group, then SIGKILL what is left after the grace period."""
     for signum, wait in ((sig, grace), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError):
@@ -67,9 +103,7 @@ def stop(
         return
 
 
-def wait_until(
-    ready: Callable[[], bool], *, timeout: float, what: str, proc: subprocess.Popen[bytes]
-) -> None:
+def wait_until(ready: Callable[[], bool], *, timeout: float, what: str, proc: Process) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -80,9 +114,7 @@ def wait_until(
     raise TimeoutError(f"{what} was not ready after {timeout} s")
 
 
-def listening_port(
-    log_path: Path, *, offset: int, timeout: float, what: str, proc: subprocess.Popen[bytes]
-) -> int:
+def listening_port(log_path: Path, *, offset: int, timeout: float, what: str, proc: Process) -> int:
     """The port a server bound, from the `listening on http://HOST:PORT` line it prints once
     bound (read from its log past `offset`, where this run's output begins)."""
     found: list[int] = []
