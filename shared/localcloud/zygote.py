@@ -139,14 +139,13 @@ class Zygote:
 # -- the zygote itself -----------------------------------------------------------------------------
 
 
-def _child(request: dict[str, Any]) -> None:
+def _child(request: dict[str, Any], log: int) -> None:
     """In the forked child: become `python -m module args`, and never return to the loop. Its
-    stdin and stdout (the zygote's channel) become /dev/null and its log."""
+    stdin and stdout (the zygote's channel) become /dev/null and `log`."""
     code = 1
     try:
         os.setsid()
         null = os.open(os.devnull, os.O_RDONLY)
-        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
@@ -195,9 +194,12 @@ def serve() -> None:
         _reap(exits)
         answer: dict[str, Any]
         if "spawn" in request:
+            # Opened before the fork, as Popen does: the log exists once the pid is known.
+            log = os.open(request["spawn"]["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             pid = os.fork()
             if pid == 0:
-                _child(request["spawn"])
+                _child(request["spawn"], log)
+            os.close(log)
             answer = {"pid": pid}
         elif "poll" in request:
             answer = {"returncode": exits.get(int(request["poll"]))}

@@ -46,6 +46,7 @@ def test_a_child_runs_the_module_as_python_m_would_with_exactly_its_environment(
     log = tmp_path / "child.log"
     child = zygote.spawn("zygote_probe", ["--flag", "x"], log_path=log,
                          env={"ONLY": "this", "PATH": "/usr/bin"}, cwd=probe_dir)  # fmt: skip
+    assert log.exists()  # as with Popen: its log is there once it has a pid, to be read at once
     assert child.wait(30) == 3  # its own exit code
     seen = json.loads(log.read_text())
     assert seen["argv"] == ["--flag", "x"]
