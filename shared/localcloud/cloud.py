@@ -26,7 +26,7 @@ import yaml
 from google.api_core.exceptions import AlreadyExists, GoogleAPICallError
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.protobuf.duration_pb2 import Duration
-from google.pubsub_v1.types import DeadLetterPolicy, PushConfig, RetryPolicy
+from google.pubsub_v1.types import DeadLetterPolicy, RetryPolicy
 
 from localcloud.emulators import Emulators
 from localcloud.functions import FunctionProcess
@@ -129,6 +129,7 @@ class Deployment:
     ports: dict[str, int] = field(default_factory=dict)
     functions: dict[str, FunctionProcess] = field(default_factory=dict)
     _servers: dict[str, Process] = field(default_factory=dict)
+    _relay: Process | None = None
 
     def __post_init__(self) -> None:
         raw = yaml.safe_load(REPO_TOPOLOGY.read_text())
@@ -254,6 +255,7 @@ class Deployment:
         for fn in self.functions.values():
             fn.wait_ready()
         self.create_subscriptions()
+        self.start_push_relay()
         self.register_triggers()
         self.scheduler.start()
 
@@ -266,6 +268,8 @@ class Deployment:
             self.cloud.deployments.remove(self)
         self.cloud.router.unroute(self.project)
         self.scheduler.stop()
+        if self._relay is not None:
+            stop(self._relay, grace=2.0)
         self.delete_subscriptions()
         if wait:
             self._stop_processes()
@@ -294,13 +298,14 @@ class Deployment:
         return f"{self.url(function)}/projects/{self.project}/topics/{topic}"
 
     def create_subscriptions(self) -> None:
+        """Each subscription as topology.yaml declares it (Terraform's push subscriptions), but
+        pulled: the push relay delivers its messages (see localcloud.push_relay)."""
         subscriber = pubsub_v1.SubscriberClient()
         publisher = pubsub_v1.PublisherClient()
         for name, sub in self.topology.subscriptions.items():
             request: dict[str, Any] = {
                 "name": subscriber.subscription_path(self.project, name),
                 "topic": publisher.topic_path(self.project, sub.topic),
-                "push_config": PushConfig(push_endpoint=self.push_endpoint(sub.push_to, sub.topic)),
                 "ack_deadline_seconds": sub.ack_deadline_seconds,
                 "retry_policy": RetryPolicy(
                     minimum_backoff=Duration(seconds=sub.retry.minimum_backoff_seconds),
@@ -324,10 +329,31 @@ class Deployment:
             )
         subscriber.close()
 
+    def start_push_relay(self) -> None:
+        routes = [
+            {
+                "subscription": f"projects/{self.project}/subscriptions/{name}",
+                "endpoint": self.push_endpoint(sub.push_to, sub.topic),
+                "in_flight": self.functions[sub.push_to].serves_at_once,
+                "ack_deadline_seconds": sub.ack_deadline_seconds,
+                "dead_letter": True,  # every subscription has one (the parking lot at least)
+                "ordering": sub.ordering,
+                "minimum_backoff_seconds": sub.retry.minimum_backoff_seconds,
+                "maximum_backoff_seconds": sub.retry.maximum_backoff_seconds,
+            }
+            for name, sub in self.topology.subscriptions.items()
+        ]
+        config = self.dir / "push-relay.json"
+        config.write_text(json.dumps(routes, indent=2))
+        self._relay = spawn_module(
+            "localcloud.push_relay", [str(config)], log_path=self.dir / "push-relay.log",
+            env=self.cloud.emulators.env(), zygote=self.cloud.zygote,
+        )  # fmt: skip
+
     def delete_subscriptions(self) -> None:
-        """Tear the project's push subscriptions down with its functions: the emulator keeps
-        pushing to an endpoint that no longer answers, and those stuck pushes slow every other
-        project's deliveries."""
+        """Tear the project's subscriptions down with its functions (after its relay): the
+        emulator keeps what nobody acknowledges, and a finished test's backlog costs every
+        other project its share of the emulator."""
         subscriber = pubsub_v1.SubscriberClient()
         try:
             for name in [*self.topology.subscriptions, self.topology.parking_lot.subscription]:

@@ -72,6 +72,12 @@ class FunctionProcess:
         return self.frontend.url
 
     @property
+    def serves_at_once(self) -> int:
+        """Requests its instances serve at once (instances x threads): what Cloud Run would take
+        of a push subscription's messages in flight."""
+        return self.function.local_instances * int(self.env["THREADS"])
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 

@@ -176,9 +176,8 @@ def test_a_flood_on_one_business_number_holds_no_more_ai_slots_than_its_cap(
     phone, secret = d.whatsapp["phone_number_id"], d.whatsapp["app_secret"]
     tenant = make_tenant()
     accepted = submit(http, d, tenant.api_key, 12)
-    # Twelve customers write to the number at once: their conversations are pushed two at a
-    # time (the emulator's push threads), so without the cap two replies would be computed at
-    # once.
+    # Twelve customers write to the number at once: their conversations are pushed in
+    # parallel, so without the cap several replies would be computed at once.
     flood = [text_message(f"1631555{n:04d}", f"flood {n}") for n in range(12)]
     body, headers = signed(delivery(change(phone, messages=flood)), secret)
     assert http.post(webhook(d), content=body, headers=headers).status_code == 200
