@@ -268,8 +268,7 @@ class Deployment:
             self.cloud.deployments.remove(self)
         self.cloud.router.unroute(self.project)
         self.scheduler.stop()
-        if self._relay is not None:
-            stop(self._relay, grace=2.0)
+        self.stop_push_relay()
         self.delete_subscriptions()
         if wait:
             self._stop_processes()
@@ -349,6 +348,24 @@ class Deployment:
             "localcloud.push_relay", [str(config)], log_path=self.dir / "push-relay.log",
             env=self.cloud.emulators.env(), zygote=self.cloud.zygote,
         )  # fmt: skip
+
+    @contextlib.contextmanager
+    def push_paused(self) -> Iterator[None]:
+        """No push delivery while the block runs (the deliveries under way have ended when it
+        starts, and nothing is held back): what the broker holds can be pulled and counted, as
+        with push switched off."""
+        self.stop_push_relay()
+        try:
+            yield
+        finally:
+            self.start_push_relay()
+
+    def stop_push_relay(self) -> None:
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            # SIGTERM lets the deliveries under way end (within their ack deadline).
+            longest = max(s.ack_deadline_seconds for s in self.topology.subscriptions.values())
+            stop(relay, grace=longest + 5)
 
     def delete_subscriptions(self) -> None:
         """Tear the project's subscriptions down with its functions (after its relay): the

@@ -200,6 +200,9 @@ def serve() -> None:
             if pid == 0:
                 _child(request["spawn"], log)
             os.close(log)
+            # A pid is reused once the kernel wraps around: an earlier child's exit is not this
+            # one's.
+            exits.pop(pid, None)
             answer = {"pid": pid}
         elif "poll" in request:
             answer = {"returncode": exits.get(int(request["poll"]))}

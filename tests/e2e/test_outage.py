@@ -8,7 +8,6 @@ from collections import Counter, defaultdict
 
 import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-from google.pubsub_v1.types import PushConfig
 
 from localcloud.cloud import Deployment
 from sluice.adapters.tenants_store import TenantStore
@@ -18,38 +17,32 @@ from testkit.whatsapp_payloads import change, delivery, signed, text_message
 pytestmark = pytest.mark.cloud
 
 WORK = "work-items-to-processor"
-SWEEPS = "sweeps-to-processor"
 
 
 def live_messages(d: Deployment, settle: float) -> Counter[str]:
     """How many messages the broker holds for each item right now, counted by Pub/Sub itself:
-    the work subscription (and the sweeps', so that no sweep adds any meanwhile) is switched to
-    pull, the deliveries under way are let finish, everything it holds is pulled, then handed
-    back (not acknowledged) and pushing resumes."""
+    push is paused (the work subscription's and the sweeps', so that no sweep adds any
+    meanwhile), the deliveries under way are let finish, everything the work subscription holds
+    is pulled, then handed back (not acknowledged) and pushing resumes."""
     subscriber = pubsub_v1.SubscriberClient()
-    names = [subscriber.subscription_path(d.project, s) for s in (SWEEPS, WORK)]
-    pushes = {n: subscriber.get_subscription(subscription=n).push_config for n in names}
-    for name in names:
-        subscriber.modify_push_config(subscription=name, push_config=PushConfig())
-    work = names[-1]
+    work = subscriber.subscription_path(d.project, WORK)
     held: dict[str, str] = {}
     ack_ids: list[str] = []
     try:
-        time.sleep(settle)  # a delivery under way ends (deferred, re-published) within this
-        # Pulled messages stay out of the way until their ack deadline: each is counted once.
-        while pulled := subscriber.pull(subscription=work, max_messages=500, timeout=5):
-            if not pulled.received_messages:
-                break
-            for m in pulled.received_messages:
-                held[m.message.message_id] = m.message.data.decode()
-                ack_ids.append(m.ack_id)
+        with d.push_paused():
+            time.sleep(settle)  # a delivery under way ends (deferred, re-published) within this
+            # Pulled messages stay out of the way until their ack deadline: each is counted once.
+            while pulled := subscriber.pull(subscription=work, max_messages=500, timeout=5):
+                if not pulled.received_messages:
+                    break
+                for m in pulled.received_messages:
+                    held[m.message.message_id] = m.message.data.decode()
+                    ack_ids.append(m.ack_id)
+            if ack_ids:  # handed back, to be pushed again once push resumes
+                subscriber.modify_ack_deadline(subscription=work, ack_ids=ack_ids,
+                                               ack_deadline_seconds=0)  # fmt: skip
         return Counter(json.loads(data)["item_id"] for data in held.values())
     finally:
-        for name, push in pushes.items():
-            subscriber.modify_push_config(subscription=name, push_config=push)
-        if ack_ids:  # handed back, to be pushed again at once
-            subscriber.modify_ack_deadline(subscription=work, ack_ids=ack_ids,
-                                           ack_deadline_seconds=0)  # fmt: skip
         subscriber.close()
 
 

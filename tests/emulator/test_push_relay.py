@@ -95,7 +95,7 @@ def clients(
 
 
 def relay_to(
-    receiver: Receiver, clients: Any, project: str, *, in_flight: int = 4,
+    receiver: Receiver, clients: Any, project: str, relays: list[PushRelay], *, in_flight: int = 4,
     ordering: bool = False, max_attempts: int = 5,
 ) -> Iterator[tuple[str, str]]:  # fmt: skip
     """A topic, its dead-letter topic and a pull subscription with the topology's policies,
@@ -122,6 +122,7 @@ def relay_to(
                   maximum_backoff_seconds=2)  # fmt: skip
     relay = PushRelay([route])
     relay.start()
+    relays.append(relay)
     try:
         yield topic, dead_sub
     finally:
@@ -132,12 +133,14 @@ def relay_to(
 @pytest.fixture
 def relayed(clients: Any, project: str) -> Iterator[Callable[..., tuple[str, str]]]:
     started: list[Iterator[Any]] = []
+    relays: list[PushRelay] = []
 
     def start(receiver: Receiver, **kwargs: Any) -> tuple[str, str]:
-        run = relay_to(receiver, clients, project, **kwargs)
+        run = relay_to(receiver, clients, project, relays, **kwargs)
         started.append(run)
         return next(run)
 
+    start.relays = relays  # type: ignore[attr-defined]
     yield start
     for run in started:
         next(run, None)
@@ -237,3 +240,21 @@ def test_one_message_per_ordering_key_at_a_time_in_order_even_after_a_nack(clien
     # Nothing after a1 was posted before a1 came again, after the retry policy's backoff.
     assert [d for d, _ in posted_a[:3]] == [b"a0", b"a1", b"a1"]
     assert posted_a[2][1] - posted_a[1][1] >= 1.0
+
+
+def test_stopped_it_lets_deliveries_end_and_hands_back_what_it_held(clients, relayed):
+    receiver = Receiver(lambda data, nth: 204, delay=0.5)
+    topic, _ = relayed(receiver, in_flight=2)
+    relay = relayed.relays[-1]  # type: ignore[attr-defined]
+    for future in [clients[0].publish(topic, f"m{i}".encode()) for i in range(20)]:
+        future.result()
+    wait_for(lambda: receiver.acked, timeout=30, what="the first deliveries")
+    relay.stop()
+    delivered = len(receiver.bodies)
+    assert len(receiver.acked) == delivered  # the deliveries under way ended
+    # Everything not delivered is back in the subscription at once, for anyone to pull.
+    subscription = relay.relays[0].route.subscription
+    pulled = clients[1].pull(subscription=subscription, max_messages=100, timeout=10, retry=None)
+    assert len(pulled.received_messages) == 20 - delivered
+    time.sleep(1)
+    assert len(receiver.bodies) == delivered  # nothing delivered once stopped
