@@ -1,4 +1,5 @@
-"""sheets-writer: Firestore trigger on item writes (jobs/{job}/items/{item}).
+"""sheets-writer: Firestore trigger on a result queued for a job's Sheets export (the creation of
+jobs/{job}/exports/sheets/rows/{item}).
 
 An event not done with (Sheets busy or down) is answered so that Eventarc delivers it again
 (see sluice.eventarc).

@@ -42,7 +42,7 @@ from sluice.clock import now
 from sluice.eventarc import DocumentChange
 from sluice.handlers.callbacks import CallbackDeps, send_completion_callback
 from sluice.handlers.dead_letters import DeadLetterDeps, handle_dead_letter
-from sluice.handlers.exports import SheetsDeps, on_export_written, on_item_written
+from sluice.handlers.exports import SheetsDeps, on_export_written, on_row_queued
 from sluice.handlers.health import HealthCheck
 from sluice.handlers.processor import (
     Capacity,
@@ -374,7 +374,7 @@ def batch_item_processor() -> PushEndpoint:
 
 def sheets_writer() -> Callable[[DocumentChange], Ack]:
     sheets = Once(Root(settings()).sheets)
-    return lambda change: on_item_written(sheets(), change)
+    return lambda change: on_row_queued(sheets(), change)
 
 
 def backfill() -> Callable[[DocumentChange], Ack]:

@@ -108,16 +108,15 @@ def test_a_killed_processor_loses_no_item(http, deploy, make_tenant):
     assert {i["state"] for i in items} == {"succeeded"} and len(items) == 200
 
 
-def test_item_writes_reach_the_sheets_writer_as_firestore_events(http, deployment, make_tenant):
+def test_a_batch_without_an_export_never_invokes_the_sheets_functions(
+    http, deployment, make_tenant
+):
     tenant = make_tenant()
-    accepted = submit(http, deployment, tenant.api_key, 5)
+    accepted = submit(http, deployment, tenant.api_key, 20)
     wait_done(http, accepted["status_url"], tenant.api_key)
-    router = deployment.cloud.router
-    trigger = "item-written-to-sheets-writer"
-    # Each item is written at least three times: queued, running, succeeded.
-    deadline = time.monotonic() + 30
-    while router.count(deployment.project, trigger, "delivered") < 15:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert router.count(deployment.project, trigger, "abandoned") == 0
-    assert "the job has no Sheets export" in logs_of(deployment, "sheets-writer")
+    router, project = deployment.cloud.router, deployment.project
+    time.sleep(2)  # events are posted by the emulator moments after their commit
+    # Eventarc matches paths, not fields: no trigger's path is written for a job without an
+    # export, not even by the commits that assert it has none.
+    for trigger in deployment.topology.firestore_triggers:
+        assert router.count(project, trigger, "received") == 0, trigger

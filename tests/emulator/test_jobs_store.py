@@ -10,9 +10,10 @@ from functools import partial
 import pytest
 from google.api_core.exceptions import Aborted
 
+from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.intake_store import NewItem
 from sluice.domain.intake import InFlight, Mismatch, Own, Stage
-from sluice.domain.items import AlreadyFinished, Claimed, LeaseHeld, succeed
+from sluice.domain.items import AlreadyFinished, Claimed, LeaseHeld, after_error, succeed
 from sluice.handlers.dead_letters import fail_item
 from testkit.stores import Stores, stores
 
@@ -184,3 +185,51 @@ def test_a_dead_lettered_whatsapp_retry_fails_its_item_whatever_its_dispatch(db)
     assert fail_item(store, "day", "w1", "dead-lettered", dispatch=0).state == "unchanged"
     # A WhatsApp event carries no dispatch: its dead letter fails the item.
     assert fail_item(store, "day", "m1", "dead-lettered").state == "failed"
+
+
+def _claimed(store: Stores, job: str, item: str):
+    """Claim `item` on the conditional path: (token, the item as the claim left it)."""
+    token = uuid.uuid4().hex
+    result = store.items.claim_item(job, item, token=token, lease_seconds=60, max_attempts=3,
+                                    seen=store.items.read_item(job, item))  # fmt: skip
+    assert result is not None and isinstance(result.decision, Claimed)
+    return token, result.after
+
+
+def _finish(store: Stores, job: str, item: str, decide=None, *, conditional: bool = True):
+    token, after = _claimed(store, job, item)
+    decide = decide or partial(succeed, result={"content": f"answer {item}"}, now=datetime.now(UTC))
+    return store.items.finish_item(job, item, token=token, decide=decide,
+                                   seen=after if conditional else None, kind="batch")  # fmt: skip
+
+
+def _rows(db, job: str) -> dict[str, dict]:
+    rows = db.collection("jobs").document(job).collection("exports").document("sheets")
+    return {s.id: s.to_dict() for s in rows.collection("rows").stream()}
+
+
+@pytest.mark.parametrize("conditional", [True, False], ids=["conditional", "transaction"])
+def test_a_success_is_queued_for_the_export_in_its_own_commit_once_the_export_exists(
+    store, db, conditional
+):
+    job = new_job(store, 4)
+    export = db.document(f"jobs/{job}/exports/sheets")
+    assert _finish(store, job, "i0", conditional=conditional) is not None
+    # No export: nothing queued, and the commit's assertion left no export behind.
+    assert _rows(db, job) == {} and not export.get().exists
+    # The export is created after this process last saw none: the next success is queued.
+    assert ExportStore(db).create(job, {"kind": "batch"}, grid_rows=1000)
+    assert _finish(store, job, "i1", conditional=conditional) is not None
+    assert _finish(store, job, "i2", conditional=conditional) is not None
+    rows = _rows(db, job)
+    assert set(rows) == {"i1", "i2"}
+    assert rows["i1"]["row"] is None and rows["i1"]["written"] is False
+    assert rows["i1"]["values"][:3] == ["i1", '{"k": 1}', "answer i1"]
+    # A failure is never queued; the counts hold whatever path the commit took.
+    failed = partial(
+        after_error, reason="no", permanent=True, max_attempts=3, now=datetime.now(UTC)
+    )
+    assert _finish(store, job, "i3", failed, conditional=conditional) is not None
+    assert set(_rows(db, job)) == {"i1", "i2"}
+    counts = store.jobs.job_with_counts(job)[1].by_state
+    assert (counts["succeeded"], counts["failed"]) == (3, 1)

@@ -16,6 +16,7 @@ from sluice.adapters.exports_store import ExportStore
 from sluice.adapters.intake_store import NewItem
 from sluice.adapters.sheets_api import SheetsAPI
 from sluice.adapters.tenants_store import TenantStore
+from sluice.domain.sheets import row_of
 from testkit.client import bearer
 from testkit.firestore_events import firestore_event
 from testkit.stores import stores
@@ -50,6 +51,15 @@ def succeed(db, job_id: str, item_id: str) -> dict:
     ref = db.collection("jobs").document(job_id).collection("items").document(item_id)
     ref.update(fields)
     return ref.get().to_dict()
+
+
+def queue(db, job_id: str, item_id: str) -> tuple[str, dict]:
+    """A result recorded and queued for the export, as the processor's commit does: the path and
+    fields of its row document, whose creation is the writer's event."""
+    item = succeed(db, job_id, item_id)
+    ExportStore(db).enqueue(job_id, item_id, row_of("batch", item_id, item))
+    row = f"jobs/{job_id}/exports/sheets/rows/{item_id}"
+    return row, db.document(row).get().to_dict()
 
 
 def deliver(client, project: str, path: str, after: dict, event_id: str | None = None) -> int:
@@ -91,9 +101,9 @@ def test_a_writer_that_lost_access_says_why_keeps_the_row_and_configuring_again_
     access = f"{sheets_server}/_sluice/spreadsheets/{export['spreadsheet_id']}/access"
     httpx.post(access, json={"writable": False}).raise_for_status()
 
-    item = succeed(db, job, "i0")
+    row, queued = queue(db, job, "i0")
     # Acknowledged: a refusal for good is recorded, not redelivered for a day.
-    assert deliver(writer, project, f"jobs/{job}/items/i0", item) == 200
+    assert deliver(writer, project, row, queued) == 200
     seen = status.get(f"/v1/batches/{job}/sheets", headers=bearer(key)).get_json()
     assert "403" in seen["last_error"] and seen["rows_written"] == 0
 
@@ -106,23 +116,24 @@ def test_a_writer_that_lost_access_says_why_keeps_the_row_and_configuring_again_
     assert seen["backfill_state"] == "completed" and seen["backfill_rows"] == 0
 
     # The same event again (Eventarc delivers at least once): no second row.
-    assert deliver(writer, project, f"jobs/{job}/items/i0", item) == 200
+    assert deliver(writer, project, row, queued) == 200
     rows = SheetsAPI(endpoint=sheets_server, timeout=5).read(export["spreadsheet_id"], "A1:E")
     assert [r[0] for r in rows] == ["item_id", "i0"]
     assert rows[1][2] == "answer i0"
 
 
-def test_a_result_that_is_not_a_success_or_has_no_export_writes_nothing(
+def test_a_row_the_backfill_numbered_or_of_a_job_without_export_writes_nothing(
     function_client, sheets_server, batch, db, project
 ):
     _, job = batch
     writer = function_client("sheets-writer")
-    item = succeed(db, job, "i1")
-    assert deliver(writer, project, f"jobs/{job}/items/i1", item) == 200  # no export yet
-    assert deliver(writer, project, f"jobs/{job}/items/i0", {"state": "running"}) == 200
-    _, headers = firestore_event(project, "jobs/x/items/y", {})
+    row, queued = queue(db, job, "i1")
+    assert deliver(writer, project, row, queued) == 200  # no export
+    numbered = {**queued, "row": 2}  # created numbered: the backfill writes it itself
+    assert deliver(writer, project, f"jobs/{job}/exports/sheets/rows/i0", numbered) == 200
+    _, headers = firestore_event(project, row, {})
     assert writer.post("/", data=b"\xff", headers=headers).status_code == 200  # undecodable
-    assert list(db.collection_group("rows").stream()) == []
+    assert [snap.get("written") for snap in db.collection_group("rows").stream()] == [False]
     assert httpx.get(sheets_server + "/_sluice/stats").json().get("write_requests", 0) == 0
 
 
@@ -140,15 +151,15 @@ def test_a_redelivered_event_takes_over_at_once_what_its_dead_delivery_held(
     assert exports.take_lease(job, "backfill", now=now, seconds=60, holder="dead-backfill")
     exports.update(job, {"backfill_state": "running"})
 
-    item = succeed(db, job, "i0")
+    row, queued = queue(db, job, "i0")
     # Another event finds the lease live: its row waits in the queue.
-    assert deliver(writer, project, f"jobs/{job}/items/i0", item) == 200
+    assert deliver(writer, project, row, queued) == 200
     assert deliver(backfill, project, f"jobs/{job}/exports/sheets", {"x": 1}) == 200
     seen = status.get(f"/v1/batches/{job}/sheets", headers=bearer(key)).get_json()
     assert seen["rows_written"] == 0 and seen["backfill_state"] == "running"
 
     # The dead writer's event, delivered again: it drains the queue now, not in a minute.
-    assert deliver(writer, project, f"jobs/{job}/items/i0", item, "dead-writer") == 200
+    assert deliver(writer, project, row, queued, "dead-writer") == 200
     assert (
         status.get(f"/v1/batches/{job}/sheets", headers=bearer(key)).get_json()["rows_written"] == 1
     )

@@ -120,7 +120,7 @@ def test_the_repository_topology_loads():
             r"providers.ai.number_max_share\s+Input should be less than 1",
         ),
         (
-            "firestore_triggers.item-written-to-sheets-writer.function",
+            "firestore_triggers.row-queued-to-sheets-writer.function",
             "webhook-ingest",
             "not a firestore function",
         ),

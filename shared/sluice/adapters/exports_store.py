@@ -3,12 +3,15 @@
 - `jobs/{job}/exports/sheets`: the export (spreadsheet, `created_at`, backfill state). Its writes
   trigger the backfill function, so it changes only when the backfill's state does.
 - `jobs/{job}/exports/sheets/rows/{item}`: an item's row: its values, the row number it was given
-  (None until a writer numbers it) and whether it has reached the sheet. Created once per item,
-  whoever sees the result first: this document is what makes a second row impossible.
+  (None until a writer numbers it) and whether it has reached the sheet. Created once per item:
+  queued by the processor in the commit that records a result once the export exists, or
+  numbered by the backfill for a result that finished before it. This document is what makes a
+  second row impossible, and its creation is what triggers sheets-writer: a job without an
+  export costs the writer nothing.
 - `jobs/{job}/exports/sheets/state/rows`: the next free row, the sheet's grid size, rows written.
 - `.../state/flush` and `.../state/backfill`: the leases of the one writer that drains a job's
   queued rows and of the one backfill run; the backfill's also holds its cursor.
-  Documents below the export: changing them triggers nothing.
+  Documents below the export trigger nothing but a row's creation.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFou
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from sluice.adapters.job_paths import export_ref
 from sluice.adapters.queries import declared
 from sluice.domain.sheets import HEADER_ROW, allocate, may_take_lease
 
@@ -48,6 +52,13 @@ class Assignment:
     grid_rows: int
 
 
+def queued_row(values: Sequence[Any]) -> dict[str, Any]:
+    """A result's row document as it is queued for the writer: unnumbered, unwritten. Its
+    creation is what triggers sheets-writer."""
+    return {"row": None, "values": list(values), "written": False,
+            "queued_at": firestore.SERVER_TIMESTAMP}  # fmt: skip
+
+
 class LeaseLost(Exception):
     """Another worker took this lease over (this one was presumed dead): stop, and let the
     event be delivered again."""
@@ -58,7 +69,7 @@ class ExportStore:
         self._db = db
 
     def export_ref(self, job_id: str) -> firestore.DocumentReference:
-        return self._db.collection("jobs").document(job_id).collection("exports").document("sheets")
+        return export_ref(self._db, job_id)
 
     def _state_ref(self, job_id: str, name: str) -> firestore.DocumentReference:
         return self.export_ref(job_id).collection("state").document(name)
@@ -114,12 +125,10 @@ class ExportStore:
     # -- rows ------------------------------------------------------------------------------------
 
     def enqueue(self, job_id: str, item_id: str, values: Sequence[Any]) -> bool:
-        """Queue a result for the writer, once: False if the item already has its row document."""
+        """Queue a result for the writer, once: False if the item already has its row document.
+        (The processor queues a result in the commit that records it: see ItemStore.)"""
         try:
-            self._row_ref(job_id, item_id).create(
-                {"row": None, "values": list(values), "written": False,
-                 "queued_at": firestore.SERVER_TIMESTAMP}
-            )  # fmt: skip
+            self._row_ref(job_id, item_id).create(queued_row(values))
         except AlreadyExists:
             return False
         return True

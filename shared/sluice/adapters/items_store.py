@@ -3,21 +3,31 @@
 Every state change of an item is one write that changes the item and increments one counter shard
 (sluice.adapters.job_paths), so counts never drift from states. The decisions come from
 `sluice.domain.items`; this module only reads, applies and commits them.
+
+A result that succeeds is queued for its job's Sheets export in the same commit, when the export
+exists at that commit: its row document, whose creation triggers sheets-writer. When the export
+is not known to exist, the commit asserts that it does not: a delete, conditional on its absence,
+of the document created in the same commit as the export (its row allocator, on a path no
+trigger matches; a delete on the export's own path would trigger the backfill, even as a no-op),
+which fails if the export exists. So whichever commits first, the result or the export, the
+result is either before the export (the backfill's) or queued for the writer, and a job without
+an export costs the writer nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from google.api_core.exceptions import FailedPrecondition
+from google.api_core.exceptions import AlreadyExists, FailedPrecondition
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from sluice.adapters.exports_store import queued_row
 from sluice.adapters.job_paths import WRITE_BATCH, JobPaths
 from sluice.adapters.queries import declared
 from sluice.clock import now
@@ -33,9 +43,12 @@ from sluice.domain.items import (
 )
 from sluice.domain.items import claim as decide_claim
 from sluice.domain.items import save_progress as decide_progress
+from sluice.domain.sheets import exported, row_of
 
 # The backfill's pages (queries.yaml declares the query, and so its index).
 SUCCEEDED_BEFORE = declared("items-succeeded-before")
+# Jobs this process has seen with a Sheets export (an export is never removed), most recent last.
+KNOWN_EXPORTS = 10_000
 
 R = TypeVar("R")
 
@@ -61,6 +74,18 @@ class ClaimResult:
 class ItemStore:
     def __init__(self, paths: JobPaths) -> None:
         self._paths = paths
+        self._exported: OrderedDict[str, None] = OrderedDict()
+
+    def _knows_export(self, job_id: str) -> bool:
+        if job_id in self._exported:
+            self._exported.move_to_end(job_id)
+            return True
+        return False
+
+    def _learn_export(self, job_id: str) -> None:
+        self._exported[job_id] = None
+        while len(self._exported) > KNOWN_EXPORTS:
+            self._exported.popitem(last=False)
 
     def read_item(self, job_id: str, item_id: str) -> SeenItem | None:
         """The item as stored now, for a change conditional on it staying so. None: no item."""
@@ -133,19 +158,26 @@ class ItemStore:
         token: str,
         decide: Callable[[ItemRecord], Transition],
         seen: SeenItem | None = None,
+        kind: str | None = None,
     ) -> Transition | None:
-        """Record the outcome of a claim, only if the claim is still ours.
+        """Record the outcome of a claim, only if the claim is still ours; a success is queued
+        for the job's Sheets export in the same commit if it has one (`kind`: the job's, which
+        gives the row its columns).
 
         None: another delivery took the item over after our lease expired, and its outcome is
         the one that counts; ours is dropped so the item never has two results. `seen`: the
         item as the claim left it (`ClaimResult.after`).
         """
-        return self.change_item(
-            job_id,
-            item_id,
-            lambda record: decide(record) if holds_lease(record, token) else None,
-            seen=seen,
-        )
+
+        def change(doc: dict[str, Any]) -> tuple[Transition | None, Transition | None]:
+            record = ItemRecord.from_doc(doc)
+            transition = decide(record) if holds_lease(record, token) else None
+            return transition, transition
+
+        try:
+            return self._change(job_id, item_id, change, seen, row_kind=kind)[0]
+        except KeyError:
+            return None
 
     def change_item(
         self,
@@ -173,35 +205,56 @@ class ItemStore:
         item_id: str,
         decide: Callable[[dict[str, Any]], tuple[R, Transition | None]],
         seen: SeenItem | None,
+        *,
+        row_kind: str | None = None,
     ) -> tuple[R, SeenItem | None]:
         """Apply `decide` to the item as stored, with its count, atomically. First as a write
         conditional on the item being as `seen` (one round trip, no locks: every item passes
         here twice per delivery); if it changed since, again in a transaction on what is stored
         now. Returns what `decide` said and, when known, the item as this change left it.
+        `row_kind`: queue a success for the job's Sheets export (see the module's docstring).
         Raises KeyError when the item does not exist."""
+        paths = self._paths
         if seen is not None:
             result, change = decide(seen.doc)
             if change is None:
                 return result, seen
-            batch = self._paths.db.batch()
-            when = self._paths.db.write_option(last_update_time=seen.update_time)
+            batch = paths.db.batch()
+            when = paths.db.write_option(last_update_time=seen.update_time)
             self._apply(batch, job_id, item_id, change, option=when)
-            with contextlib.suppress(FailedPrecondition):  # changed since: decide again below
+            values = _row(row_kind, item_id, seen.doc, change)
+            if values is not None:
+                if self._knows_export(job_id):
+                    batch.create(paths.row_ref(job_id, item_id), queued_row(values))
+                else:  # no export, or this commit fails
+                    batch.delete(
+                        paths.rows_state_ref(job_id), option=paths.db.write_option(exists=False)
+                    )
+            # Changed since, or the export exists after all: decide again below.
+            with contextlib.suppress(FailedPrecondition, AlreadyExists):
                 written = batch.commit()[0].update_time
                 return result, SeenItem({**seen.doc, **change.fields}, written)
-        ref = self._paths.item_ref(job_id, item_id)
+        ref = paths.item_ref(job_id, item_id)
 
         @firestore.transactional
         def run(tx: firestore.Transaction) -> R:
             snap = ref.get(transaction=tx)
             if not snap.exists:
                 raise KeyError(item_id)
-            result, change = decide(snap.to_dict() or {})
-            if change is not None:
-                self._apply(tx, job_id, item_id, change)
+            doc = snap.to_dict() or {}
+            result, change = decide(doc)
+            if change is None:
+                return result
+            values = _row(row_kind, item_id, doc, change)
+            if values is not None and paths.export_ref(job_id).get(transaction=tx).exists:
+                self._learn_export(job_id)
+                row = paths.row_ref(job_id, item_id)
+                if not row.get(transaction=tx).exists:
+                    tx.create(row, queued_row(values))
+            self._apply(tx, job_id, item_id, change)
             return result
 
-        return run(self._paths.db.transaction()), None
+        return run(paths.db.transaction()), None
 
     def _apply(
         self,
@@ -313,6 +366,16 @@ class ItemStore:
             last = self._paths.item_ref(job_id, after["item_id"])
             query = query.start_after({"finished_at": after["finished_at"], "__name__": last})
         return [(snap.id, snap.to_dict() or {}) for snap in query.stream()]
+
+
+def _row(
+    kind: str | None, item_id: str, doc: dict[str, Any], change: Transition
+) -> list[str] | None:
+    """The row a change gives its result in a Sheets export: only a success has one."""
+    after = {**doc, **change.fields}
+    if kind is None or not exported(after):
+        return None
+    return row_of(kind, item_id, after)
 
 
 __all__ = ["AlreadyFinished", "ClaimResult", "ItemStore", "LeaseHeld", "SeenItem"]

@@ -1,6 +1,8 @@
 """Where a job's documents live in Firestore, and the one way its counts move.
 
-A job is `jobs/{job}`, its items `jobs/{job}/items/{item}` and its counts `jobs/{job}/shards/{n}`.
+A job is `jobs/{job}`, its items `jobs/{job}/items/{item}` and its counts `jobs/{job}/shards/{n}`;
+its Sheets export `jobs/{job}/exports/sheets` and the row of each result
+`jobs/{job}/exports/sheets/rows/{item}` (see sluice.adapters.exports_store).
 The intake, item and job stores all write through this one layout, so that every commit that
 moves an item between states moves its count in the same commit, and counts never drift.
 """
@@ -17,6 +19,10 @@ from sluice.domain import counters
 WRITE_BATCH = 500
 
 
+def export_ref(db: firestore.Client, job_id: str) -> firestore.DocumentReference:
+    return db.collection("jobs").document(job_id).collection("exports").document("sheets")
+
+
 class JobPaths:
     def __init__(self, db: firestore.Client, *, shards: int) -> None:
         self.db = db
@@ -30,6 +36,17 @@ class JobPaths:
 
     def item_ref(self, job_id: str, item_id: str) -> firestore.DocumentReference:
         return self.items(job_id).document(item_id)
+
+    def export_ref(self, job_id: str) -> firestore.DocumentReference:
+        return export_ref(self.db, job_id)
+
+    def row_ref(self, job_id: str, item_id: str) -> firestore.DocumentReference:
+        return export_ref(self.db, job_id).collection("rows").document(item_id)
+
+    def rows_state_ref(self, job_id: str) -> firestore.DocumentReference:
+        """The export's row allocator, created in the same commit as the export: whether it
+        exists is whether the export does, on a path no trigger matches."""
+        return export_ref(self.db, job_id).collection("state").document("rows")
 
     def shard_refs(self, job_id: str) -> list[firestore.DocumentReference]:
         shards = self.job_ref(job_id).collection("shards")

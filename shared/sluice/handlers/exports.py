@@ -5,10 +5,12 @@ Exactly once, whatever is delivered twice or dies half-way:
 - every result gets one row document (`ExportStore`), created by whoever sees it first, and one
   row number, given once; every write goes to that fixed row, so a repeat lands on the same cells;
 - the partition: the backfill takes the results that finished before the export's `created_at`
-  (the commit time of the export); the writer takes every result whose write it sees once the
-  export exists. A result that finished just before `created_at` but whose write committed after
-  it (its transaction was in flight) reaches both: its row document makes that harmless, and
-  without the writer it could be missed, since the backfill's query may already have passed it.
+  (the commit time of the export); the writer takes every result committed once the export
+  exists, which that commit queued as its row document (sluice.adapters.items_store: a result's
+  commit either queues its row or asserts that the export does not exist yet). A result that
+  finished just before `created_at` but committed after it (its commit was in flight) reaches
+  both: its row document makes that harmless, and without the writer it could be missed, since
+  the backfill's query may already have passed it.
 - one flusher per job drains the queued rows, up to `rows_per_call` per write: under load the
   rows queued while one call is in flight go out together in the next.
 
@@ -35,7 +37,7 @@ from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter
 from sluice.adapters.outside import ProviderError
 from sluice.clock import now
-from sluice.domain.sheets import columns, exported, row_of, rows_to_add
+from sluice.domain.sheets import columns, row_of, rows_to_add
 from sluice.eventarc import DocumentChange
 from sluice.handlers.auth import Tenant, own_job
 from sluice.outcomes import Ack, Fail, Redeliver
@@ -230,20 +232,20 @@ def drain(deps: SheetsDeps, job_id: str, export: dict[str, Any], *,
         return 0, str(error)
 
 
-def on_item_written(deps: SheetsDeps, change: DocumentChange) -> Ack:
-    """sheets-writer: a result's write, seen after its job's export exists, goes to the sheet."""
-    job_id, item_id = change.parts[1], change.parts[3]
-    if change.after is None or not exported(change.after):
-        return Ack(change.path, "skipped", "not a succeeded result")
+def on_row_queued(deps: SheetsDeps, change: DocumentChange) -> Ack:
+    """sheets-writer: a result queued for the sheet (its row document created by the commit that
+    recorded it, once the export existed) goes to the sheet, with whatever else is queued."""
+    job_id = change.parts[1]
+    if change.after is None or change.after.get("row") is not None:
+        # Created numbered: the backfill's row, which the backfill writes itself.
+        return Ack(change.path, "skipped", "not a queued result")
     export = deps.exports.get(job_id)
     if export is None:
         return Ack(change.path, "skipped", "the job has no Sheets export")
-    values = row_of(str(export.get("kind")), item_id, change.after)
-    queued = deps.exports.enqueue(job_id, item_id, values)
     written, refused = drain(deps, job_id, export, holder=change.event_id)
     if refused:
         return Ack(change.path, "failed", refused)
-    return Ack(change.path, "queued" if queued else "seen before", f"{written} rows written")
+    return Ack(change.path, "queued", f"{written} rows written")
 
 
 # -- backfill --------------------------------------------------------------------------------------

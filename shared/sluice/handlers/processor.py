@@ -158,7 +158,8 @@ def process_item(
         )
     if decide is None:
         return Ack(item_id, "superseded", "another delivery took the item over")
-    change = items.finish_item(job_id, item_id, token=token, decide=decide, seen=attempt.latest)
+    change = items.finish_item(job_id, item_id, token=token, decide=decide, seen=attempt.latest,
+                               kind=str(job.get("kind") or "batch"))  # fmt: skip
     if change is None:
         return Ack(item_id, "superseded", "another delivery took the item over")
     if change.after is ItemState.QUEUED:
