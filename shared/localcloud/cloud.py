@@ -336,7 +336,6 @@ class Deployment:
                 "in_flight": self.functions[sub.push_to].serves_at_once,
                 "ack_deadline_seconds": sub.ack_deadline_seconds,
                 "dead_letter": True,  # every subscription has one (the parking lot at least)
-                "ordering": sub.ordering,
                 "minimum_backoff_seconds": sub.retry.minimum_backoff_seconds,
                 "maximum_backoff_seconds": sub.retry.maximum_backoff_seconds,
             }

@@ -34,7 +34,6 @@ import signal
 import sys
 import threading
 from collections import deque
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
@@ -69,24 +68,10 @@ class Route:
     in_flight: int  # what the target function serves at once: instances x threads
     ack_deadline_seconds: int
     dead_letter: bool  # Pub/Sub sets deliveryAttempt only where a dead-letter policy is set
-    ordering: bool = False
     # The subscription's retry policy, which the relay applies itself where the emulator does
     # not: on an ordered pull subscription it delivers a nacked message again at once.
     minimum_backoff_seconds: float = 10.0
     maximum_backoff_seconds: float = 600.0
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Route:
-        return cls(
-            subscription=str(raw["subscription"]),
-            endpoint=str(raw["endpoint"]),
-            in_flight=int(raw["in_flight"]),
-            ack_deadline_seconds=int(raw["ack_deadline_seconds"]),
-            dead_letter=bool(raw["dead_letter"]),
-            ordering=bool(raw.get("ordering", False)),
-            minimum_backoff_seconds=float(raw.get("minimum_backoff_seconds", 10)),
-            maximum_backoff_seconds=float(raw.get("maximum_backoff_seconds", 600)),
-        )
 
     def backoff(self, attempt: int) -> float:
         """The retry policy's wait after the `attempt`th delivery failed: exponential from the
@@ -331,7 +316,7 @@ def main(argv: list[str]) -> int:
     """Relays until SIGTERM or SIGINT, then stops as `PushRelay.stop` does: the deliveries under
     way end, and what it held undelivered goes back to the subscriptions."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    routes = [Route.from_dict(r) for r in json.loads(Path(argv[0]).read_text())]
+    routes = [Route(**r) for r in json.loads(Path(argv[0]).read_text())]
     relay = PushRelay(routes)
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -118,7 +118,7 @@ def relay_to(
     receiver.server.start()
     route = Route(subscription=subscription, endpoint=f"{receiver.server.url}/push",
                   in_flight=in_flight, ack_deadline_seconds=10, dead_letter=True,
-                  ordering=ordering, minimum_backoff_seconds=1,
+                  minimum_backoff_seconds=1,
                   maximum_backoff_seconds=2)  # fmt: skip
     relay = PushRelay([route])
     relay.start()

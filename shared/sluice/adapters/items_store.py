@@ -168,16 +168,13 @@ class ItemStore:
         the one that counts; ours is dropped so the item never has two results. `seen`: the
         item as the claim left it (`ClaimResult.after`).
         """
-
-        def change(doc: dict[str, Any]) -> tuple[Transition | None, Transition | None]:
-            record = ItemRecord.from_doc(doc)
-            transition = decide(record) if holds_lease(record, token) else None
-            return transition, transition
-
-        try:
-            return self._change(job_id, item_id, change, seen, row_kind=kind)[0]
-        except KeyError:
-            return None
+        return self.change_item(
+            job_id,
+            item_id,
+            lambda record: decide(record) if holds_lease(record, token) else None,
+            seen=seen,
+            row_kind=kind,
+        )
 
     def change_item(
         self,
@@ -186,16 +183,17 @@ class ItemStore:
         decide: Callable[[ItemRecord], Transition | None],
         *,
         seen: SeenItem | None = None,
+        row_kind: str | None = None,
     ) -> Transition | None:
         """Apply `decide` to the item as stored now, with its count, atomically. None: the item
-        does not exist or `decide` left it alone."""
+        does not exist or `decide` left it alone. `row_kind`: see `_change`."""
 
         def change(doc: dict[str, Any]) -> tuple[Transition | None, Transition | None]:
             transition = decide(ItemRecord.from_doc(doc))
             return transition, transition
 
         try:
-            return self._change(job_id, item_id, change, seen)[0]
+            return self._change(job_id, item_id, change, seen, row_kind=row_kind)[0]
         except KeyError:
             return None
 

@@ -32,6 +32,11 @@ def column_letters(index: int) -> str:
     return letters
 
 
+def export_kind(job: Mapping[str, Any]) -> str:
+    """The kind whose columns a job's export has (a job without one is a plain batch)."""
+    return str(job.get("kind") or "batch")
+
+
 def columns(kind: str) -> list[str]:
     return WHATSAPP_COLUMNS if kind == "whatsapp" else BATCH_COLUMNS
 

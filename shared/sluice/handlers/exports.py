@@ -37,7 +37,7 @@ from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter
 from sluice.adapters.outside import ProviderError
 from sluice.clock import now
-from sluice.domain.sheets import columns, row_of, rows_to_add
+from sluice.domain.sheets import columns, export_kind, row_of, rows_to_add
 from sluice.eventarc import DocumentChange
 from sluice.handlers.auth import Tenant, own_job
 from sluice.outcomes import Ack, Fail, Redeliver
@@ -117,7 +117,7 @@ def configure_sheets(deps: SheetsDeps, tenant: Tenant, job_id: str) -> tuple[dic
 
 
 def _create_export(deps: SheetsDeps, tenant: Tenant, job_id: str, job: dict[str, Any]) -> bool:
-    kind = str(job.get("kind") or "batch")
+    kind = export_kind(job)
     name = f"Sluice {kind} {job_id}"
     title = deps.settings.sheet_title
     try:

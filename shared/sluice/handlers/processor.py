@@ -36,6 +36,7 @@ from sluice.domain.items import (
     succeed,
     superseded,
 )
+from sluice.domain.sheets import export_kind
 from sluice.messages import BATCH_EVENTS, BatchCompleted, WorkItem
 from sluice.outcomes import Ack, Defer, Redeliver
 
@@ -159,7 +160,7 @@ def process_item(
     if decide is None:
         return Ack(item_id, "superseded", "another delivery took the item over")
     change = items.finish_item(job_id, item_id, token=token, decide=decide, seen=attempt.latest,
-                               kind=str(job.get("kind") or "batch"))  # fmt: skip
+                               kind=export_kind(job))  # fmt: skip
     if change is None:
         return Ack(item_id, "superseded", "another delivery took the item over")
     if change.after is ItemState.QUEUED:
