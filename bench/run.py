@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import cold_start, ingest, makespan, memory, sheets, status
+from bench import cold_start, cost, ingest, makespan, memory, sheets, status
 from localcloud.cloud import LocalCloud
 
 RESULTS = Path(__file__).parent / "results"
@@ -35,6 +35,7 @@ PARTS: dict[str, tuple[Callable[[LocalCloud], Any], Callable[[Any], list[str]]]]
     "ingest": (ingest.run, ingest.markdown),
     "memory": (memory.run, memory.markdown),
     "makespan": (makespan.run, makespan.markdown),
+    "cost": (cost.run, cost.markdown),
     "sheets_export": (sheets.run, sheets.markdown),
     "status": (status.run, status.markdown),
     "cold_start": (cold_start.run, cold_start.markdown),

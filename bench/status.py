@@ -5,7 +5,7 @@ seed), before the functions deploy, so a 10,000-item job takes seconds to prepar
 in counter shards, so the answer should cost the same whatever the job's size.
 
 Documents read per call are counted on the wire by a second status-api process whose
-Firestore is reached through `testkit/firestore_meter.py`.
+Firestore is reached through `localcloud/wire_meter.py`.
 
 Run alone with `make bench PARTS=status`.
 """
@@ -23,8 +23,8 @@ from bench.report import percentile, table
 from bench.sheets import seed_finished_job
 from localcloud.cloud import Deployment, LocalCloud
 from localcloud.functions import FunctionProcess
+from localcloud.wire_meter import WireMeter
 from sluice.adapters.tenants_store import TenantStore
-from testkit.firestore_meter import FirestoreMeter
 
 SIZES = (10, 1_000, 10_000)
 CALLS = 60
@@ -32,7 +32,7 @@ WARMUP = 5
 METERED_CALLS = 5
 
 
-def metered_status_api(d: Deployment, meter: FirestoreMeter) -> FunctionProcess:
+def metered_status_api(d: Deployment, meter: WireMeter) -> FunctionProcess:
     """status-api as deployed, but reaching Firestore through the meter."""
     spec = d.topology.functions["status-api"]
     return FunctionProcess(
@@ -51,7 +51,7 @@ def run(cloud: LocalCloud) -> list[dict[str, Any]]:
     for size in SIZES:
         seed_finished_job(db, tenant.id, f"job-{size}", size)
     d = cloud.deploy(project)
-    meter = FirestoreMeter(cloud.emulators.firestore_host)
+    meter = WireMeter(cloud.emulators.firestore_host)
     meter.start()
     metered = metered_status_api(d, meter)
     rows = []

@@ -35,6 +35,7 @@ from localcloud.processes import Process, listening_port, spawn_module, stop
 from localcloud.provider_server import API_KEY_ENV as PROVIDER_API_KEY_ENV
 from localcloud.scheduler import Scheduler
 from localcloud.triggers import TriggerRouter
+from localcloud.wire_meter import Usage, WireMeter
 from localcloud.zygote import Zygote
 from sluice.settings import env_name
 from sluice.topology import REPO_TOPOLOGY, Function, Topology, parse_topology
@@ -118,6 +119,13 @@ class LocalCloud:
         return deployment
 
 
+@dataclass(frozen=True)
+class FunctionUsage:
+    invocations: int
+    busy_seconds: float  # time with a request in flight, as Cloud Run bills it
+    wire: Usage
+
+
 @dataclass(eq=False)
 class Deployment:
     cloud: LocalCloud
@@ -128,6 +136,9 @@ class Deployment:
     sheets_args: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     functions: dict[str, FunctionProcess] = field(default_factory=dict)
+    # Each function reaches the emulators through its own wire meter (see `usage`).
+    metered: bool = False
+    meters: dict[str, WireMeter] = field(default_factory=dict)
     _servers: dict[str, Process] = field(default_factory=dict)
     _relay: Process | None = None
 
@@ -204,8 +215,15 @@ class Deployment:
         emulators, the deployment's topology and the stand-ins. A setting a function reads but
         does not list is missing here as it would be in the cloud, so it fails locally first."""
         values = self.settings()
+        name = next((n for n, f in self.topology.functions.items() if f == function), "")
+        meter = self.meters.get(name)
+        emulators = (
+            {"PUBSUB_EMULATOR_HOST": meter.host, "FIRESTORE_EMULATOR_HOST": meter.host}
+            if meter is not None
+            else self.cloud.emulators.env()
+        )
         return {
-            **self.cloud.emulators.env(),
+            **emulators,
             "GOOGLE_CLOUD_PROJECT": self.project,
             "SLUICE_TOPOLOGY": str(self.topology_path),
             **self.stand_ins(),
@@ -238,6 +256,10 @@ class Deployment:
                 logs[name], offset=offsets[name], timeout=30, what=f"{name} server", proc=proc
             )
         for name, function in self.topology.functions.items():
+            if self.metered:
+                emulators = self.cloud.emulators
+                self.meters[name] = WireMeter(emulators.firestore_host, emulators.pubsub_host)
+                self.meters[name].start()
             self.functions[name] = FunctionProcess(
                 name,
                 function,
@@ -282,6 +304,20 @@ class Deployment:
             list(pool.map(lambda fn: fn.stop(), self.functions.values()))
             for proc in self._servers.values():
                 pool.submit(stop, proc)
+        for meter in self.meters.values():
+            meter.stop()
+
+    def usage(self) -> dict[str, FunctionUsage]:
+        """What each function used so far, counted on the wire: its invocations and billed time
+        at its front end, and (when `metered`) its Firestore and Pub/Sub calls at its meter."""
+        return {
+            name: FunctionUsage(
+                fn.frontend.requests,
+                fn.frontend.busy_seconds,
+                self.meters[name].usage() if name in self.meters else Usage(),
+            )
+            for name, fn in self.functions.items()
+        }
 
     # -- wiring ---------------------------------------------------------------------------------
 

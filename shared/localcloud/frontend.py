@@ -8,6 +8,8 @@ dies under it gets a 503 too. The Pub/Sub emulator, pushing straight at a restar
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
@@ -33,7 +35,28 @@ class Frontend(BackgroundServer):
                 max_connections=200, max_keepalive_connections=50, keepalive_expiry=1.0
             ),
         )
+        # What Cloud Run bills a function for (request-based billing): its requests, and the
+        # time it has one in flight, each busy stretch rounded up to 100 ms.
+        self.requests = 0
+        self.busy_seconds = 0.0
+        self._in_flight = 0
+        self._busy_since = 0.0
+        self._meter = threading.Lock()
         super().__init__(self._handler(), port=port)
+
+    def _begin(self) -> None:
+        with self._meter:
+            self.requests += 1
+            if self._in_flight == 0:
+                self._busy_since = time.monotonic()
+            self._in_flight += 1
+
+    def _end(self) -> None:
+        with self._meter:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                busy = time.monotonic() - self._busy_since
+                self.busy_seconds += math.ceil(busy * 10) / 10
 
     def stop(self) -> None:
         super().stop()
@@ -74,7 +97,11 @@ class Frontend(BackgroundServer):
             def _proxy(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                status, out, content = frontend.forward(self.command, self.path, headers, body)
+                frontend._begin()
+                try:
+                    status, out, content = frontend.forward(self.command, self.path, headers, body)
+                finally:
+                    frontend._end()
                 self.send_response(status)
                 for key, value in out:
                     self.send_header(key, value)

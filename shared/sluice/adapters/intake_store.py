@@ -76,17 +76,17 @@ class IntakeStore:
 
     def create_job(self, job_id: str, job: dict[str, Any]) -> bool:
         """Store a job as given, with its shards, unless it exists (tools and tests seed jobs
-        this way; a submission goes through `open_intake`). True if it was created."""
-        ref = self._paths.job_ref(job_id)
+        this way; a submission goes through `open_intake`). True if it was created.
 
-        @firestore.transactional
-        def run(tx: firestore.Transaction) -> bool:
-            if ref.get(transaction=tx).exists:
-                return False
-            self._paths.create(tx, job_id, job)
-            return True
-
-        return bool(run(self._paths.db.transaction()))
+        One commit of creates, not a transaction: no read, so no lock that every delivery of a
+        day's first messages would queue on (a burst of them timed out on it)."""
+        batch = self._paths.db.batch()
+        self._paths.create(batch, job_id, job)
+        try:
+            batch.commit()
+        except AlreadyExists:
+            return False
+        return True
 
     def open_intake(
         self,
@@ -226,18 +226,16 @@ class IntakeStore:
 
     def add_item(self, job_id: str, item_id: str, item_input: Any, *, at: datetime) -> bool:
         """Add one queued item to an open-ended job unless it is there; True if added. The
-        item and its count are one transaction, so a repeated delivery never counts twice."""
-        ref = self._paths.item_ref(job_id, item_id)
-
-        @firestore.transactional
-        def run(tx: firestore.Transaction) -> bool:
-            if ref.get(transaction=tx).exists:
-                return False
-            tx.create(ref, {**new_item_doc(0, item_input, at)})
-            self._paths.count(tx, job_id, counters.added())
-            return True
-
-        return bool(run(self._paths.db.transaction()))
+        item's creation and its count are one commit, so a repeated delivery never counts
+        twice; without a read, so that concurrent deliveries never wait on each other's locks."""
+        batch = self._paths.db.batch()
+        batch.create(self._paths.item_ref(job_id, item_id), {**new_item_doc(0, item_input, at)})
+        self._paths.count(batch, job_id, counters.added())
+        try:
+            batch.commit()
+        except AlreadyExists:
+            return False
+        return True
 
     def item_ids(self, job_id: str) -> list[str]:
         """The ids of the items written so far."""

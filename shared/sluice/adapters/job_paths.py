@@ -52,12 +52,13 @@ class JobPaths:
         shards = self.job_ref(job_id).collection("shards")
         return [shards.document(str(n)) for n in range(self.shards)]
 
-    def create(self, tx: firestore.Transaction, job_id: str, job: dict[str, Any]) -> None:
-        """The job and its counter shards, every item counted as queued."""
-        tx.create(self.job_ref(job_id), job)
+    def create(self, writer: Any, job_id: str, job: dict[str, Any]) -> None:
+        """The job and its counter shards, every item counted as queued, in the writer's commit
+        (a transaction or a batch): none of it if the job exists."""
+        writer.create(self.job_ref(job_id), job)
         initial = counters.initial_shards(int(job["total"]), self.shards)
         for shard_ref, shard in zip(self.shard_refs(job_id), initial, strict=True):
-            tx.set(shard_ref, shard)
+            writer.set(shard_ref, shard)
 
     def count(self, writer: Any, job_id: str, moves: dict[str, int]) -> None:
         """Counts moved by a commit, added to one shard picked at random, in that same commit
