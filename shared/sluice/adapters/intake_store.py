@@ -7,6 +7,7 @@ messages arrive, each with its count in one transaction.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -228,9 +229,12 @@ class IntakeStore:
         """Add one queued item to an open-ended job unless it is there; True if added. The
         item's creation and its count are one commit, so a repeated delivery never counts
         twice; without a read, so that concurrent deliveries never wait on each other's locks."""
+        # An added item has no place in a batch: a number from its id spreads its counts over
+        # the shards as a batch's indices do.
+        index = zlib.crc32(item_id.encode())
         batch = self._paths.db.batch()
-        batch.create(self._paths.item_ref(job_id, item_id), {**new_item_doc(0, item_input, at)})
-        self._paths.count(batch, job_id, counters.added())
+        batch.create(self._paths.item_ref(job_id, item_id), new_item_doc(index, item_input, at))
+        self._paths.count(batch, job_id, counters.added(), index=index)
         try:
             batch.commit()
         except AlreadyExists:

@@ -71,6 +71,15 @@ class ClaimResult:
     progress: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Recorded(Transition):
+    """A transition as committed, and whether the job may have finished with it: it finished
+    an item and left the item's counter shard with no open item (or it is not known), so the
+    job's completion is worth checking (see sluice.domain.counters)."""
+
+    may_finish_job: bool = True
+
+
 class ItemStore:
     def __init__(self, paths: JobPaths) -> None:
         self._paths = paths
@@ -120,7 +129,7 @@ class ItemStore:
             return found, decision if isinstance(decision, Transition) else None
 
         try:
-            (decision, item_input, progress), after = self._change(job_id, item_id, decide, seen)
+            (decision, item_input, progress), after, _ = self._change(job_id, item_id, decide, seen)
         except KeyError:
             return None
         return ClaimResult(decision, item_input, after, progress)
@@ -146,9 +155,10 @@ class ItemStore:
             return change is not None, change
 
         try:
-            return self._change(job_id, item_id, decide, seen)
+            saved, after, _ = self._change(job_id, item_id, decide, seen)
         except KeyError:
             return False, None
+        return saved, after
 
     def finish_item(
         self,
@@ -159,7 +169,7 @@ class ItemStore:
         decide: Callable[[ItemRecord], Transition],
         seen: SeenItem | None = None,
         kind: str | None = None,
-    ) -> Transition | None:
+    ) -> Recorded | None:
         """Record the outcome of a claim, only if the claim is still ours; a success is queued
         for the job's Sheets export in the same commit if it has one (`kind`: the job's, which
         gives the row its columns).
@@ -184,7 +194,7 @@ class ItemStore:
         *,
         seen: SeenItem | None = None,
         row_kind: str | None = None,
-    ) -> Transition | None:
+    ) -> Recorded | None:
         """Apply `decide` to the item as stored now, with its count, atomically. None: the item
         does not exist or `decide` left it alone. `row_kind`: see `_change`."""
 
@@ -193,9 +203,16 @@ class ItemStore:
             return transition, transition
 
         try:
-            return self._change(job_id, item_id, change, seen, row_kind=row_kind)[0]
+            transition, _, open_left = self._change(
+                job_id, item_id, change, seen, row_kind=row_kind
+            )
         except KeyError:
             return None
+        if transition is None:
+            return None
+        finished = transition.after.finished and not transition.before.finished
+        may_finish = finished and (open_left is None or open_left <= 0)
+        return Recorded(transition.before, transition.after, transition.fields, may_finish)
 
     def _change(
         self,
@@ -205,21 +222,22 @@ class ItemStore:
         seen: SeenItem | None,
         *,
         row_kind: str | None = None,
-    ) -> tuple[R, SeenItem | None]:
+    ) -> tuple[R, SeenItem | None, int | None]:
         """Apply `decide` to the item as stored, with its count, atomically. First as a write
         conditional on the item being as `seen` (one round trip, no locks: every item passes
         here twice per delivery); if it changed since, again in a transaction on what is stored
-        now. Returns what `decide` said and, when known, the item as this change left it.
+        now. Returns what `decide` said, when known the item as this change left it, and when
+        known the open items left in its counter shard (see sluice.domain.counters).
         `row_kind`: queue a success for the job's Sheets export (see the module's docstring).
         Raises KeyError when the item does not exist."""
         paths = self._paths
         if seen is not None:
             result, change = decide(seen.doc)
             if change is None:
-                return result, seen
+                return result, seen, None
             batch = paths.db.batch()
             when = paths.db.write_option(last_update_time=seen.update_time)
-            self._apply(batch, job_id, item_id, change, option=when)
+            moves = self._apply(batch, job_id, item_id, change, seen.doc, option=when)
             values = _row(row_kind, item_id, seen.doc, change)
             if values is not None:
                 if self._knows_export(job_id):
@@ -230,8 +248,15 @@ class ItemStore:
                     )
             # Changed since, or the export exists after all: decide again below.
             with contextlib.suppress(FailedPrecondition, AlreadyExists):
-                written = batch.commit()[0].update_time
-                return result, SeenItem({**seen.doc, **change.fields}, written)
+                # The item's write first, then its shard's if it moved a count (see _apply).
+                results = batch.commit()
+                open_left = (
+                    counters.open_after(moves, list(results[1].transform_results))
+                    if moves
+                    else None
+                )
+                after = SeenItem({**seen.doc, **change.fields}, results[0].update_time)
+                return result, after, open_left
         ref = paths.item_ref(job_id, item_id)
 
         @firestore.transactional
@@ -249,10 +274,10 @@ class ItemStore:
                 row = paths.row_ref(job_id, item_id)
                 if not row.get(transaction=tx).exists:
                     tx.create(row, queued_row(values))
-            self._apply(tx, job_id, item_id, change)
+            self._apply(tx, job_id, item_id, change, doc)
             return result
 
-        return run(paths.db.transaction()), None
+        return run(paths.db.transaction()), None, None
 
     def _apply(
         self,
@@ -260,12 +285,16 @@ class ItemStore:
         job_id: str,
         item_id: str,
         change: Transition,
+        doc: dict[str, Any],
         *,
         option: Any = None,
-    ) -> None:
-        # The item first: a commit's first write result is the item's new update time.
+    ) -> dict[str, int]:
+        """The item's write, then its count's in its shard (the commit's first two write
+        results, in that order). Returns the counts moved."""
         writer.update(self._paths.item_ref(job_id, item_id), change.fields, option=option)
-        self._paths.count(writer, job_id, counters.delta(change.before, change.after))
+        moves = counters.delta(change.before, change.after)
+        self._paths.count(writer, job_id, moves, index=int(doc.get("index", 0)))
+        return moves
 
     def transition_items(
         self,
@@ -288,14 +317,20 @@ class ItemStore:
 
             @firestore.transactional
             def run(tx: firestore.Transaction, refs: list[Any] = refs) -> list[str]:
-                done, moves = [], Counter[str]()
+                done: list[str] = []
+                moves: dict[int, Counter[str]] = {}  # by shard
                 for snap in tx.get_all(refs):
-                    change = decide(ItemRecord.from_doc(snap.to_dict() or {"state": "cancelled"}))
+                    doc = snap.to_dict() or {"state": "cancelled"}
+                    change = decide(ItemRecord.from_doc(doc))
                     if snap.exists and change is not None:
                         tx.update(snap.reference, change.fields)
-                        moves.update(counters.delta(change.before, change.after))
+                        shard = counters.shard_of(int(doc.get("index", 0)), self._paths.shards)
+                        moves.setdefault(shard, Counter()).update(
+                            counters.delta(change.before, change.after)
+                        )
                         done.append(snap.id)
-                self._paths.count(tx, job_id, dict(moves))
+                for shard, moved in moves.items():
+                    self._paths.count(tx, job_id, dict(moved), index=shard)
                 return done
 
             moved = run(self._paths.db.transaction())
@@ -376,4 +411,4 @@ def _row(
     return row_of(kind, item_id, after)
 
 
-__all__ = ["AlreadyFinished", "ClaimResult", "ItemStore", "LeaseHeld", "SeenItem"]
+__all__ = ["AlreadyFinished", "ClaimResult", "ItemStore", "LeaseHeld", "Recorded", "SeenItem"]

@@ -1,13 +1,18 @@
 """A job's counts, spread over a few shard documents.
 
-Every item state change adds -1 to the old state and +1 to the new one in a shard picked at random,
-in the same transaction as the item. Status sums the shards: a constant number of reads whatever
-the batch size, and no single document takes every write of a busy batch.
+Every item state change adds -1 to the old state and +1 to the new one in its item's shard (its
+index modulo the shards: consecutive items spread evenly), in the same commit as the item. Status
+sums the shards: a constant number of reads whatever the batch size, and no single document takes
+every write of a busy batch.
+
+Each shard also counts its items not finished yet (`open`). The commit that finishes an item
+learns its shard's new count from the increment itself (a transform's result), so only a commit
+that leaves its shard with no open item need read every shard to see whether the job is done:
+the last item to finish always does.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,20 +23,32 @@ from sluice.domain.items import FINISHED, ItemState
 STATES = tuple(ItemState)
 
 
+# A shard's items that have not finished: 0 once every item counted in it has.
+OPEN = "open"
+
+
 def delta(before: ItemState, after: ItemState) -> dict[str, int]:
     if before is after:
         return {}
-    return {before.value: -1, after.value: +1}
+    moves = {before.value: -1, after.value: +1}
+    if before.finished != after.finished:
+        moves[OPEN] = -1 if after.finished else +1
+    return moves
 
 
-def pick_shard(shards: int, rng: random.Random | None = None) -> int:
-    return (rng or random).randrange(shards)
+def shard_of(index: int, shards: int) -> int:
+    """The shard an item is counted in, by its index in its batch, for good."""
+    return index % shards
 
 
 def initial_shards(total: int, shards: int) -> list[dict[str, int]]:
-    """All items start queued; the first shard holds that, the rest start at zero."""
-    docs = [dict.fromkeys((s.value for s in STATES), 0) for _ in range(shards)]
-    docs[0][ItemState.QUEUED.value] = total
+    """All items start queued and open, each counted in its own shard (see `shard_of`)."""
+    docs = []
+    for shard in range(shards):
+        items = total // shards + (1 if shard < total % shards else 0)
+        doc = dict.fromkeys((s.value for s in STATES), 0)
+        doc[ItemState.QUEUED.value] = doc[OPEN] = items
+        docs.append(doc)
     return docs
 
 
@@ -58,7 +75,15 @@ ADDED = "added"
 
 
 def added() -> dict[str, int]:
-    return {ItemState.QUEUED.value: +1, ADDED: +1}
+    return {ItemState.QUEUED.value: +1, ADDED: +1, OPEN: +1}
+
+
+def open_after(moves: dict[str, int], transform_results: list[Any]) -> int | None:
+    """A shard's open items after a commit that moved `moves` in it, from the commit's result
+    (its increments' new values, in the order of their field names); None if it moved none."""
+    if OPEN not in moves:
+        return None
+    return int(transform_results[sorted(moves).index(OPEN)].integer_value)
 
 
 def sum_shards(total: int, shards: Iterable[Mapping[str, Any] | None]) -> Counts:

@@ -67,7 +67,7 @@ def fail_item(
     change = deps.items.change_item(job_id, item_id, decide)
     if change is None:
         return Ack(item_id, "unchanged", f"{reason} (already settled)")
-    completed = deps.jobs.complete_if_done(job_id)
+    completed = deps.jobs.complete_if_done(job_id) if change.may_finish_job else None
     return Ack(item_id, change.after.value, reason, completed=completed, job=job_id)
 
 

@@ -124,7 +124,10 @@ def process_item(
     jobs, items, rules = claiming.jobs, claiming.items, claiming.rules
     seen = items.read_item(job_id, item_id)
     if seen is not None and ItemState(seen.doc["state"]).finished:
-        return Ack(item_id, seen.doc["state"], "duplicate delivery")
+        # Redelivered because the delivery that finished it died before its answer: perhaps
+        # before it could see the job done too, which no other delivery would see then.
+        completed = jobs.complete_if_done(job_id)
+        return Ack(item_id, seen.doc["state"], "duplicate delivery", completed, job_id)
     if (
         dispatch is not None
         and seen is not None
@@ -166,7 +169,9 @@ def process_item(
     if change.after is ItemState.QUEUED:
         reason = f"item {item_id}: {change.fields['error']}"
         raise Defer(reason) if deferred else Redeliver(reason)
-    return Ack(item_id, change.after.value, completed=jobs.complete_if_done(job_id), job=job_id)
+    # Only a commit that may have finished the job reads every counter shard to see.
+    completed = jobs.complete_if_done(job_id) if change.may_finish_job else None
+    return Ack(item_id, change.after.value, completed=completed, job=job_id)
 
 
 def _superseded(doc: dict[str, Any], dispatch: int) -> bool:
