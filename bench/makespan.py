@@ -4,7 +4,7 @@ orchestration overhead per item with an instant provider.
 The bound is what no scheduler can beat: max(calls / rate, calls x latency / concurrency), over
 the calls the provider accepted (with a provider that fails 10% of calls, the retries are calls
 too), at the share of the declared limits that bulk work may use: it leaves a reserve to
-WhatsApp replies (sluice.domain.limits.reserve: one of five rate shards, one slot in five). The
+WhatsApp replies (the last of its five permit shards: a fifth of the slots and of the rate). The
 provider server enforces exactly the declared limits, so every call Sluice sends over them comes
 back as a 429: the count of 429s says how well the shared limiter kept to them.
 
@@ -51,9 +51,9 @@ class Profile:
 
     def bulk_share(self, shards: int) -> tuple[int, int]:
         """The calls a minute and at once that bulk work may use, as the limiter decides."""
-        caps = limits.shard_caps(self.per_minute, shards, 1.0)
-        rate = sum(caps[i] for i in limits.candidate_shards(caps, interactive=False))
-        return rate, self.concurrent - limits.reserve(self.concurrent)
+        shares = limits.shard_shares(self.concurrent, self.per_minute, shards, 1.0)
+        bulk = limits.usable_shards(shares, interactive=False)
+        return sum(bulk.values()), sum(shares[i][0] for i in bulk)
 
     def bound(self, calls: int, shards: int) -> float:
         rate, slots = self.bulk_share(shards)
@@ -158,8 +158,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "",
         "Makespan from the 202 to `completed`; bound = max(calls ÷ rate, calls x latency ÷ "
         "concurrency) over the calls the provider accepted, at the bulk share of the declared "
-        "limits (bulk work leaves one rate shard in five and one slot in five to WhatsApp "
-        "replies); the provider server enforces the declared limits and answers 429 past them. "
+        "limits (bulk work leaves the last of five permit shards, a fifth of the slots and "
+        "of the rate, to WhatsApp replies); the provider server enforces the declared limits and answers 429 past them. "
         "Messages reach the processor through the local cloud's push relay, at what its "
         "instances serve at once (goals: rate-bound ≤ 1.05x, concurrency-bound ≤ 1.10x, "
         "failing 10% ≤ 1.15x, zero 429s).",

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from google.cloud import firestore
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from sluice.adapters.limiter import Limiter
 from sluice.topology import Provider
@@ -75,10 +76,13 @@ def test_a_release_after_the_slot_was_taken_over_leaves_the_new_holder_alone(pro
     stale = first.acquire(tenant="t", interactive=True, wait=1)
     assert stale is not None
     assert second.acquire(tenant="t", interactive=True, wait=0.2) is None  # held
-    # The holder died: its slot expires (timeout + grace); another instance takes it over.
-    slot = firestore.Client(project=project).collection("limits").document("ai")
-    slot.collection("slots").document("0").update(
-        {"until": datetime.now(UTC) - timedelta(seconds=1)}
+    # The holder died: its permit expires (timeout + grace); another instance takes it over.
+    limits = firestore.Client(project=project).collection("limits").document("ai")
+    limits.collection("shards").document(str(stale.shard)).update(
+        {
+            FieldPath("holds", stale.token, "until").to_api_repr(): datetime.now(UTC)
+            - timedelta(seconds=1)
+        }
     )
     taker = second.acquire(tenant="t", interactive=True, wait=2)
     assert taker is not None

@@ -7,15 +7,21 @@ from hypothesis import strategies as st
 
 from sluice.domain.limits import (
     Backoff,
-    Slot,
+    Hold,
+    Shard,
+    StepAside,
+    Take,
+    Wait,
     admit,
     after_rate_limited,
     candidate_shards,
-    candidate_slots,
     current_factor,
+    decide_permit,
     fair_share,
     live_holds,
     shard_caps,
+    shard_shares,
+    usable_shards,
     usable_slots,
     yields_turn,
 )
@@ -50,54 +56,85 @@ def test_a_full_window_says_when_a_place_frees():
     assert not ok and wait == 40.0
 
 
-def slots(*tenants: str | None) -> list[Slot]:
+def shards(*held: tuple[str | None, ...], slots: int = 2, rate: int = 100) -> list[Shard]:
+    """One shard per tuple, holding a live permit for each tenant named in it."""
     until = T0 + timedelta(minutes=1)
-    return [Slot(i, f"h{i}" if t else None, t, until if t else None) for i, t in enumerate(tenants)]
+    return [
+        Shard(i, slots, rate, tuple(Hold(f"h{i}{n}", t, until) for n, t in enumerate(ts) if t))
+        for i, ts in enumerate(held)
+    ]
+
+
+def permit(shards_read: list[Shard], tenant: str, *, interactive: bool = False, **rules):
+    rules.setdefault("backlog", {})
+    return decide_permit(shards_read, now=T0, token="new", until=T0 + timedelta(seconds=30),
+                         tenant=tenant, interactive=interactive, pick=lambda places: places[0],
+                         **rules)  # fmt: skip
+
+
+def test_shares_split_the_usable_slots_and_budget_over_the_same_shards():
+    assert shard_shares(10, 600, 5, 1.0) == [(2, 120)] * 5
+    # Fewer slots than shards: the budget goes only where a slot can use it.
+    assert shard_shares(3, 600, 5, 1.0) == [(1, 200), (1, 200), (1, 200), (0, 0), (0, 0)]
+    # Learned from a 429: half of each, on fewer shards.
+    assert shard_shares(10, 600, 5, 0.5) == [(1, 60)] * 5
+    assert shard_shares(4, 600, 5, 0.5) == [(1, 150), (1, 150), (0, 0), (0, 0), (0, 0)]
+
+
+@given(st.integers(1, 500), st.integers(1, 10_000), st.integers(1, 20), st.floats(0.1, 1.0))
+def test_shares_never_add_up_to_more_than_the_limits(concurrent, rpm, n, factor):
+    shares = shard_shares(concurrent, rpm, n, factor)
+    assert len(shares) == n
+    assert sum(s for s, _ in shares) <= max(1, concurrent * factor)
+    assert sum(r for _, r in shares) <= max(1, rpm * factor)
 
 
 def test_bulk_work_leaves_a_reserve_to_interactive_work():
-    all_free = slots(*[None] * 10)
-    bulk = candidate_slots(all_free, now=T0, usable=10, tenant="a", interactive=False)
-    interactive = candidate_slots(all_free, now=T0, usable=10, tenant="a", interactive=True)
-    assert len(bulk) == 8 and len(interactive) == 10
-    busy = slots(*["a"] * 8, None, None)
-    assert candidate_slots(busy, now=T0, usable=10, tenant="a", interactive=False) == []
-    assert candidate_slots(busy, now=T0, usable=10, tenant="w", interactive=True) == [8, 9]
+    # Ten slots over five shards: bulk work may use the first four (8 slots).
+    busy = shards(("a", "a"), ("a", "a"), ("a", "a"), ("a", "a"), ())
+    assert permit(busy, "a") == Wait(0.1)
+    taken = permit(busy, "w", interactive=True)
+    assert isinstance(taken, Take) and taken.shard == 4
+    assert [h.token for h in taken.holds] == ["new"] and taken.calls == (T0,)
     assert candidate_shards([5, 5, 5, 5, 5], interactive=False) == [0, 1, 2, 3]
+
+
+def test_a_permit_goes_where_a_slot_and_a_place_in_the_window_are_both_free():
+    full_window = Shard(0, 2, 1, (), (T0 - timedelta(seconds=20),))
+    free = Shard(1, 2, 1)
+    assert permit([full_window, free, Shard(2, 2, 1)], "a").shard == 1  # type: ignore[union-attr]
+    # Slots free, windows full: wait until the first place frees (40 s), not a moment more.
+    assert permit([full_window, full_window, Shard(2, 2, 1)], "a") == Wait(40.0)
 
 
 def test_the_largest_backlog_yields_its_turn_once_it_holds_its_share():
     # 8 bulk slots, two tenants waiting: a's share is 4.
     backlog = {"a": 9000, "b": 20}
-    held = slots("a", "a", "a", "a", None, None, None, None, None, None)
-    assert yields_turn(held, now=T0, usable=10, tenant="a", backlog=backlog)
-    assert candidate_slots(held, now=T0, usable=10, tenant="a", interactive=False,
-                           backlog=backlog) == []  # fmt: skip
+    held = shards(("a", "a"), ("a", "a"), (), (), ())
+    assert permit(held, "a", backlog=backlog) == StepAside()
     # Below its share it takes a slot; the smaller backlog never yields, whatever it holds.
-    held = slots("a", "a", "a", "b", "b", "b", "b", "b", None, None)
-    assert not yields_turn(held, now=T0, usable=10, tenant="a", backlog=backlog)
-    assert not yields_turn(held, now=T0, usable=10, tenant="b", backlog=backlog)
-    assert (
-        candidate_slots(held, now=T0, usable=10, tenant="b", interactive=False, backlog=backlog)
-        == []
-    )  # fmt: skip
+    held = shards(("a", "a"), ("a", "b"), ("b", "b"), ("b", "b"), ())
+    live = [h for s in held for h in s.live(T0)]
+    assert not yields_turn(live, allowed=8, tenant="a", backlog=backlog)
+    assert not yields_turn(live, allowed=8, tenant="b", backlog=backlog)
+    assert permit(held, "b", backlog=backlog) == Wait(0.1)  # no bulk slot free
     # Alone, a tenant never yields: there is nobody to yield to.
-    alone = slots(*["a"] * 7, None, None, None)
-    assert not yields_turn(alone, now=T0, usable=10, tenant="a", backlog={"a": 9000})
-    assert candidate_slots(alone, now=T0, usable=10, tenant="a", interactive=False,
-                           backlog={"a": 9000}) == [7]  # fmt: skip
+    alone = shards(("a", "a"), ("a", "a"), ("a", "a"), ("a",), ())
+    taken = permit(alone, "a", backlog={"a": 9000})
+    assert isinstance(taken, Take) and taken.shard == 3
 
 
 def test_fair_shares_split_the_bulk_slots_among_holders_and_waiting_tenants():
-    held = slots("a", "b", None, None, None, None, None, None, None, None)
-    assert fair_share(held, now=T0, usable=10, tenant="a", backlog={"c": 5}) == (1, 3)
-    assert fair_share(held, now=T0, usable=10, tenant="a", backlog={}) == (1, 4)
-    assert fair_share(slots(None), now=T0, usable=1, tenant="a", backlog={"b": 1}) == (0, 1)
+    live = [h for s in shards(("a",), ("b",)) for h in s.live(T0)]
+    assert fair_share(live, allowed=8, tenant="a", backlog={"c": 5}) == (1, 3)
+    assert fair_share(live, allowed=8, tenant="a", backlog={}) == (1, 4)
+    assert fair_share([], allowed=1, tenant="a", backlog={"b": 1}) == (0, 1)
 
 
-def test_expired_slots_of_dead_holders_are_free_again():
-    stale = [Slot(0, "dead", "a", T0 - timedelta(seconds=1))]
-    assert candidate_slots(stale, now=T0, usable=1, tenant="a", interactive=True) == [0]
+def test_expired_permits_of_dead_holders_are_free_again():
+    stale = Shard(0, 1, 10, (Hold("dead", "a", T0 - timedelta(seconds=1)),))
+    taken = permit([stale], "a", interactive=True)
+    assert isinstance(taken, Take) and [h.token for h in taken.holds] == ["new"]
 
 
 def test_a_429_halves_the_share_pauses_and_recovers_gradually():
@@ -116,17 +153,27 @@ def test_a_429_halves_the_share_pauses_and_recovers_gradually():
 
 def test_a_tenant_holds_at_most_its_cap_so_others_find_a_slot():
     # A tenant whose endpoint hangs holds 2 slots of 10: it gets no third, another tenant does.
-    held = slots("a", "a", *[None] * 8)
-    capped = {"now": T0, "usable": 10, "interactive": False, "per_tenant": 2}
-    assert candidate_slots(held, tenant="a", **capped) == []
-    assert candidate_slots(held, tenant="b", **capped) == [2, 3, 4, 5, 6, 7]
-    assert candidate_slots(held, now=T0, usable=10, tenant="a", interactive=False) != []
+    held = shards(("a", "a"), (), (), (), ())
+    assert permit(held, "a", per_tenant=2) == Wait(0.1)
+    assert isinstance(permit(held, "b", per_tenant=2), Take)
+    assert isinstance(permit(held, "a"), Take)
 
 
 def test_a_capped_holders_record_counts_only_permits_still_live():
     held = {"live": T0 + timedelta(seconds=5), "crashed": T0 - timedelta(seconds=1)}
     assert live_holds(held, T0) == {"live": T0 + timedelta(seconds=5)}
-    # The count from the record decides, whatever the slots show.
-    capped = {"now": T0, "usable": 10, "interactive": True, "per_tenant": 1}
-    assert candidate_slots(slots(*[None] * 10), tenant="n", holding=1, **capped) == []
-    assert candidate_slots(slots(*[None] * 10), tenant="n", holding=0, **capped) != []
+    # The count from the record decides, whatever the shards show.
+    free = shards((), (), (), (), ())
+    assert permit(free, "n", interactive=True, per_tenant=1, holding=1) == Wait(0.1)
+    assert isinstance(permit(free, "n", interactive=True, per_tenant=1, holding=0), Take)
+
+
+def test_with_a_single_shard_bulk_work_leaves_a_part_of_its_budget():
+    # One call at once: one shard, which bulk work shares, leaving a fifth of its rate.
+    shares = shard_shares(1, 30, 5, 1.0)
+    assert usable_shards(shares, interactive=False) == {0: 24}
+    assert usable_shards(shares, interactive=True) == {0: 30}
+    # Several: bulk work leaves the last shard whole, and takes the others' whole budget.
+    assert usable_shards(shard_shares(10, 600, 5, 1.0), interactive=False) == dict.fromkeys(
+        range(4), 120
+    )

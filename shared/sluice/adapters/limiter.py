@@ -1,8 +1,9 @@
 """A provider's limits, shared by every instance through Firestore (see sluice.domain.limits).
 
-`limits/{provider}` holds what the provider taught us (its 429s); `slots/{i}` are the concurrency
-slots and `rate/{i}` the sliding-window shards. Every decision is a small transaction on one
-document, picked at random among those allowed, so instances rarely contend.
+`limits/{provider}` holds what the provider taught us (its 429s); `shards/{i}` are the permit
+shards, each with its share of the slots and of the rate window. A permit is one read of every
+shard (a constant few, whatever the provider allows) and one conditional write to the shard it
+takes, so instances rarely contend and never both win; its release is one write.
 """
 
 from __future__ import annotations
@@ -43,9 +44,8 @@ BACKLOG_CACHE_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class Permit:
-    slot: int
+    shard: int
     token: str
-    taken_at: datetime  # the slot document's update time once taken: the release's condition
     holder: firestore.DocumentReference | None = None  # a capped holder's record of its permits
 
 
@@ -61,13 +61,9 @@ class Limiter:
         self._backlog_cache: tuple[float, dict[str, int]] | None = None
         self._db = db
         self._provider = provider
-        self._shards = shards
         self._recovery = timedelta(seconds=recovery_seconds)
         self._root = db.collection("limits").document(name)
-        self._slots = [
-            self._root.collection("slots").document(str(i)) for i in range(provider.max_concurrent)
-        ]
-        self._rate = [self._root.collection("rate").document(str(i)) for i in range(shards)]
+        self._shards = [self._root.collection("shards").document(str(i)) for i in range(shards)]
         self._backoff = limits.Backoff()
         self._backoff_read = 0.0
 
@@ -109,22 +105,24 @@ class Limiter:
     def acquire(
         self, *, tenant: str, interactive: bool, wait: float, cap: int | None = None
     ) -> Permit | None:
-        """A concurrency slot and a place in the rate window, waiting up to `wait` seconds.
-        `tenant` holds at most `cap` slots at once (default: the provider's tenant cap).
+        """A permit (a concurrency slot and a place in the rate window), waiting up to `wait`
+        seconds. `tenant` holds at most `cap` permits at once (default: the provider's tenant
+        cap).
 
         None when there was no capacity in that time: the caller defers its work, which is not a
         failure and costs the item no attempt.
 
-        Each try is one read of every slot and rate shard and one commit that takes a slot and
-        a place in a shard together, each write conditional on the document being as read (its
-        update time), so two instances can never take the same place. Optimistic writes rather
-        than transactions: a transaction costs three round trips per document and holds locks,
-        and this runs before every provider call (profiled in `make bench`).
+        Each try is one read of every permit shard and one commit that takes a place in one of
+        them, conditional on the document being as read (its update time), so two instances can
+        never take the same place. Optimistic writes rather than transactions: a transaction
+        costs three round trips per document and holds locks, and this runs before every
+        provider call (profiled in `make bench`).
         """
         deadline = time.monotonic() + wait
         token = uuid.uuid4().hex
         cap = cap if cap is not None else self._provider.tenant_max_concurrent
         holder = None if cap is None else self._holder_ref(tenant)
+        provider = self._provider
         while True:
             now = clock.now()
             backoff = self.backoff()
@@ -132,7 +130,7 @@ class Limiter:
             if backoff.paused_until is not None and backoff.paused_until > now:
                 pause = max(pause, (backoff.paused_until - now).total_seconds())
             else:
-                refs = [*self._slots, *self._rate, *([holder] if holder else [])]
+                refs = [*self._shards, *([holder] if holder else [])]
                 snaps = {s.reference.path: s for s in self._db.get_all(refs)}
                 holds = (
                     None
@@ -141,36 +139,28 @@ class Limiter:
                         (snaps[holder.path].to_dict() or {}).get("held", {}), now
                     )
                 )
-                slots = [_slot(i, snaps[ref.path].to_dict()) for i, ref in enumerate(self._slots)]
-                usable = limits.usable_slots(self._provider.max_concurrent, self.factor())
-                backlog = {} if interactive else self.backlog()
-                if not interactive and limits.yields_turn(
-                    slots, now=now, usable=usable, tenant=tenant, backlog=backlog
-                ):
-                    return None
-                free = limits.candidate_slots(
-                    slots, now=now, usable=usable, tenant=tenant, interactive=interactive,
+                shares = limits.shard_shares(provider.max_concurrent,
+                                             provider.requests_per_minute, len(self._shards),
+                                             self.factor())  # fmt: skip
+                shards = [
+                    _shard(i, share, snaps[ref.path].to_dict())
+                    for i, (ref, share) in enumerate(zip(self._shards, shares, strict=True))
+                ]
+                until = now + timedelta(seconds=provider.timeout_seconds + SLOT_GRACE_SECONDS)
+                decision = limits.decide_permit(
+                    shards, now=now, token=token, until=until, tenant=tenant,
+                    interactive=interactive, backlog={} if interactive else self.backlog(),
                     per_tenant=cap, holding=None if holds is None else len(holds),
                 )  # fmt: skip
-                caps = limits.shard_caps(self._provider.requests_per_minute, self._shards,
-                                         self.factor())  # fmt: skip
-                places: list[tuple[int, list[datetime]]] = []
-                soonest = limits.WINDOW.total_seconds()
-                for index in limits.candidate_shards(caps, interactive):
-                    calls = (snaps[self._rate[index].path].to_dict() or {}).get("calls", [])
-                    admitted, keep, wait_for_place = limits.admit(calls, now=now, cap=caps[index])
-                    if admitted:
-                        places.append((index, keep))
-                    soonest = min(soonest, wait_for_place)
-                if free and places:
-                    slot, (shard, calls) = random.choice(free), random.choice(places)
+                if isinstance(decision, limits.StepAside):
+                    return None
+                if isinstance(decision, limits.Take):
                     held = None if holds is None or holder is None else (holder, holds)
-                    taken_at = self._take(snaps, token, tenant, now, slot, shard, calls, held)
-                    if taken_at is not None:
-                        return Permit(slot, token, taken_at, holder)
+                    if self._take(snaps, decision, token, until, held):
+                        return Permit(decision.shard, token, holder)
                     pause = random.uniform(0, 0.02)  # lost a race: read again at once
-                elif free:  # a slot is free but the rate window is full: wait for a place
-                    pause = soonest + random.uniform(0, 0.05)
+                else:
+                    pause = max(pause, decision.seconds + random.uniform(0, 0.05))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -182,18 +172,19 @@ class Limiter:
         return self._root.collection("holders").document(key)
 
     def _take(
-        self, snaps: dict[str, Any], token: str, tenant: str, now: datetime,
-        slot: int, shard: int, calls: list[datetime],
+        self, snaps: dict[str, Any], take: limits.Take, token: str, until: datetime,
         held: tuple[firestore.DocumentReference, dict[str, datetime]] | None = None,
-    ) -> datetime | None:  # fmt: skip
-        """Take slot `slot` and a place in shard `shard` (and in the capped holder's record,
-        `held`) in one commit, if none of them changed since it was read. The slot's new update
-        time, which the release is conditional on; None if another instance got there first."""
-        until = now + timedelta(seconds=self._provider.timeout_seconds + SLOT_GRACE_SECONDS)
+    ) -> bool:  # fmt: skip
+        """Write the shard as `take` leaves it (and the capped holder's record, `held`) in one
+        commit, if none of them changed since it was read. False if another instance got there
+        first."""
         batch = self._db.batch()
+        shard = {
+            "holds": {h.token: {"tenant": h.tenant, "until": h.until} for h in take.holds},
+            "calls": list(take.calls),
+        }
         writes: list[tuple[firestore.DocumentReference, dict[str, Any]]] = [
-            (self._slots[slot], {"holder": token, "tenant": tenant, "until": until}),
-            (self._rate[shard], {"calls": calls}),
+            (self._shards[take.shard], shard)
         ]
         if held is not None:
             writes.append((held[0], {"held": {**held[1], token: until}}))
@@ -205,11 +196,10 @@ class Limiter:
             else:
                 batch.create(ref, fields)
         try:
-            results = batch.commit()
+            batch.commit()
         except (FailedPrecondition, AlreadyExists, Aborted):
-            return None
-        taken_at: datetime = results[0].update_time
-        return taken_at
+            return False
+        return True
 
     def permit(
         self, *, tenant: str, interactive: bool, wait: float, cap: int | None = None
@@ -233,13 +223,11 @@ class Limiter:
             return call()
 
     def release(self, permit: Permit) -> None:
-        """Free the slot, unless it changed hands since it was taken (it expired and another
-        call took it over): then it is no longer ours to free."""
-        with contextlib.suppress(FailedPrecondition):
-            self._slots[permit.slot].update(
-                {"holder": None, "tenant": None, "until": None},
-                option=self._db.write_option(last_update_time=permit.taken_at),
-            )
+        """Free the permit: its own entry only, unconditionally. One that expired meanwhile was
+        dropped by the next taker of its shard, and deleting it again changes nothing."""
+        entry = FieldPath("holds", permit.token).to_api_repr()
+        with contextlib.suppress(NotFound):
+            self._shards[permit.shard].update({entry: firestore.DELETE_FIELD})
         if permit.holder is not None:
             # Its own entry only; one left behind by a crash expires with its `until`.
             with contextlib.suppress(NotFound):
@@ -278,6 +266,10 @@ class Held:
                 raise told from None
 
 
-def _slot(index: int, doc: dict | None) -> limits.Slot:
+def _shard(index: int, share: tuple[int, int], doc: dict[str, Any] | None) -> limits.Shard:
     doc = doc or {}
-    return limits.Slot(index, doc.get("holder"), doc.get("tenant"), doc.get("until"))
+    holds = tuple(
+        limits.Hold(token, hold.get("tenant"), hold["until"])
+        for token, hold in (doc.get("holds") or {}).items()
+    )
+    return limits.Shard(index, share[0], share[1], holds, tuple(doc.get("calls", [])))

@@ -1,16 +1,15 @@
 """Keeping an outside service under its limits, as decisions over plain data.
 
 A provider allows `requests_per_minute` and `max_concurrent` calls. Both are shared by every
-processor instance through Firestore, spread over several documents so none is a write hot spot:
+processor instance through Firestore, spread over a few permit shards (`rate_shards` documents,
+whatever the limits) so that none is a write hot spot and a permit costs the same reads whatever
+the provider allows: each shard holds its share of the slots and of the per-minute budget, the
+permits held in it (a call holds one for its duration) and the times of its recent calls, an
+exact sliding window, so the sum never exceeds the limits in any 60-second window, not only in
+aligned minutes. A 429 halves the usable share of both for every instance, pauses calls for its
+Retry-After, and the share recovers linearly afterwards.
 
-- concurrency: `max_concurrent` slot documents; a call holds one for its duration;
-- rate: `rate_shards` documents, each allowed its share of the per-minute budget, each keeping the
-  times of its recent calls: an exact sliding window, so the sum never exceeds the limit in any
-  60-second window, not only in aligned minutes;
-- learning: a 429 halves the usable share of both for every instance, pauses calls for its
-  Retry-After, and the share recovers linearly afterwards.
-
-Interactive work (WhatsApp replies) may use every slot and shard; bulk work leaves a reserve to it.
+Interactive work (WhatsApp replies) may use every shard; bulk work leaves the last ones to it.
 Between bulk tenants, the one with the largest backlog yields its turn once it holds its fair share
 of the bulk slots while others have work waiting (see `yields_turn`).
 """
@@ -18,6 +17,7 @@ of the bulk slots while others have work waiting (see `yields_turn`).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -79,35 +79,68 @@ def reserve(usable: int) -> int:
 
 
 @dataclass(frozen=True)
-class Slot:
+class Hold:
+    """A permit held in a shard: its token, whose share it counts against, and when it expires
+    (a holder that crashed never releases it: it frees itself after the call's timeout)."""
+
+    token: str
+    tenant: str | None
+    until: datetime
+
+    def live(self, now: datetime) -> bool:
+        return self.until > now
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One permit shard as read: its share of the slots and of the per-minute budget, the permits
+    held in it and the calls it admitted lately."""
+
     index: int
-    holder: str | None = None
-    tenant: str | None = None
-    until: datetime | None = None
+    slots: int
+    rate: int
+    holds: tuple[Hold, ...] = ()
+    calls: tuple[datetime, ...] = ()
 
-    def free(self, now: datetime) -> bool:
-        return self.holder is None or self.until is None or self.until <= now
+    def live(self, now: datetime) -> list[Hold]:
+        return [h for h in self.holds if h.live(now)]
 
 
-def _live(slots: list[Slot], now: datetime, usable: int) -> list[Slot]:
-    return [s for s in slots[:usable] if not s.free(now)]
+def shard_shares(
+    max_concurrent: int, requests_per_minute: int, shards: int, factor: float
+) -> list[tuple[int, int]]:
+    """Each shard's (slots, calls per sliding minute) at the usable share `factor`: together
+    never more than the (learned) limits. The slots and the budget go to the same shards, never
+    more of them than there are usable slots, so no shard holds budget it cannot use."""
+    usable = usable_slots(max_concurrent, factor)
+    used = min(shards, usable)
+    slots = shard_caps(usable, used, 1.0)
+    rate = shard_caps(requests_per_minute, used, factor)
+    return [(slots[i], rate[i]) if i < used else (0, 0) for i in range(shards)]
+
+
+def usable_shards(shares: list[tuple[int, int]], interactive: bool) -> dict[int, int]:
+    """The shards a call may take its permit in, each with the calls a minute it may fill:
+    bulk work leaves the last shards to interactive work, or when there is only one, a part of
+    its budget (see `reserve`)."""
+    used = [i for i, (slots, _) in enumerate(shares) if slots > 0]
+    allowed = candidate_shards([slots for slots, _ in shares], interactive)
+    if interactive or len(allowed) < len(used):
+        return {i: shares[i][1] for i in allowed}
+    return {i: shares[i][1] - reserve(shares[i][1]) for i in allowed}
 
 
 def fair_share(
-    slots: list[Slot], *, now: datetime, usable: int, tenant: str, backlog: Mapping[str, int]
+    live: list[Hold], *, allowed: int, tenant: str, backlog: Mapping[str, int]
 ) -> tuple[int, int]:
-    """(how many bulk slots `tenant` holds, how many it may hold): an even split of the bulk slots
-    among the tenants holding slots or with work waiting (itself included)."""
-    allowed = usable - reserve(usable)
-    live = _live(slots, now, usable)
-    tenants = {s.tenant for s in live} | {t for t, n in backlog.items() if n > 0} | {tenant}
-    held = sum(1 for s in live if s.tenant == tenant)
+    """(how many permits `tenant` holds, how many it may hold): an even split of the `allowed`
+    bulk slots among the tenants holding permits or with work waiting (itself included)."""
+    tenants = {h.tenant for h in live} | {t for t, n in backlog.items() if n > 0} | {tenant}
+    held = sum(1 for h in live if h.tenant == tenant)
     return held, max(1, math.ceil(allowed / len(tenants)))
 
 
-def yields_turn(
-    slots: list[Slot], *, now: datetime, usable: int, tenant: str, backlog: Mapping[str, int]
-) -> bool:
+def yields_turn(live: list[Hold], *, allowed: int, tenant: str, backlog: Mapping[str, int]) -> bool:
     """Whether a bulk delivery steps aside at once (deferred to the back of the queue, the
     attempt not counted) so that other tenants' messages come up.
 
@@ -118,50 +151,86 @@ def yields_turn(
     others = [n for t, n in backlog.items() if t != tenant and n > 0]
     if not others or backlog.get(tenant, 0) < max(others):
         return False
-    held, share = fair_share(slots, now=now, usable=usable, tenant=tenant, backlog=backlog)
+    held, share = fair_share(live, allowed=allowed, tenant=tenant, backlog=backlog)
     return held >= share
-
-
-def candidate_slots(
-    slots: list[Slot],
-    *,
-    now: datetime,
-    usable: int,
-    tenant: str,
-    interactive: bool,
-    backlog: Mapping[str, int] | None = None,
-    per_tenant: int | None = None,
-    holding: int | None = None,
-) -> list[int]:
-    """The free slots this caller may take, in the order to try them: bulk work uses the first
-    `usable - reserve` slots, and none while it must yield its turn to other tenants, nor while
-    its tenant holds `per_tenant` slots (so that one tenant's slow or dead endpoint cannot hold
-    every slot while another tenant's calls wait). `holding`: how many it holds, when known
-    better than from the slots (see `live_holds`)."""
-    allowed = usable if interactive else usable - reserve(usable)
-    if not interactive and yields_turn(
-        slots, now=now, usable=usable, tenant=tenant, backlog=backlog or {}
-    ):
-        return []
-    if holding is None:
-        holding = held_by(slots, now=now, tenant=tenant)
-    if per_tenant is not None and holding >= per_tenant:
-        return []
-    return [s.index for s in slots[:allowed] if s.free(now)]
 
 
 def live_holds(held: Mapping[str, datetime], now: datetime) -> dict[str, datetime]:
     """A capped holder's record of its permits (token -> until), without those that expired (a
     holder that crashed): what it holds now. Kept in one document per holder, written with
     every take, so that two instances racing for the holder's last place cannot both win,
-    whichever slots they aim at."""
+    whichever shards they aim at."""
     return {token: until for token, until in held.items() if until > now}
 
 
-def held_by(slots: list[Slot], *, now: datetime, tenant: str) -> int:
-    """How many live slots `tenant` holds (of all slots: a share learned from a 429 may have
-    shrunk the usable ones below what is held)."""
-    return sum(1 for s in slots if not s.free(now) and s.tenant == tenant)
+@dataclass(frozen=True)
+class Take:
+    """Take a permit in `shard`: what its document holds once taken (the live permits with the
+    new one, the calls of the window with the new call)."""
+
+    shard: int
+    holds: tuple[Hold, ...]
+    calls: tuple[datetime, ...]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """No permit now: look again in `seconds`."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StepAside:
+    """Bulk work of the largest backlog, holding its share: defer at once (see yields_turn)."""
+
+
+def decide_permit(
+    shards: list[Shard],
+    *,
+    now: datetime,
+    token: str,
+    until: datetime,
+    tenant: str,
+    interactive: bool,
+    backlog: Mapping[str, int],
+    per_tenant: int | None = None,
+    holding: int | None = None,
+    pick: Any = None,
+) -> Take | Wait | StepAside:
+    """Where a call may take its permit, from every shard as read. Bulk work uses the shards
+    that leave the last ones' slots and budget to interactive work, and none while it must yield
+    its turn to other tenants, nor while its tenant holds `per_tenant` permits (so that one
+    tenant's slow or dead endpoint cannot hold every slot while another tenant's calls wait).
+    `until`: when the new permit expires if never released. `holding`: how many the tenant
+    holds, when known better than from the shards (see `live_holds`). `pick` chooses among the
+    shards with room (random.choice)."""
+    allowed = usable_shards([(s.slots, s.rate) for s in shards], interactive)
+    live = [h for s in shards for h in s.live(now)]
+    if not interactive and yields_turn(
+        live, allowed=sum(shards[i].slots for i in allowed), tenant=tenant, backlog=backlog
+    ):
+        return StepAside()
+    if holding is None:
+        holding = sum(1 for h in live if h.tenant == tenant)
+    if per_tenant is not None and holding >= per_tenant:
+        return Wait(0.1)
+    places: list[Take] = []
+    soonest, slot_free = WINDOW.total_seconds(), False
+    for index, rate in allowed.items():
+        shard = shards[index]
+        mine = shard.live(now)
+        if len(mine) >= shard.slots:
+            continue
+        slot_free = True
+        admitted, keep, wait = admit(list(shard.calls), now=now, cap=rate)
+        if admitted:
+            places.append(Take(index, (*mine, Hold(token, tenant, until)), tuple(keep)))
+        soonest = min(soonest, wait)
+    if places:
+        return (pick or random.choice)(places)
+    # A slot is free but the window is full: wait for a place; all taken: look again soon.
+    return Wait(soonest) if slot_free else Wait(0.1)
 
 
 def candidate_shards(caps: list[int], interactive: bool) -> list[int]:
