@@ -159,7 +159,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "Makespan from the 202 to `completed`; bound = max(calls ÷ rate, calls x latency ÷ "
         "concurrency) over the calls the provider accepted, at the bulk share of the declared "
         "limits (bulk work leaves the last of five permit shards, a fifth of the slots and "
-        "of the rate, to WhatsApp replies); the provider server enforces the declared limits and answers 429 past them. "
+        "of the rate, to WhatsApp replies); the provider server enforces the declared limits "
+        "and answers 429 past them. "
         "Messages reach the processor through the local cloud's push relay, at what its "
         "instances serve at once (goals: rate-bound ≤ 1.05x, concurrency-bound ≤ 1.10x, "
         "failing 10% ≤ 1.15x, zero 429s).",
