@@ -12,13 +12,15 @@ import contextlib
 import hashlib
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from google.api_core.exceptions import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from google.cloud import firestore
@@ -38,8 +40,41 @@ log = logging.getLogger(__name__)
 BACKOFF_CACHE_SECONDS = 0.5
 # A crashed holder's slot frees itself after its call's timeout plus this.
 SLOT_GRACE_SECONDS = 15.0
+# How long a waiting permit trusts the shards it is not looking at before it reads them all again.
+FULL_READ_SECONDS = 1.0
 # How long the tenants' backlogs are trusted before they are read again.
 BACKLOG_CACHE_SECONDS = 2.0
+
+
+class Cached(Generic[T]):
+    """A value read again at most every `seconds`, by one thread: the others go on with what it
+    was meanwhile (every thread of a busy instance read it at once, each time it aged)."""
+
+    def __init__(self, read: Callable[[], T], seconds: float) -> None:
+        self._read, self._seconds = read, seconds
+        self._value: tuple[float, T] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        cached = self._value
+        if cached is not None and time.monotonic() - cached[0] <= self._seconds:
+            return cached[1]
+        # The first read waits for whoever is reading; later ones do not.
+        if not self._lock.acquire(blocking=cached is None):
+            assert cached is not None
+            return cached[1]
+        try:
+            cached = self._value
+            if cached is None or time.monotonic() - cached[0] > self._seconds:
+                cached = (time.monotonic(), self._read())
+                self._value = cached
+            return cached[1]
+        finally:
+            self._lock.release()
+
+    def set(self, value: T) -> T:
+        self._value = (time.monotonic(), value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -57,23 +92,20 @@ class Limiter:
         """`backlog` gives each tenant's queued bulk items: the largest backlog yields its turn
         once it holds its share of the slots while others wait (see limits.yields_turn)."""
         self.name = name
-        self._backlog = backlog
-        self._backlog_cache: tuple[float, dict[str, int]] | None = None
+        self._backlogs = Cached(backlog, BACKLOG_CACHE_SECONDS)
         self._db = db
         self._provider = provider
         self._recovery = timedelta(seconds=recovery_seconds)
         self._root = db.collection("limits").document(name)
         self._shards = [self._root.collection("shards").document(str(i)) for i in range(shards)]
-        self._backoff = limits.Backoff()
-        self._backoff_read = 0.0
+        self._backoff = Cached(
+            lambda: limits.Backoff.from_doc(self._root.get().to_dict()), BACKOFF_CACHE_SECONDS
+        )
 
     # -- what the provider taught us --------------------------------------------------------------
 
     def backoff(self) -> limits.Backoff:
-        if time.monotonic() - self._backoff_read > BACKOFF_CACHE_SECONDS:
-            self._backoff = limits.Backoff.from_doc(self._root.get().to_dict())
-            self._backoff_read = time.monotonic()
-        return self._backoff
+        return self._backoff.get()
 
     def factor(self) -> float:
         return limits.current_factor(self.backoff(), clock.now(), self._recovery)
@@ -88,17 +120,12 @@ class Limiter:
             tx.set(self._root, learned.to_doc())
             return learned
 
-        self._backoff = run(self._db.transaction(max_attempts=10))
-        self._backoff_read = time.monotonic()
+        learned = self._backoff.set(run(self._db.transaction(max_attempts=10)))
         log.warning("%s answered 429: usable share now %.2f, paused until %s", self.name,
-                    self._backoff.factor, self._backoff.paused_until)  # fmt: skip
+                    learned.factor, learned.paused_until)  # fmt: skip
 
     def backlog(self) -> dict[str, int]:
-        cached = self._backlog_cache
-        if cached is None or time.monotonic() - cached[0] > BACKLOG_CACHE_SECONDS:
-            cached = (time.monotonic(), self._backlog())
-            self._backlog_cache = cached
-        return cached[1]
+        return self._backlogs.get()
 
     # -- permits ----------------------------------------------------------------------------------
 
@@ -112,17 +139,22 @@ class Limiter:
         None when there was no capacity in that time: the caller defers its work, which is not a
         failure and costs the item no attempt.
 
-        Each try is one read of every permit shard and one commit that takes a place in one of
-        them, conditional on the document being as read (its update time), so two instances can
-        never take the same place. Optimistic writes rather than transactions: a transaction
-        costs three round trips per document and holds locks, and this runs before every
-        provider call (profiled in `make bench`).
+        The first try reads every permit shard, a later one only the shard it lost a race for
+        or, while it waits, one shard at a time (every shard again after FULL_READ_SECONDS).
+        Each try is one commit that takes a place in a shard, conditional on the document being
+        as read (its update time), so two instances can never take the same place: a shard
+        read earlier than the others only ever costs a lost race, never a limit. Optimistic
+        writes rather than transactions: a transaction costs three round trips per document and
+        holds locks, and this runs before every provider call (profiled in `make bench`).
         """
         deadline = time.monotonic() + wait
         token = uuid.uuid4().hex
         cap = cap if cap is not None else self._provider.tenant_max_concurrent
         holder = None if cap is None else self._holder_ref(tenant)
         provider = self._provider
+        snaps: dict[str, Any] = {}  # every shard (and the holder's record) as last read
+        read_all_at = 0.0
+        look_at: int | None = None  # the one shard to read again, after a lost race or a wait
         while True:
             now = clock.now()
             backoff = self.backoff()
@@ -130,8 +162,15 @@ class Limiter:
             if backoff.paused_until is not None and backoff.paused_until > now:
                 pause = max(pause, (backoff.paused_until - now).total_seconds())
             else:
-                refs = [*self._shards, *([holder] if holder else [])]
-                snaps = {s.reference.path: s for s in self._db.get_all(refs)}
+                shares = limits.shard_shares(provider.max_concurrent,
+                                             provider.requests_per_minute, len(self._shards),
+                                             self.factor())  # fmt: skip
+                if look_at is None or time.monotonic() - read_all_at > FULL_READ_SECONDS:
+                    look_at, read_all_at = None, time.monotonic()
+                    refs = [*self._shards, *([holder] if holder else [])]
+                else:
+                    refs = [self._shards[look_at], *([holder] if holder else [])]
+                snaps.update({s.reference.path: s for s in self._db.get_all(refs)})
                 holds = (
                     None
                     if holder is None
@@ -139,9 +178,6 @@ class Limiter:
                         (snaps[holder.path].to_dict() or {}).get("held", {}), now
                     )
                 )
-                shares = limits.shard_shares(provider.max_concurrent,
-                                             provider.requests_per_minute, len(self._shards),
-                                             self.factor())  # fmt: skip
                 shards = [
                     _shard(i, share, snaps[ref.path].to_dict())
                     for i, (ref, share) in enumerate(zip(self._shards, shares, strict=True))
@@ -151,6 +187,7 @@ class Limiter:
                     shards, now=now, token=token, until=until, tenant=tenant,
                     interactive=interactive, backlog={} if interactive else self.backlog(),
                     per_tenant=cap, holding=None if holds is None else len(holds),
+                    pick=partial(_fresh_first, look_at),
                 )  # fmt: skip
                 if isinstance(decision, limits.StepAside):
                     return None
@@ -158,9 +195,12 @@ class Limiter:
                     held = None if holds is None or holder is None else (holder, holds)
                     if self._take(snaps, decision, token, until, held):
                         return Permit(decision.shard, token, holder)
-                    pause = random.uniform(0, 0.02)  # lost a race: read again at once
+                    # Lost a race for that shard: read it again at once, and only it.
+                    look_at, pause = decision.shard, random.uniform(0, 0.02)
                 else:
                     pause = max(pause, decision.seconds + random.uniform(0, 0.05))
+                    # While waiting, one shard at a time shows what frees up.
+                    look_at = random.choice(list(limits.usable_shards(shares, interactive)))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -264,6 +304,12 @@ class Held:
             told = self._limiter.learn(error)
             if told is not error:
                 raise told from None
+
+
+def _fresh_first(fresh: int | None, places: list[limits.Take]) -> limits.Take:
+    """The shard read alone just now (`fresh`), if it has room: the others were read earlier,
+    and a place that looked free there may be gone, a lost race."""
+    return random.choice([p for p in places if p.shard == fresh] or places)
 
 
 def _shard(index: int, share: tuple[int, int], doc: dict[str, Any] | None) -> limits.Shard:

@@ -214,7 +214,7 @@ def decide_permit(
     if holding is None:
         holding = sum(1 for h in live if h.tenant == tenant)
     if per_tenant is not None and holding >= per_tenant:
-        return Wait(0.1)
+        return Wait(0.1)  # its own permits must end first: not a matter of free slots
     places: list[Take] = []
     soonest, slot_free = WINDOW.total_seconds(), False
     for index, rate in allowed.items():
