@@ -4,7 +4,8 @@ Three kinds of work, each in a fresh deployment whose every function reaches the
 through its own wire meter (localcloud/wire_meter.py) and is reached through its front end,
 which counts its invocations and the time it had one in flight (what Cloud Run bills):
 
-- a 1,000-item CRM batch without an export;
+- a 1,000-item CRM batch without an export, with the provider allowing 10 calls at once, 5 and
+  500 (what a permit costs must not grow with it);
 - a 1,000-item CRM batch whose Sheets export is configured right after its 202;
 - 200 WhatsApp messages, each from its own user, each answered.
 
@@ -97,10 +98,12 @@ def _wait(done: Any, what: str, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
-def crm_batch(cloud: LocalCloud, *, export: bool) -> dict[str, FunctionUsage]:
+def crm_batch(
+    cloud: LocalCloud, *, export: bool, concurrent: int = PROVIDER["max_concurrent"]
+) -> dict[str, FunctionUsage]:
     d = cloud.deploy(
-        "bench-cost-" + ("export" if export else "crm"),
-        topology_overrides={"providers": {"ai": PROVIDER}},
+        f"bench-cost-{'export' if export else 'crm'}-{concurrent}",
+        topology_overrides={"providers": {"ai": {**PROVIDER, "max_concurrent": concurrent}}},
         provider_args=["--latency-ms", "0"],
         metered=True,
     )
@@ -175,6 +178,17 @@ def run(cloud: LocalCloud) -> dict[str, Any]:
     work = {}
     for name, measure, items in (
         ("CRM item, no export", lambda: crm_batch(cloud, export=False), ITEMS),
+        # What a permit costs must not grow with what the provider allows at once.
+        (
+            "CRM item, provider allowing 5 at once",
+            lambda: crm_batch(cloud, export=False, concurrent=5),
+            ITEMS,
+        ),
+        (
+            "CRM item, provider allowing 500 at once",
+            lambda: crm_batch(cloud, export=False, concurrent=500),
+            ITEMS,
+        ),
         ("CRM item, Sheets export", lambda: crm_batch(cloud, export=True), ITEMS),
         ("WhatsApp message answered", lambda: whatsapp(cloud), MESSAGES),
     ):
