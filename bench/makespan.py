@@ -5,8 +5,9 @@ The bound is what no scheduler can beat: max(a minute per full sliding window af
 calls x latency / concurrency), over the calls the provider accepted (with a provider that fails
 10% of calls, the retries are calls too), at the share of the declared limits that bulk work
 may use: it leaves a reserve to WhatsApp replies (the last of its five permit shards: a fifth of
-the slots and of the rate). The provider server enforces exactly the declared limits, so every call Sluice sends over them comes
-back as a 429: the count of 429s says how well the shared limiter kept to them.
+the slots and of the rate). The provider server enforces exactly the declared limits, so every
+call Sluice sends over them comes back as a 429: the count of 429s says how well the shared
+limiter kept to them.
 
 The failing profile's batch also has its Sheets export configured right after the 202, so the
 incremental writer's calls per 1,000 rows are measured on it (bench/sheets.py reports them).
