@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from localcloud.wire_meter import WireMeter
+from sluice.adapters import limiter as limiter_module
 from sluice.adapters.limiter import Limiter
 from sluice.topology import Provider
 
@@ -109,3 +111,27 @@ def test_one_holder_never_takes_more_than_its_cap_and_others_still_get_slots(pro
 def test_racing_instances_never_give_one_holder_more_than_its_cap(project):
     instances = [limiter(project, per_minute=10_000, concurrent=8, name="raced") for _ in range(4)]
     assert race(instances, 24, 8, tenant="number-1", interactive=True, cap=2) == (24, 2)
+
+
+def test_a_permit_reads_the_same_documents_whatever_the_provider_allows(
+    project, local_cloud, monkeypatch
+):
+    """What a permit costs, counted on the wire, does not grow with `max_concurrent`: 5 calls at
+    once or 500, the same shards are read and one of them written."""
+    reads = {}
+    # The learned backoff is read once and trusted throughout, however slow the machine.
+    monkeypatch.setattr(limiter_module, "BACKOFF_CACHE_SECONDS", 600)
+    with WireMeter(local_cloud.emulators.firestore_host) as meter:
+        monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", meter.host)
+        for concurrent in (5, 500):
+            instance = limiter(project, per_minute=10_000, concurrent=concurrent,
+                               name=f"allows-{concurrent}")  # fmt: skip
+            instance.acquire(tenant="t", interactive=True, wait=1)  # the backoff, read once
+            meter.reset()
+            permit = instance.acquire(tenant="t", interactive=True, wait=1)
+            assert permit is not None
+            instance.release(permit)
+            reads[concurrent] = meter.usage()
+    assert reads[5] == reads[500]
+    # Every shard read once (3 here), the taken one written, the release one write.
+    assert reads[5].reads == 3 and reads[5].writes == 2 and reads[5].commits == 2
