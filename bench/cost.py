@@ -35,9 +35,11 @@ from bench.report import table
 from localcloud.cloud import Deployment, FunctionUsage, LocalCloud
 from localcloud.wire_meter import MIN_BILLED_BYTES
 from sluice.adapters.tenants_store import TenantStore
+from testkit.client import bearer, submit, wait_for, webhook
 
 ITEMS = 1000
 MESSAGES = 200
+TIMEOUT = 300  # seconds for a kind of work to finish
 # An instant provider under limits it never reaches: what is counted is Sluice's own work.
 PROVIDER = {"requests_per_minute": 1_000_000, "max_concurrent": 10}
 
@@ -90,14 +92,6 @@ def _settled(d: Deployment) -> dict[str, FunctionUsage]:
     return now
 
 
-def _wait(done: Any, what: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not finish within {timeout:.0f}s")
-        time.sleep(0.2)
-
-
 def crm_batch(
     cloud: LocalCloud, *, export: bool, concurrent: int = PROVIDER["max_concurrent"]
 ) -> dict[str, FunctionUsage]:
@@ -110,21 +104,20 @@ def crm_batch(
     try:
         db = firestore.Client(project=d.project)
         key = TenantStore(db).create("bench", sheets=True).api_key
-        headers = {"Authorization": f"Bearer {key}"}
-        body = {"kind": "summarize", "items": [{"input": f"item {n}"} for n in range(ITEMS)]}
         with httpx.Client(timeout=60) as http:
-            accepted = http.post(d.url("webhook-ingest") + "/v1/batches", json=body,
-                                 headers=headers)  # fmt: skip
-            accepted.raise_for_status()
-            job = db.collection("jobs").document(accepted.json()["batch_id"])
+            accepted = submit(http, d, key, inputs=[f"item {n}" for n in range(ITEMS)])
             if export:
-                status_url = accepted.json()["status_url"]
-                http.post(status_url + "/sheets", headers=headers).raise_for_status()
-        _wait(lambda: (job.get().to_dict() or {}).get("state") == "completed", "the batch")
+                http.post(
+                    accepted["status_url"] + "/sheets", headers=bearer(key)
+                ).raise_for_status()
+        job = db.collection("jobs").document(accepted["batch_id"])
+        wait_for(lambda: (job.get().to_dict() or {}).get("state") == "completed", TIMEOUT,
+                 "the batch")  # fmt: skip
         if export:
             # The export's row allocator counts the rows written (see ExportStore.progress).
             rows = job.collection("exports").document("sheets").collection("state").document("rows")
-            _wait(lambda: (rows.get().to_dict() or {}).get("written", 0) >= ITEMS, "the export")
+            wait_for(lambda: (rows.get().to_dict() or {}).get("written", 0) >= ITEMS, TIMEOUT,
+                     "the export")  # fmt: skip
         return _settled(d)
     finally:
         d.stop()
@@ -143,14 +136,13 @@ def whatsapp(cloud: LocalCloud) -> dict[str, FunctionUsage]:
         tenants.add_phone("bench", d.whatsapp["phone_number_id"])
         with httpx.Client(timeout=60) as http:
             for body, headers in whatsapp_bodies(d, "cost", MESSAGES):
-                http.post(d.url("webhook-ingest") + "/whatsapp/webhook", content=body,
-                          headers=headers).raise_for_status()  # fmt: skip
+                http.post(webhook(d), content=body, headers=headers).raise_for_status()
 
             def answered() -> bool:
                 stats = http.get(d.graph_url + "/_sluice/stats").json()
                 return int(stats.get("accepted", 0)) >= MESSAGES
 
-            _wait(answered, "the replies")
+            wait_for(answered, TIMEOUT, "the replies")
         return _settled(d)
     finally:
         d.stop()

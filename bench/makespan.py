@@ -32,6 +32,7 @@ from bench.sheets import wait_export, writes
 from localcloud.cloud import LocalCloud
 from sluice.adapters.tenants_store import TenantStore
 from sluice.domain import limits
+from testkit.client import bearer, submit
 
 ITEMS = 1000
 
@@ -84,14 +85,11 @@ def one_batch(cloud: LocalCloud, profile: Profile) -> dict[str, Any]:
     )
     try:
         key = TenantStore(firestore.Client(project=d.project)).create("bench", sheets=True).api_key
-        headers = {"Authorization": f"Bearer {key}"}
-        body = {"kind": "summarize", "items": [{"input": f"item {n}"} for n in range(ITEMS)]}
+        headers = bearer(key)
         with httpx.Client(timeout=60) as http:
-            accepted = http.post(d.url("webhook-ingest") + "/v1/batches", json=body,
-                                 headers=headers)  # fmt: skip
-            accepted.raise_for_status()
+            accepted = submit(http, d, key, inputs=[f"item {n}" for n in range(ITEMS)])
             started = time.monotonic()  # from the 202: the processing, not the intake
-            status_url = accepted.json()["status_url"]
+            status_url = accepted["status_url"]
             if profile.export:
                 http.post(status_url + "/sheets", headers=headers).raise_for_status()
                 created = writes(http, d.sheets_url)  # the spreadsheet's creation

@@ -215,15 +215,8 @@ class Deployment:
         emulators, the deployment's topology and the stand-ins. A setting a function reads but
         does not list is missing here as it would be in the cloud, so it fails locally first."""
         values = self.settings()
-        name = next((n for n, f in self.topology.functions.items() if f == function), "")
-        meter = self.meters.get(name)
-        emulators = (
-            {"PUBSUB_EMULATOR_HOST": meter.host, "FIRESTORE_EMULATOR_HOST": meter.host}
-            if meter is not None
-            else self.cloud.emulators.env()
-        )
         return {
-            **emulators,
+            **self.cloud.emulators.env(),
             "GOOGLE_CLOUD_PROJECT": self.project,
             "SLUICE_TOPOLOGY": str(self.topology_path),
             **self.stand_ins(),
@@ -270,8 +263,10 @@ class Deployment:
                 zygote=self.cloud.zygote,
             )
         # Each function's environment holds the others' URLs (status-api's): learn them first.
-        for fn in self.functions.values():
+        for name, fn in self.functions.items():
             fn.env.update(self.function_env(fn.function))
+            if name in self.meters:
+                fn.env.update(self.meters[name].env())
             fn.start()
         self.create_topics()
         for fn in self.functions.values():

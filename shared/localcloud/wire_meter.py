@@ -79,9 +79,6 @@ class Usage:
     messages_published: int = 0
     publish_bytes_billed: int = 0
 
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(**{k: getattr(self, k) + getattr(other, k) for k in self.__dataclass_fields__})
-
 
 class WireMeter(grpc.GenericRpcHandler):
     def __init__(self, firestore_host: str, pubsub_host: str | None = None) -> None:
@@ -96,6 +93,10 @@ class WireMeter(grpc.GenericRpcHandler):
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The emulator variables that point Google's clients at this meter."""
+        return {"FIRESTORE_EMULATOR_HOST": self.host, "PUBSUB_EMULATOR_HOST": self.host}
 
     @property
     def documents_read(self) -> int:

@@ -234,7 +234,7 @@ class IntakeStore:
         index = zlib.crc32(item_id.encode())
         batch = self._paths.db.batch()
         batch.create(self._paths.item_ref(job_id, item_id), new_item_doc(index, item_input, at))
-        self._paths.count(batch, job_id, counters.added(), index=index)
+        self._paths.count(batch, job_id, counters.added(), shard=self._paths.shard_of(index))
         try:
             batch.commit()
         except AlreadyExists:

@@ -293,7 +293,7 @@ class ItemStore:
         results, in that order). Returns the counts moved."""
         writer.update(self._paths.item_ref(job_id, item_id), change.fields, option=option)
         moves = counters.delta(change.before, change.after)
-        self._paths.count(writer, job_id, moves, index=int(doc.get("index", 0)))
+        self._paths.count(writer, job_id, moves, shard=self._paths.shard_of(_index(doc)))
         return moves
 
     def transition_items(
@@ -324,13 +324,13 @@ class ItemStore:
                     change = decide(ItemRecord.from_doc(doc))
                     if snap.exists and change is not None:
                         tx.update(snap.reference, change.fields)
-                        shard = counters.shard_of(int(doc.get("index", 0)), self._paths.shards)
+                        shard = self._paths.shard_of(_index(doc))
                         moves.setdefault(shard, Counter()).update(
                             counters.delta(change.before, change.after)
                         )
                         done.append(snap.id)
                 for shard, moved in moves.items():
-                    self._paths.count(tx, job_id, dict(moved), index=shard)
+                    self._paths.count(tx, job_id, dict(moved), shard=shard)
                 return done
 
             moved = run(self._paths.db.transaction())
@@ -399,6 +399,10 @@ class ItemStore:
             last = self._paths.item_ref(job_id, after["item_id"])
             query = query.start_after({"finished_at": after["finished_at"], "__name__": last})
         return [(snap.id, snap.to_dict() or {}) for snap in query.stream()]
+
+
+def _index(doc: dict[str, Any]) -> int:
+    return int(doc.get("index", 0))
 
 
 def _row(

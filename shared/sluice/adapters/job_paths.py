@@ -60,10 +60,14 @@ class JobPaths:
         for shard_ref, shard in zip(self.shard_refs(job_id), initial, strict=True):
             writer.set(shard_ref, shard)
 
-    def count(self, writer: Any, job_id: str, moves: dict[str, int], *, index: int) -> None:
-        """Counts moved by a commit for the item at `index` of its job, added to that item's
-        shard in the same commit (a transaction or a batch): so counts never drift from the
-        items' states."""
+    def shard_of(self, index: int) -> int:
+        """The counter shard of the item at `index` of its job (see sluice.domain.counters)."""
+        return counters.shard_of(index, self.shards)
+
+    def count(self, writer: Any, job_id: str, moves: dict[str, int], *, shard: int) -> None:
+        """Counts moved by a commit, added to counter shard `shard` (the items' own, see
+        `shard_of`) in that same commit (a transaction or a batch): so counts never drift from
+        the items' states."""
         if moves:
-            shard = self.shard_refs(job_id)[counters.shard_of(index, self.shards)]
-            writer.set(shard, {k: firestore.Increment(v) for k, v in moves.items()}, merge=True)
+            ref = self.shard_refs(job_id)[shard]
+            writer.set(ref, {k: firestore.Increment(v) for k, v in moves.items()}, merge=True)
