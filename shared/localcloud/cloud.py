@@ -28,6 +28,7 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.protobuf.duration_pb2 import Duration
 from google.pubsub_v1.types import DeadLetterPolicy, RetryPolicy
 
+from localcloud.build import compile_functions
 from localcloud.emulators import Emulators
 from localcloud.functions import FunctionProcess
 from localcloud.graph_server import ACCESS_TOKEN_ENV as GRAPH_ACCESS_TOKEN_ENV
@@ -78,6 +79,7 @@ class LocalCloud:
         )
 
     def start(self) -> None:
+        compile_functions(REPO_ROOT)
         self.router.start()
         try:
             self.zygote.start()

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 UV = ROOT / ".tools" / "bin" / "uv"
 
 PROBE = """
-import json, functions_framework, main, sluice
+import importlib.util, json, sys, functions_framework, main, sluice
 from functions_framework import _function_registry as registry
 from sluice.topology import REPO_TOPOLOGY, load_topology
 target, kind = "{target}", "{kind}"
@@ -31,7 +31,21 @@ try:
     local = True
 except ModuleNotFoundError:
     local = False
+def compiled(module):
+    # What the import system checks before it uses a module's bytecode instead of its source.
+    try:
+        with open(module.__cached__, "rb") as pyc:
+            header = pyc.read(16)
+    except OSError:
+        return False
+    with open(module.__file__, "rb") as source:
+        digest = importlib.util.source_hash(source.read())
+    magic, flags = header[:4] == importlib.util.MAGIC_NUMBER, int.from_bytes(header[4:8], "little")
+    return magic and flags == 0b11 and header[8:16] == digest
+ours = [m for n, m in sys.modules.items() if n == "main" or n.startswith("sluice")]
 print(json.dumps({{
+    "not_compiled": sorted(m.__name__ for m in ours if not compiled(m)),
+    "modules": len(ours),
     "sluice": sluice.__file__,
     "topology": str(REPO_TOPOLOGY),
     "functions": sorted(load_topology().functions),
@@ -101,3 +115,5 @@ def test_main_imports_in_a_fresh_environment_made_from_the_archive(
     assert found["signature"] == spec.signature_type
     assert found["localcloud"] is False
     assert found["has_app"] is True
+    # A new instance runs Sluice's bytecode from the archive, rather than parsing its source.
+    assert found["modules"] > 10 and found["not_compiled"] == []
