@@ -27,3 +27,26 @@ def test_a_topic_missing_from_publishes_is_refused_before_anything_is_sent(proje
     pulled = subscriber.pull(subscription=tap, max_messages=10, timeout=10).received_messages
     assert [json.loads(m.message.data) for m in pulled] == [{"n": 3}]
     subscriber.close()
+
+
+def test_a_publish_of_thousands_stores_every_message_once_under_the_ids_it_returns(project):
+    # 2,500 messages are three Publish requests (at most 1,000 each), sent at once.
+    client, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    client.create_topic(name=client.topic_path(project, "work-items"))
+    tap = subscriber.subscription_path(project, "tap")
+    subscriber.create_subscription(name=tap, topic=client.topic_path(project, "work-items"))
+    sent = [{"item_id": f"i{n:04d}"} for n in range(2500)]
+
+    ids = Publisher(client, project, timeout=10).publish("work-items", sent)
+
+    assert len(set(ids)) == len(sent)
+    got: dict[str, dict] = {}
+    while len(got) < len(sent):
+        pulled = subscriber.pull(subscription=tap, max_messages=1000, timeout=10)
+        got.update({m.message.message_id: json.loads(m.message.data)
+                    for m in pulled.received_messages})  # fmt: skip
+        subscriber.acknowledge(
+            subscription=tap, ack_ids=[m.ack_id for m in pulled.received_messages]
+        )
+    assert [got[i] for i in ids] == sent
+    subscriber.close()

@@ -8,7 +8,7 @@ from google.cloud.firestore_v1.types import Value
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sluice.adapters.intake_store import commit_ranges
+from sluice.adapters.request_parts import request_ranges
 from sluice.domain.batches import parse_batch
 from sluice.domain.errors import Invalid, Unauthenticated
 from sluice.domain.firestore_values import (
@@ -123,10 +123,10 @@ def test_the_encoded_size_bounds_the_client_library_s_encoding(value):
 
 
 def test_commits_are_cut_by_count_and_by_bytes():
-    assert commit_ranges([1] * 1200, max_writes=500, max_bytes=10**9) == [
+    assert request_ranges([1] * 1200, max_count=500, max_bytes=10**9) == [
         range(0, 500), range(500, 1000), range(1000, 1200)
     ]  # fmt: skip
-    assert commit_ranges([40, 40, 40, 100, 10], max_writes=500, max_bytes=100) == [
+    assert request_ranges([40, 40, 40, 100, 10], max_count=500, max_bytes=100) == [
         range(0, 2), range(2, 3), range(3, 4), range(4, 5)
     ]  # fmt: skip
-    assert commit_ranges([], max_writes=500, max_bytes=100) == []
+    assert request_ranges([], max_count=500, max_bytes=100) == []

@@ -18,7 +18,9 @@ from google.api_core.exceptions import Aborted, AlreadyExists, Conflict
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from sluice.adapters.bulk_creates import add_creates
 from sluice.adapters.job_paths import WRITE_BATCH, JobPaths
+from sluice.adapters.request_parts import request_ranges
 from sluice.clock import now
 from sluice.domain import counters, intake, jobs
 from sluice.domain.firestore_values import entry_size
@@ -35,18 +37,10 @@ PARALLEL_COMMITS = 4
 
 
 def new_item_doc(index: int, item_input: Any, at: datetime) -> dict[str, Any]:
-    return {
-        "index": index,
-        "input": item_input,
-        "state": "queued",
-        "attempts": 0,
-        "lease": None,
-        "error": None,
-        "result": None,
-        "finished_at": None,
-        "created_at": at,
-        "updated_at": at,
-    }
+    # Only what a queued item has: the fields a run sets (attempts, lease, result, error,
+    # finished_at, updated_at) are read as absent = never set. Each field is encoded, sent and
+    # indexed for every item of every batch; six fewer make a 10,000-item intake faster.
+    return {"index": index, "input": item_input, "state": "queued", "created_at": at}
 
 
 @dataclass(frozen=True)
@@ -54,20 +48,6 @@ class NewItem:
     id: str
     index: int
     input: Any
-
-
-def commit_ranges(sizes: Sequence[int], *, max_writes: int, max_bytes: int) -> list[range]:
-    """Consecutive ranges of writes, each at most `max_writes` long and `max_bytes` in sum (a
-    single write larger than that gets a range of its own)."""
-    ranges, start, total = [], 0, 0
-    for index, size in enumerate(sizes):
-        if index > start and (index - start >= max_writes or total + size > max_bytes):
-            ranges.append(range(start, index))
-            start, total = index, 0
-        total += size
-    if start < len(sizes):
-        ranges.append(range(start, len(sizes)))
-    return ranges
 
 
 class IntakeStore:
@@ -197,8 +177,8 @@ class IntakeStore:
             todo = list(part)
             while todo:
                 batch = self._paths.db.batch()
-                for n in todo:
-                    batch.create(self._paths.item_ref(job_id, items[n].id), docs[n])
+                add_creates(batch, ((self._paths.item_ref(job_id, items[n].id), docs[n])
+                                    for n in todo))  # fmt: skip
                 try:
                     batch.commit()
                     return
@@ -212,7 +192,7 @@ class IntakeStore:
         # 32 MiB in 500): commits are cut by the documents' encoded size.
         docs = [new_item_doc(item.index, item.input, at) for item in items]
         sizes = [sum(entry_size(k, v) for k, v in doc.items()) + WRITE_OVERHEAD for doc in docs]
-        parts = commit_ranges(sizes, max_writes=WRITE_BATCH, max_bytes=COMMIT_BYTES)
+        parts = request_ranges(sizes, max_count=WRITE_BATCH, max_bytes=COMMIT_BYTES)
         # Several commits at once: a 10,000-item batch is 20 commits, and the submitter waits
         # for all of them (bench/ingest.py). The first error is raised once all have ended.
         with ThreadPoolExecutor(PARALLEL_COMMITS) as pool:

@@ -350,8 +350,10 @@ class ItemStore:
             .collection("items")
             .where(filter=FieldFilter("state", "==", "queued"))
         )
-        docs = ((snap.id, snap.to_dict() or {}) for snap in query.select(["updated_at"]).stream())
-        return [i for i, doc in docs if doc.get("updated_at") is None or doc["updated_at"] < before]
+        fields = ["updated_at", "created_at"]  # a queued item never changed has only the latter
+        docs = ((snap.id, snap.to_dict() or {}) for snap in query.select(fields).stream())
+        touched = ((i, doc.get("updated_at") or doc.get("created_at")) for i, doc in docs)
+        return [i for i, at in touched if at is None or at < before]
 
     def redispatched(
         self, job_id: str, item_ids: Sequence[str], *, dispatch: int, at: datetime

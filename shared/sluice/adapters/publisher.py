@@ -5,14 +5,24 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from google.api_core.retry import Retry
+
+from sluice.adapters.request_parts import request_ranges
 
 if TYPE_CHECKING:  # imported by clients.publisher_client, only in functions that publish
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
     from sluice.push import PubSubMessage
+
+# Pub/Sub's limits for one Publish request: 1,000 messages, 10 MB (less here, for the framing).
+PUBLISH_MESSAGES = 1000
+PUBLISH_BYTES = 8 * 1024 * 1024
+MESSAGE_OVERHEAD = 64  # a message's framing in the request besides its data
+# Requests in flight at once for one publish of many messages (gRPC waits without the GIL).
+PARALLEL_REQUESTS = 4
 
 
 class Publisher:
@@ -60,7 +70,37 @@ class Publisher:
     def publish(
         self, topic: str, messages: Iterable[dict[str, Any]], *, ordering_key: str = ""
     ) -> list[str]:
-        return self.publish_keyed(topic, ((m, ordering_key) for m in messages))
+        """Publish every message and return their ids once Pub/Sub has stored all of them;
+        raises if any is not stored (the caller must not report the work as accepted).
+
+        Messages without an ordering key go straight to the Publish call, in requests of up to
+        1,000: the client's batching builds a wrapper, a future and a retry for each message,
+        0.1 ms of CPU apiece (profiled), which was a second of a 10,000-item submission. A
+        retried request may store a message twice, as the client's own retries may; every
+        consumer takes a message twice as once."""
+        if ordering_key:
+            return self.publish_keyed(topic, ((m, ordering_key) for m in messages))
+        path = self._publishing_to(topic)
+        # Imported here, as the client is (clients.publisher_client), and cached after.
+        from google.pubsub_v1.services.publisher import PublisherClient as Gapic
+        from google.pubsub_v1.types import PublishRequest, PubsubMessage
+
+        raw_message, raw_request = PubsubMessage.pb(), PublishRequest.pb()
+        data = [json.dumps(m, separators=(",", ":")).encode() for m in messages]
+        sizes = [len(d) + MESSAGE_OVERHEAD for d in data]
+
+        def send(part: range) -> list[str]:
+            request = raw_request(topic=path, messages=[raw_message(data=data[n]) for n in part])
+            # The generated Publish call the client inherits (its own publish() batches).
+            answer = Gapic.publish(self._client, request=PublishRequest.wrap(request),
+                                   retry=self._retry, timeout=self._timeout)  # fmt: skip
+            return list(answer.message_ids)
+
+        parts = request_ranges(sizes, max_count=PUBLISH_MESSAGES, max_bytes=PUBLISH_BYTES)
+        if len(parts) <= 1:
+            return [i for part in parts for i in send(part)]
+        with ThreadPoolExecutor(min(PARALLEL_REQUESTS, len(parts))) as pool:
+            return [i for ids in pool.map(send, parts) for i in ids]
 
     def publish_keyed(
         self, topic: str, messages: Iterable[tuple[dict[str, Any], str]]
