@@ -33,15 +33,13 @@ def test_a_batch_of_creates_is_the_batch_the_client_would_commit(monkeypatch):
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:1")  # builds requests, sends none
     db = firestore.Client(project="p")
     at = datetime(2026, 12, 7, 22, 0, tzinfo=UTC)
-    docs = [(db.document(f"jobs/j/items/i{n}"), {"index": n, "input": {"text": f"doc {n}",
-             "tags": ["a", n]}, "state": "queued", "created_at": at}) for n in range(3)]  # fmt: skip
+    item = {"input": {"text": "doc", "tags": ["a", 1]}, "state": "queued", "created_at": at}
+    docs = [(db.document(f"jobs/j/items/i{n}"), {"index": n, **item}) for n in range(3)]
     ours, theirs = db.batch(), db.batch()
     add_creates(ours, docs)
     for ref, doc in docs:
         theirs.create(ref, doc)
-    assert [type(w).pb(w) for w in ours._write_pbs] == [
-        type(w).pb(w) for w in theirs._write_pbs
-    ]
+    assert [type(w).pb(w) for w in ours._write_pbs] == [type(w).pb(w) for w in theirs._write_pbs]
 
 
 @pytest.mark.parametrize("value", [{1, 2}, GeoPoint(1.0, 2.0), firestore.SERVER_TIMESTAMP])
