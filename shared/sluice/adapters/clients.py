@@ -23,17 +23,10 @@ def publisher_client() -> pubsub_v1.PublisherClient:
     # Imported here: a function that never publishes (sheets-writer, backfill) starts without
     # the Pub/Sub client library (bench/cold_start.py).
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-    from google.cloud.pubsub_v1.types import BatchSettings, PublisherOptions
 
-    # Large batches make a 10,000-item submission a few publish calls; a batch waits at most
-    # 1 ms for more, which a lone WhatsApp event waits out before its 200 (at 10 ms, that was
-    # half of its acknowledgement: bench/ingest.py).
-    batching = BatchSettings(max_messages=1000, max_bytes=4 * 1024 * 1024, max_latency=0.001)
-    # Ordering keep a WhatsApp conversation's events in order; unkeyed messages are unaffected.
-    return pubsub_v1.PublisherClient(
-        batch_settings=batching,
-        publisher_options=PublisherOptions(enable_message_ordering=True),
-    )
+    # Publisher publishes through the client's generated Publish call, not its batching
+    # publish() (sluice.adapters.publisher says why), so no batch settings apply.
+    return pubsub_v1.PublisherClient()
 
 
 def http_client() -> httpx.Client:
