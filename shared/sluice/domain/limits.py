@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -100,7 +100,9 @@ class Shard:
     slots: int
     rate: int
     holds: tuple[Hold, ...] = ()
-    calls: tuple[datetime, ...] = ()
+    # When its recent calls were admitted, in seconds since the epoch: plain numbers, because a
+    # busy provider's window holds thousands and each permit reads and rewrites them.
+    calls: tuple[float, ...] = ()
 
     def live(self, now: datetime) -> list[Hold]:
         return [h for h in self.holds if h.live(now)]
@@ -170,7 +172,7 @@ class Take:
 
     shard: int
     holds: tuple[Hold, ...]
-    calls: tuple[datetime, ...]
+    calls: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ def decide_permit(
         if len(mine) >= shard.slots:
             continue
         slot_free = True
-        admitted, keep, wait = admit(list(shard.calls), now=now, cap=rate)
+        admitted, keep, wait = admit(shard.calls, now=now, cap=rate)
         if admitted:
             places.append(Take(index, (*mine, Hold(token, tenant, until)), tuple(keep)))
         soonest = min(soonest, wait)
@@ -240,14 +242,18 @@ def candidate_shards(caps: list[int], interactive: bool) -> list[int]:
     return usable if interactive else usable[: len(usable) - keep]
 
 
-def admit(calls: list[datetime], *, now: datetime, cap: int) -> tuple[bool, list[datetime], float]:
+def admit(
+    calls: Sequence[float], *, now: datetime, cap: int
+) -> tuple[bool, list[float], float]:
     """One shard's sliding window: admit a call if fewer than `cap` fall in the last minute.
+    `calls` in seconds since the epoch.
 
     Returns (admitted, the calls to store, seconds until a place frees if not admitted).
     """
-    recent = sorted(t for t in calls if t > now - WINDOW)
+    at, window = now.timestamp(), WINDOW.total_seconds()
+    recent = sorted(t for t in calls if t > at - window)
     if len(recent) < cap:
-        return True, [*recent, now], 0.0
+        return True, [*recent, at], 0.0
     if cap <= 0:
-        return False, recent, WINDOW.total_seconds()
-    return False, recent, max(0.0, (recent[-cap] + WINDOW - now).total_seconds())
+        return False, recent, window
+    return False, recent, max(0.0, recent[-cap] + window - at)
