@@ -242,9 +242,7 @@ def candidate_shards(caps: list[int], interactive: bool) -> list[int]:
     return usable if interactive else usable[: len(usable) - keep]
 
 
-def admit(
-    calls: Sequence[float], *, now: datetime, cap: int
-) -> tuple[bool, list[float], float]:
+def admit(calls: Sequence[float], *, now: datetime, cap: int) -> tuple[bool, list[float], float]:
     """One shard's sliding window: admit a call if fewer than `cap` fall in the last minute.
     `calls` in seconds since the epoch.
 
