@@ -37,7 +37,7 @@ RATE = 20  # WhatsApp deliveries a second, the steady load
 DELIVERIES = 100
 PROVIDER_LATENCY_MS = 300
 GRAPH_LATENCY_MS = 50
-RAMP = (50, 100, 200, 400)  # deliveries a second
+RAMP = (50, 100, 200, 300, 400)  # deliveries a second
 STEP_SECONDS = 2
 META_P99_MS = 1000.0
 # Batch size -> submissions per run, one after another.
