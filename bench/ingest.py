@@ -152,7 +152,7 @@ def submissions(http: httpx.Client, d: Deployment, inline: str, key: str) -> lis
     rows = []
     for size, count in SUBMISSIONS.items():
         body = json.dumps(
-            {"kind": "summarize", "items": [{"input": f"item {n}"} for n in range(size)]}
+            {"kind": "chat", "items": [{"input": f"item {n}"} for n in range(size)]}
         ).encode()
         bound = max(size / (ai.requests_per_minute / 60),
                     size * PROVIDER_LATENCY_MS / 1000 / ai.max_concurrent)  # fmt: skip

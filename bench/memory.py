@@ -34,9 +34,9 @@ def peak_mib(pid: int) -> float:
 
 def body(max_bytes: int, items: int, tag: str) -> bytes:
     """A batch of `items` text inputs, as close under `max_bytes` as whole items allow."""
-    overhead = len(json.dumps({"kind": "bench", "items": [{"input": ""}] * items}))
+    overhead = len(json.dumps({"kind": "chat", "items": [{"input": ""}] * items}))
     size = (max_bytes - overhead - 1000) // items
-    batch = {"kind": "bench", "items": [{"input": f"{tag}{n:06d}".ljust(size, "x")}
+    batch = {"kind": "chat", "items": [{"input": f"{tag}{n:06d}".ljust(size, "x")}
                                         for n in range(items)]}  # fmt: skip
     encoded = json.dumps(batch).encode()
     assert len(encoded) <= max_bytes

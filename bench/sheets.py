@@ -35,7 +35,7 @@ SMALL_JOBS, LARGE_JOBS = 3, 1
 
 def seed_finished_job(db: firestore.Client, tenant: str, job_id: str, n: int) -> None:
     """A completed job of n succeeded items, as the processor leaves one."""
-    job = {"tenant": tenant, "kind": "summarize", "total": n, "state": "completed",
+    job = {"tenant": tenant, "kind": "chat", "total": n, "state": "completed",
            "intake": "published", "params": {}}  # fmt: skip
     IntakeStore(JobPaths(db, shards=8)).create_job(job_id, job)
     at = datetime.now(UTC) - timedelta(minutes=5)

@@ -38,7 +38,7 @@ def submit(
 ) -> dict:
     """Submit a batch of `inputs`, or of n documents `{"text": "doc i"}`."""
     inputs = inputs if inputs is not None else [{"text": f"doc {i}"} for i in range(n)]
-    body: dict[str, Any] = {"kind": "summarize", "items": [{"input": x} for x in inputs]}
+    body: dict[str, Any] = {"kind": "chat", "items": [{"input": x} for x in inputs]}
     body.update(extra)
     r = http.post(d.url("webhook-ingest") + "/v1/batches", json=body, headers=bearer(key))
     assert r.status_code == 202, r.text

@@ -51,7 +51,7 @@ def progress_bar(status: dict[str, Any], width: int = 40) -> str:
 
 def submit_demo(d: Deployment, key: str, items: int) -> dict[str, Any]:
     body = {
-        "kind": "describe-image",
+        "kind": "chat",
         "params": {"instructions": "Describe the image in one sentence."},
         "items": [{"id": f"img-{n:04d}", "input": {"url": f"https://example.com/{n}.jpg"}}
                   for n in range(items)],
@@ -119,7 +119,7 @@ Try:
   curl -s {auth} {batch["status_url"]}
   curl -s {auth} "{batch["status_url"]}/items?state=succeeded&page_size=3"
   curl -s -X POST {auth} -H 'Content-Type: application/json' {ingest}/v1/batches \\
-       -d '{{"kind":"summarize","items":[{{"input":"hello"}},{{"input":"world"}}]}}'
+       -d '{{"kind": "chat","items":[{{"input":"hello"}},{{"input":"world"}}]}}'
   .venv/bin/sluice tenant list
 
 Google Sheets export of the demo batch (the demo tenant has it enabled):

@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sluice.domain.batches import ID_PATTERN
 from sluice.messages import BATCH_EVENTS, WHATSAPP_EVENTS, WORK_ITEMS
 
 _HERE = Path(__file__).resolve()
@@ -204,6 +205,18 @@ class Retention(_Strict):
     whatsapp_message_days: int = Field(ge=8)  # Meta re-delivers a webhook for up to 7 days
 
 
+# What a batch's `kind` may be (sluice.domain.batches' names: letters, digits, `.`, `_`, `-`).
+KindName = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class Kind(_Strict):
+    """A kind of batch work a CRM may submit (`kind` in `POST /v1/batches`)."""
+
+    description: str = Field(min_length=1)
+    # The kind of a batch that names none; exactly one kind is.
+    default: bool = False
+
+
 class Topology(_Strict):
     functions: dict[str, Function]
     # The settings that are secrets: Secret Manager in the cloud, never shown by the settings.
@@ -218,10 +231,18 @@ class Topology(_Strict):
     exports: Exports
     retention: Retention
     parking_lot: ParkingLot
+    kinds: dict[KindName, Kind] = Field(min_length=1)
+
+    @property
+    def default_kind(self) -> str:
+        return next(name for name, kind in self.kinds.items() if kind.default)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Topology:
         problems = []
+        defaults = sorted(name for name, kind in self.kinds.items() if kind.default)
+        if len(defaults) != 1:
+            problems.append(f"kinds: exactly one must be the default, not {defaults or 'none'}")
         dead_letters = {t.dead_letter for t in self.topics.values() if t.dead_letter}
         for name, sub in self.subscriptions.items():
             if sub.topic not in self.topics and sub.topic not in dead_letters:

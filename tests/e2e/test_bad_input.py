@@ -65,7 +65,7 @@ def nothing_changed(db, http, deployment) -> None:
     assert http.get(deployment.provider_url + "/_sluice/stats").json()["requests"] == 0
 
 
-GOOD = {"kind": "ocr", "items": [{"input": "a"}]}
+GOOD = {"kind": "chat", "items": [{"input": "a"}]}
 
 
 @pytest.mark.parametrize(
@@ -77,6 +77,18 @@ def test_a_missing_or_wrong_key_is_a_401(http, deployment, ingest, db, make_tena
     r = http.post(ingest, json=GOOD, headers=headers)
     assert r.status_code == 401
     assert r.headers["content-type"] == "application/problem+json"
+    nothing_changed(db, http, deployment)
+
+
+def test_a_kind_not_declared_is_a_400_listing_the_kinds(http, deployment, ingest, db, make_tenant):
+    key = make_tenant().api_key
+    r = http.post(ingest, json={**GOOD, "kind": "ocr"}, headers=bearer(key))
+    assert r.status_code == 400
+    [error] = r.json()["errors"]
+    declared = ", ".join(deployment.topology.kinds)
+    assert error["field"] == "kind" and error["message"].endswith(
+        f"unknown kind 'ocr': the kinds declared are {declared}"
+    )
     nothing_changed(db, http, deployment)
 
 
@@ -97,11 +109,11 @@ def test_invalid_fields_are_a_400_naming_each(http, deployment, ingest, db, make
 def test_a_body_over_the_limit_is_a_413(http, deployment, ingest, db, make_tenant):
     key = make_tenant().api_key
     limit = deployment.topology.api.max_body_bytes
-    huge = b'{"kind":"k","items":[{"input":"' + b"x" * limit + b'"}]}'
+    huge = b'{"kind": "chat","items":[{"input":"' + b"x" * limit + b'"}]}'
     r = http.post(ingest, content=huge, headers=bearer(key))
     assert r.status_code == 413
     too_many = {
-        "kind": "k",
+        "kind": "chat",
         "items": [{"input": 1}] * (deployment.topology.api.max_batch_items + 1),
     }
     r = http.post(ingest, json=too_many, headers=bearer(key))
@@ -115,12 +127,12 @@ def test_an_idempotency_key_returns_the_same_batch_or_a_409(http, deployment, in
     headers = {**bearer(key), "Idempotency-Key": "order-42"}
     first = http.post(ingest, json=GOOD, headers=headers)
     # The same body in another key order and spacing is the same request.
-    again = http.post(ingest, content=b'{ "items": [{"input": "a"}], "kind": "ocr" }',
+    again = http.post(ingest, content=b'{ "items": [{"input": "a"}], "kind": "chat" }',
                       headers=headers)  # fmt: skip
     assert first.status_code == again.status_code == 202
     assert first.json()["batch_id"] == again.json()["batch_id"]
 
-    other = http.post(ingest, json={"kind": "ocr", "items": [{"input": "b"}]}, headers=headers)
+    other = http.post(ingest, json={"kind": "chat", "items": [{"input": "b"}]}, headers=headers)
     assert other.status_code == 409
     assert other.headers["content-type"] == "application/problem+json"
     status = http.get(first.json()["status_url"], headers=bearer(key)).json()
@@ -175,7 +187,7 @@ def test_input_firestore_refuses_is_a_400_naming_the_item_and_field(
 ):
     key = make_tenant().api_key
     headers = {**bearer(key), "Idempotency-Key": "refused"}
-    r = http.post(ingest, json={"kind": "ocr", **bad}, headers=headers)
+    r = http.post(ingest, json={"kind": "chat", **bad}, headers=headers)
     assert r.status_code == 400, r.text
     assert r.headers["content-type"] == "application/problem+json"
     [error] = r.json()["errors"]
@@ -193,7 +205,7 @@ def test_a_body_too_large_for_one_commit_is_written_in_several(
     key = make_tenant().api_key
     text = "x" * (deployment.topology.api.max_item_input_bytes - 5000)
     items = [{"id": f"i{n}", "input": text} for n in range(100)]
-    r = http.post(ingest, json={"kind": "ocr", "items": items}, headers=bearer(key))
+    r = http.post(ingest, json={"kind": "chat", "items": items}, headers=bearer(key))
     assert r.status_code == 202, r.text
     job = db.collection("jobs").document(r.json()["batch_id"])
     assert len(list(job.collection("items").select([]).stream())) == 100

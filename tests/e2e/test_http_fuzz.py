@@ -82,7 +82,7 @@ def test_every_route_answers_without_a_5xx(http, deployment, make_tenant, data):
     # Made once per test (the fixtures are), reused by every example.
     if not hasattr(deployment, "_fuzz"):
         key = make_tenant("fuzz").api_key
-        good = {"kind": "ocr", "items": [{"id": "a", "input": "x"}]}
+        good = {"kind": "chat", "items": [{"id": "a", "input": "x"}]}
         created = http.post(deployment.url("webhook-ingest") + "/v1/batches", json=good,
                             headers=bearer(key))  # fmt: skip
         assert created.status_code == 202

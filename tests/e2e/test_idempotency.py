@@ -20,7 +20,7 @@ pytestmark = pytest.mark.cloud
 
 def body_of(n: int, tag: str) -> bytes:
     items = [{"input": f"{tag} doc {i}"} for i in range(n)]
-    return json.dumps({"kind": "summarize", "items": items}).encode()
+    return json.dumps({"kind": "chat", "items": items}).encode()
 
 
 def submit_until_accepted(

@@ -55,7 +55,7 @@ def test_make_run_serves_the_demo_and_stops_everything_on_ctrl_c(tmp_path: Path)
         status_api = info["functions"]["status-api"]
         r = httpx.post(
             info["functions"]["webhook-ingest"] + "/v1/batches",
-            json={"kind": "k", "items": [{"input": "hi"}]},
+            json={"kind": "chat", "items": [{"input": "hi"}]},
             headers={"Authorization": f"Bearer {key}"},
         )
         assert r.status_code == 202

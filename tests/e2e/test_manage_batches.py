@@ -18,7 +18,7 @@ def test_permanent_errors_fail_once_and_retry_failed_requeues_exactly_those(
     key = make_tenant().api_key
     items = [{"id": f"i{n}", "input": f"doc {n}" + (" BROKEN" if n % 5 == 0 else "")}
              for n in range(20)]  # fmt: skip
-    r = http.post(d.url("webhook-ingest") + "/v1/batches", json={"kind": "k", "items": items},
+    r = http.post(d.url("webhook-ingest") + "/v1/batches", json={"kind": "chat", "items": items},
                   headers=bearer(key))  # fmt: skip
     batch = r.json()
     status = wait_done(http, batch["status_url"], key)[-1]
@@ -43,7 +43,7 @@ def test_permanent_errors_fail_once_and_retry_failed_requeues_exactly_those(
 def test_cancel_stops_queued_items_and_lets_running_ones_finish(http, deploy, make_tenant):
     d = deploy(provider_args=["--latency-ms", "300"])
     key = make_tenant().api_key
-    body = {"kind": "k", "items": [{"input": n} for n in range(60)]}
+    body = {"kind": "chat", "items": [{"input": n} for n in range(60)]}
     batch = http.post(d.url("webhook-ingest") + "/v1/batches", json=body,
                       headers=bearer(key)).json()  # fmt: skip
     while True:
@@ -76,7 +76,7 @@ def test_cancel_stops_queued_items_and_lets_running_ones_finish(http, deploy, ma
 
 def test_a_completed_batch_is_not_cancelled(http, deployment, make_tenant):
     key = make_tenant().api_key
-    body = {"kind": "k", "items": [{"input": "one"}]}
+    body = {"kind": "chat", "items": [{"input": "one"}]}
     batch = http.post(deployment.url("webhook-ingest") + "/v1/batches", json=body,
                       headers=bearer(key)).json()  # fmt: skip
     wait_done(http, batch["status_url"], key)

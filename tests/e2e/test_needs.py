@@ -22,7 +22,7 @@ def test_a_setting_left_out_of_needs_fails_the_request_that_uses_it(http, deploy
     key = make_tenant().api_key
     ingest = d.url("webhook-ingest")
 
-    r = http.post(ingest + "/v1/batches", json={"kind": "ocr", "items": [{"input": "a"}]},
+    r = http.post(ingest + "/v1/batches", json={"kind": "chat", "items": [{"input": "a"}]},
                   headers=bearer(key))  # fmt: skip
     assert r.status_code == 500
     assert list(db.collection("jobs").limit(1).stream()) == []  # nothing was accepted

@@ -38,7 +38,7 @@ def test_the_scheduled_sweeper_finishes_items_no_message_reaches(http, deploy, m
     store = stores(db, shards=d.topology.work.counter_shards)
     at = datetime.now(UTC)
     store.intake.create_job("orphans", {
-        "tenant": tenant.id, "kind": "summarize", "params": {}, "total": 4, "state": "open",
+        "tenant": tenant.id, "kind": "chat", "params": {}, "total": 4, "state": "open",
         "intake": "published", "fingerprint": "f", "created_at": at, "updated_at": at,
         "completed_at": None,
     })  # fmt: skip

@@ -17,7 +17,7 @@ from sluice.topology import REPO_TOPOLOGY
 from testkit.client import bearer
 from testkit.stores import stores
 
-BATCH = {"kind": "ocr", "items": [{"input": "a"}, {"input": "b"}]}
+BATCH = {"kind": "chat", "items": [{"input": "a"}, {"input": "b"}]}
 
 
 def test_pubsub_down_is_a_503_and_a_retry_with_the_key_finishes_the_batch(
@@ -58,8 +58,9 @@ def test_a_key_in_flight_is_a_409_with_retry_after_and_a_dead_owner_is_taken_ove
     publisher = pubsub_v1.PublisherClient()
     publisher.create_topic(name=publisher.topic_path(project, "work-items"))
     job_id = job_id_for(tenant.id, "order-7")
-    batch = parse_batch(BATCH, max_batch_items=10, max_item_input_bytes=100)
-    dead = {"tenant": tenant.id, "kind": "ocr", "params": {}, "total": 2, "state": "open",
+    batch = parse_batch(BATCH, kinds=["chat"], default_kind="chat", max_batch_items=10,
+                        max_item_input_bytes=100)  # fmt: skip
+    dead = {"tenant": tenant.id, "kind": "chat", "params": {}, "total": 2, "state": "open",
             "fingerprint": fingerprint(batch)}  # fmt: skip
     store = stores(db, shards=8)
     store.intake.open_intake(job_id, dead, owner="died", lease=timedelta(seconds=3))
@@ -90,3 +91,20 @@ def test_a_key_in_flight_is_a_409_with_retry_after_and_a_dead_owner_is_taken_ove
     assert sorted(i.get("input") for i in items) == ["a", "b"]
     # Accepted once and for all: the same request again is answered at once.
     assert client.post("/v1/batches", json=BATCH, headers=headers).status_code == 202
+
+
+def test_a_batch_naming_no_kind_is_the_default_kind_s_and_the_same_as_naming_it(
+    function_client, make_tenant, db, project
+):
+    publisher = pubsub_v1.PublisherClient()
+    publisher.create_topic(name=publisher.topic_path(project, "work-items"))
+    headers = {**bearer(make_tenant().api_key), "Idempotency-Key": "no-kind"}
+    ingest = function_client("webhook-ingest")
+
+    unnamed = ingest.post("/v1/batches", json={"items": BATCH["items"]}, headers=headers)
+    assert unnamed.status_code == 202
+    job = db.collection("jobs").document(unnamed.json["batch_id"]).get()
+    assert job.get("kind") == "chat"
+    # Naming the default kind is the same submission, not a reused key with another body.
+    named = ingest.post("/v1/batches", json=BATCH, headers=headers)
+    assert named.status_code == 202 and named.json["batch_id"] == job.id

@@ -12,6 +12,8 @@ from sluice.domain.batches import parse_batch
 from sluice.domain.callbacks import address_refusal, callback_url_refusal
 from sluice.domain.errors import Invalid, Unauthenticated
 
+KINDS = {"kinds": ["chat"], "default_kind": "chat"}
+
 REFUSED_EVERYWHERE = [
     "http://crm.example/cb",  # plain http to the internet
     "ftp://crm.example/cb",
@@ -52,14 +54,15 @@ def test_https_to_public_hosts_is_allowed(url):
 
 
 def test_a_batch_with_a_refused_callback_url_is_a_400_naming_it():
-    payload = {"kind": "k", "items": [{"input": 1}], "callback_url": "https://10.0.0.1/cb"}
+    payload = {"kind": "chat", "items": [{"input": 1}], "callback_url": "https://10.0.0.1/cb"}
     with pytest.raises((Invalid, Unauthenticated)) as caught:
-        parse_batch(payload, max_batch_items=5, max_item_input_bytes=100)
+        parse_batch(payload, **KINDS, max_batch_items=5, max_item_input_bytes=100)
     assert [e.field for e in caught.value.errors] == ["callback_url"]
     payload["callback_url"] = "http://127.0.0.1:9/cb"
     with pytest.raises((Invalid, Unauthenticated)):
-        parse_batch(payload, max_batch_items=5, max_item_input_bytes=100)
-    parse_batch(payload, max_batch_items=5, max_item_input_bytes=100, allow_loopback_callbacks=True)
+        parse_batch(payload, **KINDS, max_batch_items=5, max_item_input_bytes=100)
+    parse_batch(payload, **KINDS, max_batch_items=5, max_item_input_bytes=100,
+                allow_loopback_callbacks=True)  # fmt: skip
 
 
 def test_addresses():

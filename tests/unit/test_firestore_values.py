@@ -19,7 +19,8 @@ from sluice.domain.firestore_values import (
 )
 from sluice.problems import from_refusal
 
-LIMITS = {"max_batch_items": 5, "max_item_input_bytes": 100_000, "max_params_bytes": 1000}
+LIMITS = {"kinds": ["chat"], "default_kind": "chat", "max_batch_items": 5,
+          "max_item_input_bytes": 100_000, "max_params_bytes": 1000}  # fmt: skip
 
 
 def nested(depth: int) -> object:
@@ -52,12 +53,12 @@ def errors_of(payload: dict) -> dict[str, str]:
     ],
 )
 def test_what_firestore_refuses_is_a_400_naming_the_item_and_field(value, says):
-    errors = errors_of({"kind": "k", "items": [{"input": 1}, {"input": value}]})
+    errors = errors_of({"kind": "chat", "items": [{"input": 1}, {"input": value}]})
     assert list(errors) == ["items.1.input"]
     assert (
         says in errors["items.1.input"] and "Firestore cannot store it" in errors["items.1.input"]
     )
-    in_params = errors_of({"kind": "k", "items": [{"input": 1}], "params": {"p": value}})
+    in_params = errors_of({"kind": "chat", "items": [{"input": 1}], "params": {"p": value}})
     assert says.split(" at ")[0] in in_params["params"]
 
 
@@ -65,11 +66,11 @@ def test_what_firestore_stores_passes():
     fine = [{"a": [1]}, nested(MAX_DEPTH), {"a__x__": 1, "__a": 2, "a.b": 3}, -(2**63), "é"]
     for value in fine:
         assert refusal(value, "input") is None, value
-    batch = parse_batch({"kind": "k", "items": [{"input": v} for v in fine]}, **LIMITS)
+    batch = parse_batch({"kind": "chat", "items": [{"input": v} for v in fine]}, **LIMITS)
     assert len(batch.items) == len(fine)
     # params is a field of its own, its map the first of the 20 levels.
-    parse_batch({"kind": "k", "items": [{"input": 1}], "params": nested(20)}, **LIMITS)
-    assert "params" in errors_of({"kind": "k", "items": [{"input": 1}], "params": nested(21)})
+    parse_batch({"kind": "chat", "items": [{"input": 1}], "params": nested(20)}, **LIMITS)
+    assert "params" in errors_of({"kind": "chat", "items": [{"input": 1}], "params": nested(21)})
 
 
 def test_a_value_nested_far_too_deep_is_refused_without_recursing_through_it():
@@ -80,7 +81,7 @@ def test_a_value_nested_far_too_deep_is_refused_without_recursing_through_it():
 
 
 def test_params_over_their_limit_are_a_400():
-    errors = errors_of({"kind": "k", "items": [{"input": 1}], "params": {"p": "x" * 2000}})
+    errors = errors_of({"kind": "chat", "items": [{"input": 1}], "params": {"p": "x" * 2000}})
     assert errors["params"] == "Value error, params are larger than 1000 bytes"
 
 

@@ -135,6 +135,15 @@ def test_the_repository_topology_loads():
             "batch-item-processor.uses: 'whatsapp_app_secret' is a secret, so a need",
         ),
         ("functions.batch-item-processor.uses", ["ai_provider_url"], "is a need already"),
+        # Exactly one kind is the default, and a kind's name is one a batch can give.
+        ("kinds.chat.default", False, r"kinds: exactly one must be the default, not none"),
+        (
+            "kinds.other",
+            {"description": "x", "default": True},
+            r"exactly one must be the default, not \['chat', 'other'\]",
+        ),
+        ("kinds.has space", {"description": "x"}, "String should match pattern"),
+        ("kinds", {}, "at least 1 item"),
     ],
 )
 def test_a_broken_topology_fails_loudly(path, value, message):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import (
@@ -62,6 +63,22 @@ class BatchIn(BaseModel):
     params: dict[str, JsonValue] = Field(default_factory=dict)
     callback_url: AnyHttpUrl | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kind(cls, data: Any, info: ValidationInfo) -> Any:
+        default = (info.context or {}).get("default_kind")
+        if isinstance(data, dict) and "kind" not in data and default is not None:
+            return {**data, "kind": default}
+        return data
+
+    @field_validator("kind")
+    @classmethod
+    def _declared_kind(cls, value: str, info: ValidationInfo) -> str:
+        kinds = (info.context or {}).get("kinds")
+        if kinds is not None and value not in kinds:
+            raise ValueError(f"unknown kind {value!r}: the kinds declared are {', '.join(kinds)}")
+        return value
+
     @field_validator("params", mode="before")
     @classmethod
     def _storable_params(cls, value: Any, info: ValidationInfo) -> Any:
@@ -109,14 +126,19 @@ def _storable(value: Any, field: str) -> Any:
 def parse_batch(
     payload: Any,
     *,
+    kinds: Sequence[str],
+    default_kind: str,
     max_batch_items: int,
     max_item_input_bytes: int,
     max_params_bytes: int | None = None,
     allow_loopback_callbacks: bool = False,
 ) -> BatchIn:
     """Validate a decoded JSON body; every field at fault becomes one entry of a 400. What
-    passes can be stored by Firestore as it is (`sluice.domain.firestore_values`)."""
+    passes can be stored by Firestore as it is (`sluice.domain.firestore_values`). `kind` must
+    be one of `kinds`; a body without one is `default_kind`'s."""
     context = {
+        "kinds": list(kinds),
+        "default_kind": default_kind,
         "max_batch_items": max_batch_items,
         "max_item_input_bytes": max_item_input_bytes,
         "max_params_bytes": max_params_bytes,
