@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sluice.domain import templates
 from sluice.domain.batches import ID_PATTERN
 from sluice.messages import BATCH_EVENTS, WHATSAPP_EVENTS, WORK_ITEMS
 
@@ -209,12 +210,44 @@ class Retention(_Strict):
 KindName = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
+class StepMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str  # a template (sluice.domain.templates)
+
+    @model_validator(mode="after")
+    def _compiles(self) -> StepMessage:
+        wrong = templates.check(self.content)
+        if wrong:
+            raise ValueError(f"the {self.role} message's template does not compile: {wrong}")
+        return self
+
+
+class Step(_Strict):
+    """One call of a kind's work: to which provider, of which shape, sending what."""
+
+    # Issue 16 opens these to every provider declared and to `http` and remote-job calls.
+    provider: Literal["ai"]
+    call: Literal["chat"]
+    messages: list[StepMessage] = Field(min_length=1)
+
+    def chat_template(self) -> templates.ChatTemplate:
+        return templates.ChatTemplate(
+            [templates.ChatMessage(m.role, m.content) for m in self.messages]
+        )
+
+
 class Kind(_Strict):
     """A kind of batch work a CRM may submit (`kind` in `POST /v1/batches`)."""
 
     description: str = Field(min_length=1)
     # The kind of a batch that names none; exactly one kind is.
     default: bool = False
+    steps: dict[KindName, Step] = Field(min_length=1)
+
+    @property
+    def step(self) -> Step:
+        """Its one step (a kind has one until pipelines of several are built, issue 16)."""
+        return next(iter(self.steps.values()))
 
 
 class Topology(_Strict):
@@ -243,6 +276,11 @@ class Topology(_Strict):
         defaults = sorted(name for name, kind in self.kinds.items() if kind.default)
         if len(defaults) != 1:
             problems.append(f"kinds: exactly one must be the default, not {defaults or 'none'}")
+        problems += [
+            f"kinds.{name}: one step per kind, until pipelines of several are built (issue 16)"
+            for name, kind in self.kinds.items()
+            if len(kind.steps) > 1
+        ]
         dead_letters = {t.dead_letter for t in self.topics.values() if t.dead_letter}
         for name, sub in self.subscriptions.items():
             if sub.topic not in self.topics and sub.topic not in dead_letters:

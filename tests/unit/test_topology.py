@@ -28,6 +28,9 @@ def test_the_repository_topology_loads():
     assert topology.dead_letter_of("work-items-dead-letter-to-processor") == "parked"
 
 
+STEP = {"provider": "ai", "call": "chat", "messages": [{"role": "user", "content": "{{ input }}"}]}
+
+
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
@@ -139,10 +142,17 @@ def test_the_repository_topology_loads():
         ("kinds.chat.default", False, r"kinds: exactly one must be the default, not none"),
         (
             "kinds.other",
-            {"description": "x", "default": True},
+            {"description": "x", "default": True, "steps": {"s": STEP}},
             r"exactly one must be the default, not \['chat', 'other'\]",
         ),
-        ("kinds.has space", {"description": "x"}, "String should match pattern"),
+        ("kinds.has space", {"description": "x", "steps": {"s": STEP}}, "should match pattern"),
+        (
+            "kinds.chat.steps.answer.messages",
+            [{"role": "user", "content": "{{ input"}],
+            "user message's template does not compile",
+        ),
+        ("kinds.chat.steps.answer.provider", "sheets", "Input should be 'ai'"),
+        ("kinds.chat.steps.second", STEP, "one step per kind, until pipelines"),
         ("kinds", {}, "at least 1 item"),
     ],
 )

@@ -26,10 +26,14 @@ class AIProvider:
         self._timeout = timeout
 
     def complete(self, item_input: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        body = {
-            "model": (params or {}).get("model", self._model),
-            "messages": messages_for(item_input, params or {}),
-        }
+        """`item_input` as the user's message, `params.instructions` as the system's."""
+        return self.chat(messages_for(item_input, params or {}), params)
+
+    def chat(
+        self, messages: list[dict[str, str]], params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """One chat completion of `messages`, on `params.model` or the deployment's model."""
+        body = {"model": (params or {}).get("model", self._model), "messages": messages}
         try:
             # The provider's timeout is the whole call's: the limiter and the lease count on it.
             with within(self._timeout):

@@ -37,6 +37,7 @@ from sluice.domain.items import (
     superseded,
 )
 from sluice.domain.sheets import export_kind
+from sluice.domain.templates import ChatTemplate, TemplateRefused
 from sluice.messages import BATCH_EVENTS, BatchCompleted, WorkItem
 from sluice.outcomes import Ack, Defer, Redeliver
 
@@ -63,14 +64,9 @@ class Progress:
         self.saved.update(fields)
 
 
-# The work of one item: its input, its job's params and its progress in, its result out;
-# ProviderError if not, Defer if it found no capacity for a call it makes.
+# The work of one item: its input, its job (tenant, kind, params) and its progress in, its
+# result out; ProviderError if not, Defer if it found no capacity for a call it makes.
 Work = Callable[[Any, dict[str, Any], Progress], dict[str, Any]]
-
-
-def without_progress(call: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> Work:
-    """Work that can be repeated as it is (a model call): it needs no record of its progress."""
-    return lambda item_input, params, _progress: call(item_input, params)
 
 
 @dataclass(frozen=True)
@@ -157,9 +153,7 @@ def process_item(
             return Ack(item_id, decision.after.value, "lease expired too often", completed, job_id)
         assert isinstance(decision, Claimed)
         attempt = _Attempt(items, job_id, item_id, token, claimed.after)
-        decide, deferred = attempt.run(
-            work, claimed.input, job["params"], claimed.progress, rules, capacity
-        )
+        decide, deferred = attempt.run(work, claimed.input, job, claimed.progress, rules, capacity)
     if decide is None:
         return Ack(item_id, "superseded", "another delivery took the item over")
     change = items.finish_item(job_id, item_id, token=token, decide=decide, seen=attempt.latest,
@@ -202,15 +196,21 @@ class _Attempt:
         return saved
 
     def run(
-        self, work: Work, item_input: Any, params: dict[str, Any], progress: dict[str, Any],
+        self, work: Work, item_input: Any, job: dict[str, Any], progress: dict[str, Any],
         rules: ClaimRules, capacity: Capacity | None,
     ) -> tuple[Callable[[ItemRecord], Transition] | None, bool]:  # fmt: skip
         """The decision to record (None if the claim was lost) and whether the item waits for
         capacity rather than failed."""
         try:
-            result = work(item_input, params, Progress(progress, self._save))
+            result = work(item_input, job, Progress(progress, self._save))
         except LeaseLost:
             return None, False
+        except TemplateRefused as refused:
+            # The kind's templates cannot make this item's request: no attempt would.
+            return partial(
+                after_error, reason=str(refused), permanent=True,
+                max_attempts=rules.max_attempts, now=now(),
+            ), False  # fmt: skip
         except Defer as deferred:
             # A call of the work found no capacity (a WhatsApp send): it waits, losing nothing.
             return partial(requeue_uncounted, reason=deferred.reason, now=now()), True
@@ -234,16 +234,29 @@ class _Attempt:
 class WorkItemDeps:
     claiming: Claiming
     ai: AIProvider
+    # Each kind's chat messages, compiled once per process (topology.yaml's `kinds`).
+    kinds: dict[str, ChatTemplate]
+    default_kind: str
     # Bulk work: behind interactive replies for the AI provider's capacity, shared by tenants.
     capacity: Capacity
     publisher: Publisher
 
 
 def handle_work_item(deps: WorkItemDeps, work: WorkItem) -> Ack:
-    """A CRM item: one model call. Raises Defer when it found no capacity (the push entry point
-    publishes the same message again: waiting never counts as a delivery attempt)."""
+    """A CRM item: one model call, its messages its kind's. Raises Defer when it found no
+    capacity (the push entry point publishes the same message again: waiting never counts as a
+    delivery attempt)."""
+
+    def answer(item_input: Any, job: dict[str, Any], _progress: Progress) -> dict[str, Any]:
+        # Repeatable as it is (a model call): it needs no record of its progress.
+        # A job of a kind not declared was submitted before kinds were (any name was taken
+        # then, for today's one call, the default kind's), or its kind was removed since.
+        template = deps.kinds.get(str(job.get("kind"))) or deps.kinds[deps.default_kind]
+        params = job.get("params") or {}
+        return deps.ai.chat(template.render(item_input, params), params)
+
     ack = process_item(
-        deps.claiming, without_progress(deps.ai.complete), work.job_id, work.item_id,
+        deps.claiming, answer, work.job_id, work.item_id,
         capacity=deps.capacity, dispatch=work.dispatch,
     )  # fmt: skip
     announce_completion(deps.publisher, ack)

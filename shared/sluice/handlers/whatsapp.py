@@ -72,7 +72,8 @@ def handle_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> Ack:
     job_id, item_id = recorded
     phone_id = event.phone_number_id
 
-    def reply(item: dict[str, Any], params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    def reply(item: dict[str, Any], job: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        params = job.get("params") or {}
         if not should_reply(item["message"], event.display_phone_number):
             return {"reply": None, "note": f"no reply to a {item['type']} message"}
         send = reply_progress(progress.saved.get("reply"))
