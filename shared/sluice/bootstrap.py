@@ -208,7 +208,7 @@ class Root:
     def work_items(self) -> WorkItemDeps:
         return WorkItemDeps(
             claiming=self.claiming(), ai=self.ai(),
-            kinds={name: kind.step.chat_template() for name, kind in self.topology.kinds.items()},
+            kinds={name: kind.plan() for name, kind in self.topology.kinds.items()},
             default_kind=self.topology.default_kind,
             capacity=self.capacity("ai", interactive=False), publisher=self.publisher(),
         )  # fmt: skip

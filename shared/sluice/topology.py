@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sluice.domain import templates
+from sluice.domain import pipelines, templates
 from sluice.domain.batches import ID_PATTERN
 from sluice.messages import BATCH_EVENTS, WHATSAPP_EVENTS, WORK_ITEMS
 
@@ -229,6 +229,9 @@ class Step(_Strict):
     provider: Literal["ai"]
     call: Literal["chat"]
     messages: list[StepMessage] = Field(min_length=1)
+    # The steps whose outputs this one needs (`steps.<name>` in its templates), declared before
+    # it; it starts once they have all succeeded.
+    after: list[str] = Field(default_factory=list)
 
     def chat_template(self) -> templates.ChatTemplate:
         return templates.ChatTemplate(
@@ -244,10 +247,26 @@ class Kind(_Strict):
     default: bool = False
     steps: dict[KindName, Step] = Field(min_length=1)
 
-    @property
-    def step(self) -> Step:
-        """Its one step (a kind has one until pipelines of several are built, issue 16)."""
-        return next(iter(self.steps.values()))
+    def plan(self) -> pipelines.Plan:
+        order = pipelines.in_order({name: step.after for name, step in self.steps.items()})
+        return pipelines.Plan(tuple(
+            pipelines.PlannedStep(name, tuple(self.steps[name].after),
+                                  self.steps[name].chat_template())
+            for name in order
+        ))  # fmt: skip
+
+    def step_problems(self) -> list[str]:
+        needs = {name: step.after for name, step in self.steps.items()}
+        problems = [f"step {name} comes after {a!r}, which is not one of its steps"
+                    for name, after in needs.items() for a in after if a not in needs]  # fmt: skip
+        if problems:
+            return problems
+        if len(pipelines.in_order(needs)) < len(needs):
+            return ["its steps come after each other in a cycle"]
+        finals = sorted(set(needs) - {a for after in needs.values() for a in after})
+        if len(finals) != 1:
+            return [f"its steps must end in one step, whose output is the result, not {finals}"]
+        return []
 
 
 class Topology(_Strict):
@@ -276,11 +295,8 @@ class Topology(_Strict):
         defaults = sorted(name for name, kind in self.kinds.items() if kind.default)
         if len(defaults) != 1:
             problems.append(f"kinds: exactly one must be the default, not {defaults or 'none'}")
-        problems += [
-            f"kinds.{name}: one step per kind, until pipelines of several are built (issue 16)"
-            for name, kind in self.kinds.items()
-            if len(kind.steps) > 1
-        ]
+        problems += [f"kinds.{name}: {p}" for name, kind in self.kinds.items()
+                     for p in kind.step_problems()]  # fmt: skip
         dead_letters = {t.dead_letter for t in self.topics.values() if t.dead_letter}
         for name, sub in self.subscriptions.items():
             if sub.topic not in self.topics and sub.topic not in dead_letters:

@@ -47,3 +47,50 @@ def test_each_item_sends_what_its_kind_s_templates_render(http, deploy, make_ten
     [refused] = items_of(http, reckless["status_url"], key)
     assert refused["state"] == "failed" and refused["attempts"] == 1
     assert "'__class__'" in refused["error"] and "unsafe" in refused["error"]
+
+
+COMPOSE = "compose {{ steps.intent.content }} + {{ steps.draft.content }}"
+
+
+def test_a_pipeline_runs_its_steps_in_order_and_never_repeats_one_that_succeeded(
+    http, deploy, make_tenant
+):
+    reply = {"description": "intent and draft at once, then compose from both", "steps": {
+        "intent": {"provider": "ai", "call": "chat",
+                   "messages": [{"role": "user", "content": "intent of {{ input }}"}]},
+        "draft": {"provider": "ai", "call": "chat",
+                  "messages": [{"role": "user", "content": "draft for {{ input }}"}]},
+        "compose": {"provider": "ai", "call": "chat", "after": ["intent", "draft"],
+                    "messages": [{"role": "user", "content": COMPOSE}]},
+    }}  # fmt: skip
+    # A third of the calls fail (500) and are tried again; attempts enough that none runs out.
+    provider = ["--failure-rate", "0.3", "--seed", "7", "--latency-ms", "200"]
+    d = deploy(topology_overrides={"kinds": {"reply": reply}, "work": {"max_attempts": 30}},
+               provider_args=provider)  # fmt: skip
+    key = make_tenant().api_key
+    inputs = [f"m{n}" for n in range(20)]
+
+    accepted = submit(http, d, key, kind="reply", inputs=inputs)
+    polls = wait_done(http, accepted["status_url"], key, timeout=180)
+
+    assert polls[-1]["counts"]["succeeded"] == 20
+    results = {
+        i["input"]: i["result"]["content"] for i in items_of(http, accepted["status_url"], key)
+    }
+    assert results == {
+        m: f"echo: compose echo: intent of {m} + echo: draft for {m}" for m in inputs
+    }
+    calls = http.get(d.provider_url + "/_sluice/requests", params={"limit": 1000}).json()
+    succeeded = sorted(c["content"] for c in calls if c["status"] == 200)
+    # Exactly one successful call per item and step, whatever failed and was tried again.
+    assert succeeded == sorted(
+        text for m in inputs for text in (f"intent of {m}", f"draft for {m}", results[m][6:])
+    )
+    assert any(c["status"] == 500 for c in calls)
+    # Intent and draft ran at the same time: for some item their calls overlapped.
+    by_content = {c["content"]: c for c in calls if c["status"] == 200}
+    assert any(
+        by_content[f"intent of {m}"]["at"] < by_content[f"draft for {m}"]["ended"]
+        and by_content[f"draft for {m}"]["at"] < by_content[f"intent of {m}"]["ended"]
+        for m in inputs
+    )

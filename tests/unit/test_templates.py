@@ -9,7 +9,7 @@ from sluice.topology import load_topology
 
 
 def chat_kind() -> ChatTemplate:
-    return load_topology().kinds["chat"].step.chat_template()
+    return load_topology().kinds["chat"].plan().steps[0].template
 
 
 def test_the_chat_kind_sends_the_input_and_the_instructions_as_it_always_has():

@@ -152,7 +152,10 @@ STEP = {"provider": "ai", "call": "chat", "messages": [{"role": "user", "content
             "user message's template does not compile",
         ),
         ("kinds.chat.steps.answer.provider", "sheets", "Input should be 'ai'"),
-        ("kinds.chat.steps.second", STEP, "one step per kind, until pipelines"),
+        # A kind's steps need only steps of its own, in no cycle, and end in one step.
+        ("kinds.chat.steps.second", STEP, r"must end in one step, .* not \['answer', 'second'\]"),
+        ("kinds.chat.steps.answer.after", ["nope"], "comes after 'nope', which is not one of its"),
+        ("kinds.chat.steps.answer.after", ["answer"], "in a cycle"),
         ("kinds", {}, "at least 1 item"),
     ],
 )

@@ -1,9 +1,10 @@
 """What a kind's step sends, declared in topology.yaml as templates, rendered per item.
 
-A template sees the item's `input` and the batch's `params` (issue 16 adds the outputs of the steps
-a step needs). It is rendered by Jinja2's sandbox: a template can read those values and use
-Jinja's filters, but not reach Python's internals (`{{ input.__class__ }}` is refused), so a
-topology, or a CRM's input, can never make a function run code. Templates are compiled when the
+A template sees the item's `input`, the batch's `params` and, as `steps.<name>`, the outputs of
+the steps its step comes after (a chat step's output: `content`, `model`, `usage`, ...). It is
+rendered by Jinja2's sandbox: a template can read those values and use Jinja's filters, but not
+reach Python's internals (`{{ input.__class__ }}` is refused), so a topology, or a CRM's input,
+can never make a function run code. Templates are compiled when the
 topology loads: a syntax error fails the start, not the first item.
 
 One filter is added: `text`, a value as the model should read it (a string as it is, anything
@@ -13,7 +14,7 @@ else as JSON), which is how an item's input has always been sent.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -71,10 +72,13 @@ class ChatTemplate:
         env = _environment()
         self._messages = [(m.role, env.from_string(m.content)) for m in messages]
 
-    def render(self, item_input: Any, params: dict[str, Any]) -> list[dict[str, str]]:
-        """The messages for one item; a message whose content renders blank is left out (an
-        optional system prompt the batch does not give)."""
-        values = {"input": item_input, "params": params}
+    def render(
+        self, item_input: Any, params: dict[str, Any], steps: Mapping[str, Any] | None = None
+    ) -> list[dict[str, str]]:
+        """The messages for one item, given the outputs of the steps it needs (`steps`); a
+        message whose content renders blank is left out (an optional system prompt the batch
+        does not give)."""
+        values = {"input": item_input, "params": params, "steps": dict(steps or {})}
         rendered = []
         for role, template in self._messages:
             try:

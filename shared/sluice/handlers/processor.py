@@ -13,6 +13,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -36,8 +37,9 @@ from sluice.domain.items import (
     succeed,
     superseded,
 )
+from sluice.domain.pipelines import Plan, PlannedStep
 from sluice.domain.sheets import export_kind
-from sluice.domain.templates import ChatTemplate, TemplateRefused
+from sluice.domain.templates import TemplateRefused
 from sluice.messages import BATCH_EVENTS, BatchCompleted, WorkItem
 from sluice.outcomes import Ack, Defer, Redeliver
 
@@ -234,8 +236,8 @@ class _Attempt:
 class WorkItemDeps:
     claiming: Claiming
     ai: AIProvider
-    # Each kind's chat messages, compiled once per process (topology.yaml's `kinds`).
-    kinds: dict[str, ChatTemplate]
+    # Each kind's steps, their templates compiled once per process (topology.yaml's `kinds`).
+    kinds: dict[str, Plan]
     default_kind: str
     # Bulk work: behind interactive replies for the AI provider's capacity, shared by tenants.
     capacity: Capacity
@@ -243,24 +245,66 @@ class WorkItemDeps:
 
 
 def handle_work_item(deps: WorkItemDeps, work: WorkItem) -> Ack:
-    """A CRM item: one model call, its messages its kind's. Raises Defer when it found no
-    capacity (the push entry point publishes the same message again: waiting never counts as a
-    delivery attempt)."""
+    """A CRM item: the steps its kind declares. Raises Defer when it found no capacity, or
+    ran one wave of a pipeline's steps and has more to run (the push entry point publishes the
+    same message again: neither counts as a delivery attempt)."""
+    job = deps.claiming.jobs.job_meta(work.job_id)
+    # A job of a kind not declared was submitted before kinds were (any name was taken then,
+    # for today's one call, the default kind's), or its kind was removed since.
+    plan = deps.kinds.get(str(job.get("kind"))) or deps.kinds[deps.default_kind]
+    if len(plan.steps) == 1:
+        # One call: its permit is taken before the claim, so waiting for capacity costs the
+        # item no write (process_item).
+        step = plan.steps[0]
 
-    def answer(item_input: Any, job: dict[str, Any], _progress: Progress) -> dict[str, Any]:
-        # Repeatable as it is (a model call): it needs no record of its progress.
-        # A job of a kind not declared was submitted before kinds were (any name was taken
-        # then, for today's one call, the default kind's), or its kind was removed since.
-        template = deps.kinds.get(str(job.get("kind"))) or deps.kinds[deps.default_kind]
-        params = job.get("params") or {}
-        return deps.ai.chat(template.render(item_input, params), params)
+        def one_call(item_input: Any, job: dict[str, Any], _progress: Progress) -> dict[str, Any]:
+            params = job.get("params") or {}
+            return deps.ai.chat(step.template.render(item_input, params), params)
 
-    ack = process_item(
-        deps.claiming, answer, work.job_id, work.item_id,
-        capacity=deps.capacity, dispatch=work.dispatch,
-    )  # fmt: skip
+        ack = process_item(
+            deps.claiming, one_call, work.job_id, work.item_id,
+            capacity=deps.capacity, dispatch=work.dispatch,
+        )  # fmt: skip
+    else:
+        ack = process_item(
+            deps.claiming, partial(run_wave, deps, plan), work.job_id, work.item_id,
+            dispatch=work.dispatch,
+        )  # fmt: skip
     announce_completion(deps.publisher, ack)
     return ack
+
+
+def run_wave(
+    deps: WorkItemDeps, plan: Plan, item_input: Any, job: dict[str, Any], progress: Progress
+) -> dict[str, Any]:
+    """The steps of `plan` that can run now, at the same time, each under a permit of its own;
+    each output recorded once its wave ends, whatever else failed in it. The item's result once
+    every step has succeeded; otherwise Defer, so that the next wave runs in a delivery of its
+    own (no delivery outlives its lease or its ack deadline, however long the pipeline)."""
+    params, tenant = job.get("params") or {}, str(job.get("tenant"))
+    done: dict[str, Any] = dict(progress.saved.get("steps") or {})
+    wave = plan.ready(done)
+
+    def call(step: PlannedStep) -> dict[str, Any]:
+        messages = step.template.render(item_input, params, done)
+        with deps.capacity.permit(tenant):
+            return deps.ai.chat(messages, params)
+
+    with ThreadPoolExecutor(max(1, len(wave))) as pool:
+        futures = [(step.name, pool.submit(call, step)) for step in wave]
+        outcomes = [(name, future.exception(), future) for name, future in futures]
+    succeeded = {name: future.result() for name, error, future in outcomes if error is None}
+    if succeeded:
+        done.update(succeeded)
+        progress.save(steps=done)
+    errors = [error for _, error, _ in outcomes if error is not None]
+    # A provider's refusal is the item's outcome; a wait for capacity only if nothing failed.
+    failed = [e for e in errors if not isinstance(e, Defer)]
+    if failed or errors:
+        raise (failed or errors)[0]
+    if plan.finished(done):
+        return dict(done[plan.final])
+    raise Defer(f"next steps: {', '.join(s.name for s in plan.ready(done))}")
 
 
 def announce_completion(publisher: Publisher, ack: Ack) -> None:
