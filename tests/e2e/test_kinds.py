@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from testkit.client import items_of, submit, wait_done
+from testkit.client import bearer, items_of, submit, wait_done
 
 pytestmark = pytest.mark.cloud
 
@@ -52,17 +52,22 @@ def test_each_item_sends_what_its_kind_s_templates_render(http, deploy, make_ten
 COMPOSE = "compose {{ steps.intent.content }} + {{ steps.draft.content }}"
 
 
+def reply_kind() -> dict:
+    def chat(content: str, after: tuple[str, ...] = ()) -> dict:
+        return {"provider": "ai", "call": "chat", "after": list(after),
+                "messages": [{"role": "user", "content": content}]}  # fmt: skip
+
+    return {"description": "intent and draft at once, then compose from both", "steps": {
+        "intent": chat("intent of {{ input }}"),
+        "draft": chat("draft for {{ input }}"),
+        "compose": chat(COMPOSE, after=("intent", "draft")),
+    }}  # fmt: skip
+
+
 def test_a_pipeline_runs_its_steps_in_order_and_never_repeats_one_that_succeeded(
     http, deploy, make_tenant
 ):
-    reply = {"description": "intent and draft at once, then compose from both", "steps": {
-        "intent": {"provider": "ai", "call": "chat",
-                   "messages": [{"role": "user", "content": "intent of {{ input }}"}]},
-        "draft": {"provider": "ai", "call": "chat",
-                  "messages": [{"role": "user", "content": "draft for {{ input }}"}]},
-        "compose": {"provider": "ai", "call": "chat", "after": ["intent", "draft"],
-                    "messages": [{"role": "user", "content": COMPOSE}]},
-    }}  # fmt: skip
+    reply = reply_kind()
     # A third of the calls fail (500) and are tried again; attempts enough that none runs out.
     provider = ["--failure-rate", "0.3", "--seed", "7", "--latency-ms", "200"]
     d = deploy(topology_overrides={"kinds": {"reply": reply}, "work": {"max_attempts": 30}},
@@ -94,3 +99,25 @@ def test_a_pipeline_runs_its_steps_in_order_and_never_repeats_one_that_succeeded
         and by_content[f"draft for {m}"]["at"] < by_content[f"intent of {m}"]["ended"]
         for m in inputs
     )
+
+
+def test_retry_failed_resumes_a_pipeline_at_its_failed_step(http, deploy, make_tenant):
+    d = deploy(topology_overrides={"kinds": {"reply": reply_kind()}},
+               provider_args=["--permanent-failure-marker", "compose"])  # fmt: skip
+    key = make_tenant().api_key
+    inputs = [f"m{n}" for n in range(5)]
+    accepted = submit(http, d, key, kind="reply", inputs=inputs)
+    assert wait_done(http, accepted["status_url"], key)[-1]["counts"]["failed"] == 5
+
+    # The provider takes the compose step again; retry-failed runs that step alone.
+    http.post(d.provider_url + "/_sluice/config", json={"permanent_failure_marker": None})
+    retried = http.post(accepted["status_url"] + "/retry-failed", headers=bearer(key))
+    assert retried.status_code == 200 and retried.json()["requeued"] == 5
+    assert wait_done(http, accepted["status_url"], key)[-1]["counts"]["succeeded"] == 5
+
+    calls = http.get(d.provider_url + "/_sluice/requests", params={"limit": 1000}).json()
+    succeeded = sorted(c["content"] for c in calls if c["status"] == 200)
+    assert succeeded == sorted(
+        text for m in inputs for text in (f"intent of {m}", f"draft for {m}",
+                                          f"compose echo: intent of {m} + echo: draft for {m}")
+    )  # fmt: skip

@@ -167,3 +167,14 @@ def test_retry_failed_stamps_the_dispatch_its_messages_carry():
     assert change is not None
     again = ItemRecord.from_doc({**change.fields})
     assert again.dispatch == dispatch_at(NOW) and not superseded(again, dispatch_at(NOW))
+
+
+def test_retry_failed_keeps_the_steps_that_succeeded_and_forgets_the_rest():
+    steps = {"intent": {"content": "x"}}
+    doc = {"state": "failed", "attempts": 5, "progress": {"steps": steps, "reply": {"sent": 1}}}
+    change = retry(ItemRecord.from_doc(doc), now=NOW)
+    assert change is not None and change.fields["progress"] == {
+        "steps": {"intent": {"content": "x"}}
+    }
+    plain = retry(ItemRecord.from_doc({"state": "failed", "progress": {"reply": {}}}), now=NOW)
+    assert plain is not None and plain.fields["progress"] is None

@@ -39,6 +39,8 @@ class ItemRecord:
     lease_until: datetime | None = None
     # The dispatch of the item's latest message (see `superseded`); 0 for the intake's.
     dispatch: int = 0
+    # The outputs of its kind's steps that have succeeded (sluice.domain.pipelines), when read.
+    steps: dict[str, Any] | None = None
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> ItemRecord:
@@ -49,6 +51,7 @@ class ItemRecord:
             lease_token=lease.get("token"),
             lease_until=lease.get("until"),
             dispatch=int(doc.get("dispatch") or 0),
+            steps=(doc.get("progress") or {}).get("steps"),
         )
 
 
@@ -173,8 +176,10 @@ def retry(item: ItemRecord, *, now: datetime) -> Transition | None:
     if item.state is not ItemState.FAILED:
         return None
     # Asked for on purpose: what earlier attempts saved (a reply whose sending was left in
-    # doubt) is forgotten, so the work is done again from the start.
-    fields = {"state": ItemState.QUEUED.value, "attempts": 0, "lease": None, "progress": None,
+    # doubt) is forgotten, so the work is done again; but the steps that succeeded are kept,
+    # so a pipeline resumes at its failed step and pays for no step twice.
+    progress = {"steps": item.steps} if item.steps else None
+    fields = {"state": ItemState.QUEUED.value, "attempts": 0, "lease": None, "progress": progress,
               "finished_at": None, "updated_at": now, "dispatch": dispatch_at(now)}  # fmt: skip
     return Transition(item.state, ItemState.QUEUED, fields)
 
