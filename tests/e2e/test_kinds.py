@@ -108,6 +108,11 @@ def test_retry_failed_resumes_a_pipeline_at_its_failed_step(http, deploy, make_t
     inputs = [f"m{n}" for n in range(5)]
     accepted = submit(http, d, key, kind="reply", inputs=inputs)
     assert wait_done(http, accepted["status_url"], key)[-1]["counts"]["failed"] == 5
+    # Each failed item says which step failed and why, and shows the steps that succeeded.
+    for item in items_of(http, accepted["status_url"], key):
+        assert item["error"].startswith("step compose: provider answered 400")
+        assert set(item["steps"]) == {"intent", "draft"}
+        assert item["steps"]["intent"]["content"] == f"echo: intent of {item['input']}"
 
     # The provider takes the compose step again; retry-failed runs that step alone.
     http.post(d.provider_url + "/_sluice/config", json={"permanent_failure_marker": None})

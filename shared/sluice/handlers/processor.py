@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -286,9 +286,15 @@ def run_wave(
     wave = plan.ready(done)
 
     def call(step: PlannedStep) -> dict[str, Any]:
-        messages = step.template.render(item_input, params, done)
-        with deps.capacity.permit(tenant):
-            return deps.ai.chat(messages, params)
+        try:
+            messages = step.template.render(item_input, params, done)
+            with deps.capacity.permit(tenant):
+                return deps.ai.chat(messages, params)
+        except ProviderError as error:
+            # The item's error says which step failed, and why.
+            raise replace(error, reason=f"step {step.name}: {error.reason}") from None
+        except TemplateRefused as refused:
+            raise TemplateRefused(f"step {step.name}: {refused}") from None
 
     with ThreadPoolExecutor(max(1, len(wave))) as pool:
         futures = [(step.name, pool.submit(call, step)) for step in wave]

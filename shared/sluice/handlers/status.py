@@ -98,6 +98,8 @@ def item_view(item_id: str, doc: dict[str, Any]) -> dict[str, Any]:
         "result": doc.get("result"),
         "error": doc.get("error"),
         "finished_at": doc.get("finished_at"),
+        # A pipeline's steps that have succeeded, with their outputs (its kind's steps).
+        "steps": (doc.get("progress") or {}).get("steps") or {},
     }
 
 
