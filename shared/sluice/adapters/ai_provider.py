@@ -6,13 +6,13 @@ at the local provider server, so this code is what runs in both.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
 
 from sluice.adapters.deadlines import within
 from sluice.adapters.outside import ProviderError, retry_after_seconds, transport_error
+from sluice.domain.templates import as_text
 
 
 class AIProvider:
@@ -48,8 +48,7 @@ class AIProvider:
 
 
 def messages_for(item_input: Any, params: dict[str, Any]) -> list[dict[str, str]]:
-    content = item_input if isinstance(item_input, str) else json.dumps(item_input)
-    messages = [{"role": "user", "content": content}]
+    messages = [{"role": "user", "content": as_text(item_input)}]
     if isinstance(params.get("instructions"), str):
         messages.insert(0, {"role": "system", "content": params["instructions"]})
     return messages

@@ -41,6 +41,11 @@ class Publisher:
         # A publish that has not been confirmed by then is treated as Pub/Sub being down.
         self._timeout = timeout
         self._retry = Retry(timeout=timeout)
+        # Imported here, as the client is (clients.publisher_client): only where it publishes.
+        from google.pubsub_v1.services.publisher import PublisherClient as Gapic
+        from google.pubsub_v1.types import PublishRequest, PubsubMessage
+
+        self._gapic, self._request, self._message = Gapic, PublishRequest, PubsubMessage
 
     def topic_path(self, topic: str) -> str:
         return self._client.topic_path(self._project, f"{self._prefix}{topic}")
@@ -90,11 +95,8 @@ class Publisher:
         hands each batch to a thread, 2 ms of a WhatsApp acknowledgement. Requests go out at
         once when no message has a key; otherwise one after another, each stored before the
         next is sent, which is what keeps a key's messages in order."""
-        # Imported here, as the client is (clients.publisher_client), and cached after.
-        from google.pubsub_v1.services.publisher import PublisherClient as Gapic
-        from google.pubsub_v1.types import PublishRequest, PubsubMessage
-
-        raw_message, raw_request = PubsubMessage.pb(), PublishRequest.pb()
+        Gapic, PublishRequest = self._gapic, self._request
+        raw_message, raw_request = self._message.pb(), PublishRequest.pb()
 
         def send(part: range) -> list[str]:
             request = raw_request(topic=path, messages=[

@@ -296,21 +296,33 @@ def run_wave(
         except TemplateRefused as refused:
             raise TemplateRefused(f"step {step.name}: {refused}") from None
 
-    with ThreadPoolExecutor(max(1, len(wave))) as pool:
-        futures = [(step.name, pool.submit(call, step)) for step in wave]
-        outcomes = [(name, future.exception(), future) for name, future in futures]
-    succeeded = {name: future.result() for name, error, future in outcomes if error is None}
+    if len(wave) == 1:
+        outcomes = [_outcome(call, wave[0])]  # no thread for a wave of one
+    else:
+        with ThreadPoolExecutor(len(wave)) as pool:
+            outcomes = list(pool.map(partial(_outcome, call), wave))
+    succeeded = {name: out for name, out in outcomes if not isinstance(out, BaseException)}
     if succeeded:
         done.update(succeeded)
         progress.save(steps=done)
-    errors = [error for _, error, _ in outcomes if error is not None]
+    errors = [out for _, out in outcomes if isinstance(out, BaseException)]
     # A provider's refusal is the item's outcome; a wait for capacity only if nothing failed.
     failed = [e for e in errors if not isinstance(e, Defer)]
-    if failed or errors:
+    if errors:
         raise (failed or errors)[0]
     if plan.finished(done):
         return dict(done[plan.final])
     raise Defer(f"next steps: {', '.join(s.name for s in plan.ready(done))}")
+
+
+def _outcome(
+    call: Callable[[PlannedStep], dict[str, Any]], step: PlannedStep
+) -> tuple[str, dict[str, Any] | Exception]:
+    """A step's output, or what it raised, so that one step's failure keeps the others'."""
+    try:
+        return step.name, call(step)
+    except (ProviderError, TemplateRefused, Defer) as error:  # run_wave raises it once saved
+        return step.name, error
 
 
 def announce_completion(publisher: Publisher, ack: Ack) -> None:
