@@ -35,14 +35,19 @@ resource "google_storage_bucket_object" "source" {
 
 locals {
   # Settings that are not secrets, by name; each function gets the ones it needs and uses.
-  plain_settings = {
+  # Each provider's URL setting has its value in var.provider_urls, but the ai provider's, which
+  # is var.settings.ai_provider_url.
+  plain_settings = merge({
+    for name, endpoint in local.endpoint_providers : endpoint.url => lookup(var.provider_urls, name, null)
+    if name != "ai"
+    }, {
     status_api_url         = "https://${local.functions["status-api"].name}-${data.google_project.this.number}.${var.region}.run.app"
     ai_provider_url        = var.settings.ai_provider_url
     ai_model               = var.settings.ai_model
     whatsapp_graph_url     = var.settings.whatsapp_graph_url
     whatsapp_api_version   = var.settings.whatsapp_api_version
     sheets_service_account = google_service_account.sheets.email
-  }
+  })
 }
 
 resource "google_cloudfunctions2_function" "function" {
@@ -105,6 +110,13 @@ resource "google_cloudfunctions2_function" "function" {
         secret     = google_secret_manager_secret.setting[secret_environment_variables.value].secret_id
         version    = "latest"
       }
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = alltrue([for name in keys(local.endpoint_providers) : name == "ai" || lookup(var.provider_urls, name, null) != null])
+      error_message = "var.provider_urls: give the URL of every provider the kinds call (${join(", ", [for name in keys(local.endpoint_providers) : name if name != "ai"])})."
     }
   }
 

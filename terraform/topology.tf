@@ -34,6 +34,12 @@ locals {
   function_settings = {
     for name in keys(local.raw.functions) : name => lookup(var.functions, name, { min_instances = 0, cpu = "1" })
   }
+  # The providers a kind's steps call, each with the settings that hold its URL and its key
+  # (topology.yaml's providers.<name>.endpoint; the key is one of the secrets).
+  endpoint_providers = {
+    for name, provider in local.raw.providers : name => provider.endpoint
+    if lookup(provider, "endpoint", null) != null
+  }
   # Functions behind a push subscription or a Firestore trigger are never invokable publicly.
   http_functions = { for name, fn in local.functions : name => fn if fn.public }
 

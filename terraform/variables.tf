@@ -64,6 +64,12 @@ variable "settings" {
   default = {}
 }
 
+variable "provider_urls" {
+  description = "The base URL of each provider the kinds' steps call (topology.yaml's providers with an endpoint), by provider name; the ai provider's is settings.ai_provider_url."
+  type        = map(string)
+  default     = {}
+}
+
 variable "secrets" {
   description = <<-EOT
     Secret Manager secrets, by setting name: the settings topology.yaml lists as `secrets` (any

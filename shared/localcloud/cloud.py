@@ -32,6 +32,7 @@ from localcloud.build import compile_functions
 from localcloud.emulators import Emulators
 from localcloud.functions import FunctionProcess
 from localcloud.graph_server import ACCESS_TOKEN_ENV as GRAPH_ACCESS_TOKEN_ENV
+from localcloud.job_server import API_KEY_ENV as JOB_API_KEY_ENV
 from localcloud.processes import Process, listening_port, spawn_module, stop
 from localcloud.provider_server import API_KEY_ENV as PROVIDER_API_KEY_ENV
 from localcloud.scheduler import Scheduler
@@ -133,7 +134,9 @@ class Deployment:
     cloud: LocalCloud
     project: str
     topology_overrides: dict[str, Any] = field(default_factory=dict)
+    # The ai provider's server's flags; the other providers', by provider name.
     provider_args: list[str] = field(default_factory=list)
+    provider_server_args: dict[str, list[str]] = field(default_factory=dict)
     graph_args: list[str] = field(default_factory=list)
     sheets_args: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
@@ -162,6 +165,11 @@ class Deployment:
         # owner only) for tools. Secrets reach every process through its environment, never its
         # command line, which any user of the machine can read (`ps`).
         self.ai_api_key = f"sk-local-{secrets.token_urlsafe(18)}"
+        # Every provider a kind's steps call has a local server of its own (the ai provider's is
+        # `provider`), with its limits, latency and failures, and a key of its own.
+        self.provider_keys = {name: f"sk-local-{secrets.token_urlsafe(18)}"
+                              for name in self.endpoint_providers}  # fmt: skip
+        self.provider_keys["ai"] = self.ai_api_key
         self.whatsapp = {
             "app_secret": secrets.token_hex(16),
             "verify_token": secrets.token_urlsafe(12),
@@ -171,8 +179,25 @@ class Deployment:
         }
 
     @property
+    def endpoint_providers(self) -> list[str]:
+        return [name for name, p in self.topology.providers.items() if p.endpoint]
+
+    @staticmethod
+    def server_of(provider: str) -> str:
+        """The name of a provider's local server (the ai provider's is `provider`)."""
+        return "provider" if provider == "ai" else provider
+
+    def runs_jobs(self, provider: str) -> bool:
+        """Whether `provider` runs remote jobs: its local server is the job server."""
+        return self.topology.poll_seconds(provider) is not None
+
+    @property
     def provider_url(self) -> str:
         return f"http://127.0.0.1:{self.server_ports['provider']}"
+
+    def provider_server_url(self, provider: str) -> str:
+        """Where the local server of `provider` listens."""
+        return f"http://127.0.0.1:{self.server_ports[self.server_of(provider)]}"
 
     @property
     def graph_url(self) -> str:
@@ -188,10 +213,16 @@ class Deployment:
     def settings(self) -> dict[str, str]:
         """This deployment's value of each setting a function may need (`needs` in the topology):
         in the cloud, Terraform's plain settings and Secret Manager's secrets; here, local."""
+        endpoints: dict[str, str] = {}
+        for name in self.endpoint_providers:
+            endpoint = self.topology.providers[name].endpoint
+            assert endpoint is not None
+            endpoints[endpoint.url] = self.provider_server_url(name)
+            if endpoint.api_key:
+                endpoints[endpoint.api_key] = self.provider_keys[name]
         return {
+            **endpoints,
             "status_api_url": self.url("status-api"),
-            "ai_provider_url": self.provider_url,
-            "ai_provider_api_key": self.ai_api_key,
             "whatsapp_graph_url": self.graph_url,
             # Named only: the local Sheets server takes no credentials.
             "sheets_service_account": f"sluice-sheets@{self.project}.{SERVICE_ACCOUNTS}",
@@ -230,14 +261,18 @@ class Deployment:
 
     def start(self) -> None:
         servers = {
-            "provider": ("provider_server", self.provider_args),
             "graph": ("graph_server", self.graph_args),
             "sheets": ("sheets_server", self.sheets_args),
         }
-        secrets_of = {
-            "provider": {PROVIDER_API_KEY_ENV: self.ai_api_key},
-            "graph": {GRAPH_ACCESS_TOKEN_ENV: self.whatsapp["access_token"]},
-        }
+        secrets_of = {"graph": {GRAPH_ACCESS_TOKEN_ENV: self.whatsapp["access_token"]}}
+        for provider in self.endpoint_providers:
+            server = self.server_of(provider)
+            args = self.provider_args if provider == "ai" else []
+            args = [*args, *self.provider_server_args.get(provider, [])]
+            jobs = self.runs_jobs(provider)
+            servers[server] = ("job_server" if jobs else "provider_server", args)
+            key_env = JOB_API_KEY_ENV if jobs else PROVIDER_API_KEY_ENV
+            secrets_of[server] = {key_env: self.provider_keys[provider]}
         logs = {name: self.dir / f"{name}.log" for name in servers}
         offsets = {name: log.stat().st_size if log.exists() else 0 for name, log in logs.items()}
         for name, (module, args) in servers.items():
@@ -442,6 +477,10 @@ class Deployment:
             "trigger_router": f"http://{self.cloud.router.host}",
             "servers": {
                 "ai_provider": self.provider_url,
+                **{
+                    f"provider:{name}": self.provider_server_url(name)
+                    for name in self.endpoint_providers
+                },
                 "whatsapp_graph": self.graph_url,
                 # Read what an export wrote with the real client: SheetsAPI(endpoint=this URL).
                 "sheets": self.sheets_url,

@@ -1,11 +1,13 @@
-"""A fake OpenAI-compatible chat completions provider, for local runs and tests of the batch job.
+"""A fake OpenAI-compatible model provider, for local runs and tests of the batch job.
 
 The batch processor calls a slow, rate-limited model provider. To try it without one, this server
 answers `POST /v1/chat/completions` with a realistic `chat.completion` body whose content is
 derived from the last user message ("echo: " + its first 200 characters), so a test can check
-that every item got its own answer. Its bad days can be switched on: latency and jitter, random
-500s, hangs, a marker that makes an item fail for good with a 400, a per-minute rate limit and a
-concurrency limit, both answered with 429 and `Retry-After` like the real thing.
+that every item got its own answer; and `POST /v1/images/generations` (an image model) with the
+URL of an image named after its prompt, which it serves. Both share the limits below. Its bad
+days can be switched on: latency and jitter, random 500s, hangs, a marker that makes an item fail
+for good with a 400, a per-minute rate limit and a concurrency limit, both answered with 429 and
+`Retry-After` like the real thing.
 
 What it saw is counted, so a test can assert how the client behaved: `GET /_sluice/stats`
 (`max_in_flight`, `max_per_minute`, ...), `GET /_sluice/requests`, `POST /_sluice/reset`; the
@@ -20,14 +22,17 @@ or SIGINT.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
+import struct
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +64,19 @@ ECHO_PREFIX = "echo: "
 # The API key is read from here: a secret on a command line is readable by anyone on the machine.
 API_KEY_ENV = "SLUICE_PROVIDER_API_KEY"
 TRICKLE_BYTES = 16  # a trickled answer is sent in pieces of this size
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+# A valid PNG of one white pixel (8-bit greyscale), what every generated image is here.
+PIXEL_PNG = b"".join([
+    b"\x89PNG\r\n\x1a\n",
+    _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)),
+    _png_chunk(b"IDAT", zlib.compress(b"\x00\xff")),
+    _png_chunk(b"IEND", b""),
+])  # fmt: skip
 
 
 class Behaviour(BaseBehaviour):
@@ -246,6 +264,50 @@ class ChatRequest:
     model: str
     texts: list[str]  # every message's text, for the token counts
     last_user: str
+    # The URLs of the last user message's images (content parts of type image_url).
+    images: tuple[str, ...] = ()
+
+    @property
+    def content(self) -> str:
+        """What the log keeps and the failure marker is looked for in: the text, then each
+        image as `<image URL>`."""
+        return "".join([self.last_user, *(f" <image {url}>" for url in self.images)])
+
+    def answer(self, url: str) -> dict[str, Any]:
+        return completion_body(self)
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """`POST /v1/images/generations`, as OpenAI's images API takes it (with `image`, the URL of
+    an image to start from, as image-editing models take it)."""
+
+    model: str
+    prompt: str
+
+    @property
+    def content(self) -> str:
+        return self.prompt
+
+    def answer(self, url: str) -> dict[str, Any]:
+        image = hashlib.sha256(f"{self.model}\n{self.prompt}".encode()).hexdigest()[:24]
+        return {
+            "created": int(time.time()),
+            "data": [{"url": f"{url.rstrip('/')}/images/{image}.png",
+                      "revised_prompt": self.prompt[:CONTENT_CHARS]}],
+        }  # fmt: skip
+
+
+def parse_image_request(raw: bytes) -> ImageRequest:
+    body = json_object(raw, InvalidRequest, "We could not parse the JSON body of your request")
+    model, prompt = body.get("model"), body.get("prompt")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("You must provide a model parameter.")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidRequest("'prompt' must be a non-empty string.")
+    if "image" in body and not isinstance(body["image"], str):
+        raise InvalidRequest("'image' must be the URL of an image.")
+    return ImageRequest(model=model, prompt=prompt)
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
@@ -258,14 +320,30 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise InvalidRequest("'messages' must be a non-empty array.")
     texts: list[str] = []
     last_user = ""
+    images: tuple[str, ...] = ()
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise InvalidRequest(f"messages[{i}] must be an object with a string 'role'.")
         text = _text(message.get("content"))
         texts.append(text)
         if message["role"] == "user":
-            last_user = text
-    return ChatRequest(model=model, texts=texts, last_user=last_user)
+            last_user, images = text, _images(message.get("content"))
+    return ChatRequest(model=model, texts=texts, last_user=last_user, images=images)
+
+
+def _images(content: Any) -> tuple[str, ...]:
+    """The URLs of a message's image parts (`{"type": "image_url", "image_url": {"url"}}`)."""
+    if not isinstance(content, list):
+        return ()
+    urls = []
+    for part in content:
+        if part.get("type") == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else None
+            if not isinstance(url, str) or not url:
+                raise InvalidRequest("An image_url content part must have an 'image_url.url'.")
+            urls.append(url)
+    return tuple(urls)
 
 
 def _tokens(text: str) -> int:
@@ -321,6 +399,7 @@ def create_app(
     clock: Clock = time.monotonic,
     stopping: threading.Event | None = None,
     api_key: str | None = None,
+    url: str = "",
 ) -> flask.Flask:
     """The provider as a Flask app. `clock` (monotonic seconds) drives the 60 s windows, so a test
     can move time; setting `stopping` cuts short every sleep, so a shutdown need not wait. With
@@ -344,6 +423,18 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     def chat_completions() -> flask.Response:
+        return _serve(parse_chat_request)
+
+    @app.post("/v1/images/generations")
+    def image_generations() -> flask.Response:
+        return _serve(parse_image_request)
+
+    @app.get("/images/<name>.png")
+    def image(name: str) -> flask.Response:
+        # A generated image: a 1x1 PNG, enough for a client that fetches what it was given.
+        return flask.Response(PIXEL_PNG, mimetype="image/png")
+
+    def _serve(parse: Callable[[bytes], ChatRequest | ImageRequest]) -> flask.Response:
         if api_key and flask.request.headers.get("Authorization") != f"Bearer {api_key}":
             return _error(401, "Incorrect API key provided.", "invalid_request_error",
                           "invalid_api_key")  # fmt: skip
@@ -351,7 +442,7 @@ def create_app(
         status = 500  # if anything below raises, Flask answers 500: count it as that
         trickled = False
         try:
-            response = _answer(call)
+            response = _answer(call, parse)
             status = response.status_code
             trickled = not response.is_sequence  # it finishes the call once the body is sent
             return response
@@ -378,12 +469,14 @@ def create_app(
             pieces(), mimetype="application/json", headers={"Content-Length": str(len(body))}
         )
 
-    def _answer(call: _Call) -> flask.Response:
+    def _answer(
+        call: _Call, parse: Callable[[bytes], ChatRequest | ImageRequest]
+    ) -> flask.Response:
         try:
-            request = parse_chat_request(flask.request.get_data())
+            request = parse(flask.request.get_data())
         except InvalidRequest as e:
             return _error(400, str(e), "invalid_request_error")
-        stats.set_content(call, request.last_user[:CONTENT_CHARS])
+        stats.set_content(call, request.content[:CONTENT_CHARS])
 
         admission = stats.admit(call, config.get())
         if not admission.ok:
@@ -401,7 +494,7 @@ def create_app(
             stop.wait(behaviour.timeout_sleep_s)
 
         marker = behaviour.permanent_failure_marker
-        if marker is not None and marker in request.last_user:
+        if marker is not None and marker in request.content:
             return _error(
                 400,
                 "Invalid request: the message was rejected and will be every time "
@@ -415,9 +508,9 @@ def create_app(
                 "server_error",
             )
         if behaviour.trickle_ms > 0:
-            body = json.dumps(completion_body(request)).encode()
+            body = json.dumps(request.answer(url)).encode()
             return _trickle(call, body, behaviour.trickle_ms / 1000)
-        return json_response(completion_body(request))
+        return json_response(request.answer(url))
 
     return app
 
@@ -430,7 +523,7 @@ SERVER = LocalServer(
     config=ProviderConfig,
     options=Options,
     make_app=lambda config, options, stopping, url: create_app(
-        config, stopping=stopping, api_key=options.api_key
+        config, stopping=stopping, api_key=options.api_key, url=url
     ),
 )
 

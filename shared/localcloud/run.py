@@ -1,8 +1,11 @@
 """`make run`: the local cloud with a demo tenant and a demo batch, until Ctrl-C.
 
 Environment (all optional):
-  SLUICE_DEMO_ITEMS      items in the demo batch (300)
-  SLUICE_PROVIDER_LATENCY_MS  the local AI provider's latency per call (50)
+  SLUICE_DEMO_ITEMS      items in the demo chat batch (300)
+  SLUICE_DEMO_PHOTOS     photos in the demo staging batch (6): three image-model calls and a
+                         video job each
+  SLUICE_PROVIDER_LATENCY_MS  the local AI provider's and image model's latency per call (50)
+  SLUICE_VIDEO_JOB_SECONDS    how long a job runs at the local video vendor (3)
   SLUICE_PORTS           fixed ports, e.g. "webhook-ingest=8081,status-api=8082,pubsub=8085,
                          firestore=8086,router=8087,provider=8090"; unset ones are free ports
 """
@@ -49,17 +52,32 @@ def progress_bar(status: dict[str, Any], width: int = 40) -> str:
     )
 
 
-def submit_demo(d: Deployment, key: str, items: int) -> dict[str, Any]:
-    body = {
+def chat_demo(items: int) -> dict[str, Any]:
+    return {
         "kind": "chat",
         "params": {"instructions": "Describe the image in one sentence."},
         "items": [{"id": f"img-{n:04d}", "input": {"url": f"https://example.com/{n}.jpg"}}
                   for n in range(items)],
     }  # fmt: skip
+
+
+def staging_demo(photos: int) -> dict[str, Any]:
+    rooms = ("living room", "kitchen", "bedroom", "study")
+    return {
+        "kind": "staging",
+        "params": {"style": "Scandinavian"},
+        "items": [{"id": f"photo-{n:03d}",
+                   "input": {"image_url": f"https://example.com/listing/{n}.jpg",
+                             "room": rooms[n % len(rooms)]}}
+                  for n in range(photos)],
+    }  # fmt: skip
+
+
+def submit_demo(d: Deployment, key: str, body: dict[str, Any]) -> dict[str, Any]:
     r = httpx.post(
         d.url("webhook-ingest") + "/v1/batches",
         json=body,
-        headers={"Authorization": f"Bearer {key}", "Idempotency-Key": "demo-batch"},
+        headers={"Authorization": f"Bearer {key}", "Idempotency-Key": f"demo-{body['kind']}"},
         timeout=60,
     )
     r.raise_for_status()
@@ -96,7 +114,7 @@ def sample_whatsapp_delivery(d: Deployment) -> Path:
     return path
 
 
-def usage(d: Deployment, key: str, batch: dict[str, Any]) -> str:
+def usage(d: Deployment, key: str, batch: dict[str, Any], staging: dict[str, Any]) -> str:
     ingest, status = d.url("webhook-ingest"), d.url("status-api")
     auth = f'-H "Authorization: Bearer {key}"'
     sample = sample_whatsapp_delivery(d)
@@ -108,6 +126,8 @@ Sluice is running on the local cloud (project {d.project}).
   webhook-ingest  {ingest}
   status-api      {status}
   AI provider     {d.provider_url}  (open it to see what it received; counters: /_sluice/stats)
+  image model     {d.provider_server_url("image-model")}  (the staging pipeline's three steps)
+  video vendor    {d.provider_server_url("video-vendor")}  (its remote jobs: /_sluice/stats)
   Google Sheets   {d.sheets_url}  (local Sheets API; a spreadsheet as a workbook: see below)
   Pub/Sub         {d.cloud.emulators.pubsub_host}  (emulator)
   Firestore       {d.cloud.emulators.firestore_host}  (emulator)
@@ -118,6 +138,7 @@ Sluice is running on the local cloud (project {d.project}).
 Try:
   curl -s {auth} {batch["status_url"]}
   curl -s {auth} "{batch["status_url"]}/items?state=succeeded&page_size=3"
+  curl -s {auth} "{staging["status_url"]}/items?page_size=1"   (a staged photo, step by step)
   curl -s -X POST {auth} -H 'Content-Type: application/json' {ingest}/v1/batches \\
        -d '{{"kind": "chat","items":[{{"input":"hello"}},{{"input":"world"}}]}}'
   .venv/bin/sluice tenant list
@@ -144,7 +165,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, interrupt)
     ports = ports_from_env(os.environ.get("SLUICE_PORTS", ""))
     items = int(os.environ.get("SLUICE_DEMO_ITEMS", "300"))
+    photos = int(os.environ.get("SLUICE_DEMO_PHOTOS", "6"))
     latency = os.environ.get("SLUICE_PROVIDER_LATENCY_MS", "50")
+    job_seconds = os.environ.get("SLUICE_VIDEO_JOB_SECONDS", "3")
     cloud = LocalCloud(
         STATE_DIR / "logs",
         pubsub_port=ports.get("pubsub", 0),
@@ -157,17 +180,28 @@ def main() -> int:
         print("starting the Pub/Sub and Firestore emulators ...", flush=True)
         cloud.start()
         print("deploying the functions ...", flush=True)
-        deployment = cloud.deploy(PROJECT, ports=ports, provider_args=["--latency-ms", latency])
+        deployment = cloud.deploy(
+            PROJECT, ports=ports, provider_args=["--latency-ms", latency],
+            provider_server_args={
+                "image-model": ["--latency-ms", latency],
+                "video-vendor": ["--job-seconds", job_seconds, "--job-jitter-seconds", "1"],
+            },
+        )  # fmt: skip
         tenants = TenantStore(firestore.Client(project=PROJECT))
         demo = tenants.create("demo", sheets=True)
         tenants.add_phone("demo", deployment.whatsapp["phone_number_id"])
         tenant = {"id": demo.id, "api_key": demo.api_key, "signing_secret": demo.signing_secret}
         write_local_json(local_json, {**deployment.describe(), "demo_tenant": tenant})
-        print(f"submitting a demo batch of {items} items ...", flush=True)
-        batch = submit_demo(deployment, demo.api_key, items)
+        print(f"submitting a demo chat batch of {items} items ...", flush=True)
+        batch = submit_demo(deployment, demo.api_key, chat_demo(items))
         final = follow(batch["status_url"], demo.api_key)
         print(f"demo batch {final['batch_id']} {final['state']}", flush=True)
-        print(usage(deployment, demo.api_key, batch), flush=True)
+        print(f"submitting a demo staging batch of {photos} photos (image model, then video "
+              "jobs) ...", flush=True)  # fmt: skip
+        staging = submit_demo(deployment, demo.api_key, staging_demo(photos))
+        final = follow(staging["status_url"], demo.api_key)
+        print(f"demo staging batch {final['batch_id']} {final['state']}", flush=True)
+        print(usage(deployment, demo.api_key, batch, staging), flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -25,7 +25,6 @@ from google.cloud import firestore
 
 from sluice import routes
 from sluice.adapters import clients
-from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.callback_sender import CallbackSender
 from sluice.adapters.callbacks_store import CallbackStore
 from sluice.adapters.conversations_store import ConversationStore
@@ -35,6 +34,7 @@ from sluice.adapters.items_store import ItemStore
 from sluice.adapters.job_paths import JobPaths
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter
+from sluice.adapters.provider_api import ProviderAPI
 from sluice.adapters.publisher import Publisher
 from sluice.adapters.tenants_store import TenantStore
 from sluice.adapters.whatsapp_api import WhatsAppAPI
@@ -48,6 +48,7 @@ from sluice.handlers.processor import (
     Capacity,
     Claiming,
     ClaimRules,
+    StepProvider,
     WorkItemDeps,
     handle_work_item,
 )
@@ -57,6 +58,7 @@ from sluice.handlers.whatsapp import WhatsAppDeps, handle_event
 from sluice.http import Router
 from sluice.messages import (
     BATCH_EVENTS,
+    JOB_POLLS,
     SWEEPS,
     WHATSAPP_EVENTS,
     WORK_ITEMS,
@@ -154,13 +156,19 @@ class Root:
 
     def limiter(self, provider: ProviderName) -> Limiter:
         """One per provider and process: every instance shares its state through Firestore."""
-        work = self.topology.work
+        work, spec = self.topology.work, self.topology.providers[provider]
+        if self.topology.poll_seconds(provider) is not None:
+            # A provider of remote jobs: its slots are running jobs, its rate what the polls of
+            # those jobs leave for starting more (checked when the topology loads).
+            spec = spec.model_copy(
+                update={"requests_per_minute": self.topology.job_start_rate(provider)}
+            )
         return self._one(f"limiter:{provider}", lambda: Limiter(
-            self.db(), provider, self.topology.providers[provider],
+            self.db(), provider, spec,
             shards=work.rate_shards, recovery_seconds=work.recovery_seconds,
-            # Tenants' queued items are what the AI provider's bulk capacity is shared by; a
-            # callback or a WhatsApp send has no backlog of that kind to yield to.
-            backlog=self.jobs().tenant_backlogs if provider == "ai" else dict,
+            # Tenants' queued items are what the capacity of a provider the kinds' steps call
+            # is shared by; a callback or a WhatsApp send has no backlog of that kind.
+            backlog=self.jobs().tenant_backlogs if spec.endpoint else dict,
         ))  # fmt: skip
 
     def capacity(self, provider: ProviderName, *, interactive: bool) -> Capacity:
@@ -170,20 +178,26 @@ class Root:
             wait_seconds=self.topology.work.capacity_wait_seconds,
         )
 
-    def ai(self) -> AIProvider:
-        s = self.settings
-        return self._one("ai", lambda: AIProvider(
-            self.http(), base_url=s.required("ai_provider_url"),
-            api_key=s.required("ai_provider_api_key"), model=s.ai_model,
-            timeout=self.topology.providers.ai.timeout_seconds,
+    def provider_api(self, provider: ProviderName) -> ProviderAPI:
+        """The adapter of a provider with an endpoint, from the settings it declares."""
+        s, spec = self.settings, self.topology.providers[provider]
+        assert spec.endpoint is not None, f"provider {provider} has no endpoint"
+        endpoint = spec.endpoint
+        return self._one(f"api:{provider}", lambda: ProviderAPI(
+            self.http(), base_url=s.required(endpoint.url),
+            api_key=s.required(endpoint.api_key) if endpoint.api_key else "",
+            model=s.ai_model, timeout=spec.timeout_seconds,
         ))  # fmt: skip
+
+    def ai(self) -> ProviderAPI:
+        return self.provider_api("ai")
 
     def whatsapp_api(self) -> WhatsAppAPI:
         s = self.settings
         return self._one("whatsapp_api", lambda: WhatsAppAPI(
             self.http(), base_url=s.whatsapp_graph_url, version=s.whatsapp_api_version,
             token=s.required("whatsapp_access_token"),
-            timeout=self.topology.providers.whatsapp.timeout_seconds,
+            timeout=self.topology.providers["whatsapp"].timeout_seconds,
         ))  # fmt: skip
 
     def health(self) -> HealthCheck:
@@ -206,11 +220,18 @@ class Root:
         return Claiming(jobs=self.jobs(), items=self.items(), rules=self.rules())
 
     def work_items(self) -> WorkItemDeps:
+        called = {step.provider for kind in self.topology.kinds.values()
+                  for step in kind.steps.values()}  # fmt: skip
         return WorkItemDeps(
-            claiming=self.claiming(), ai=self.ai(),
+            claiming=self.claiming(),
             kinds={name: kind.plan() for name, kind in self.topology.kinds.items()},
             default_kind=self.topology.default_kind,
-            capacity=self.capacity("ai", interactive=False), publisher=self.publisher(),
+            # Bulk work: behind interactive replies for each provider's capacity, shared fairly
+            # by tenants.
+            providers={name: StepProvider(self.provider_api(name),
+                                          self.capacity(name, interactive=False))
+                       for name in sorted(called)},
+            publisher=self.publisher(),
         )  # fmt: skip
 
     def whatsapp(self) -> WhatsAppDeps:
@@ -225,7 +246,7 @@ class Root:
             # capacity. Counted per business number: one number's flood leaves slots to others.
             ai_capacity=replace(
                 self.capacity("ai", interactive=True),
-                holder_cap=self.topology.providers.ai.number_max_concurrent,
+                holder_cap=self.topology.providers["ai"].number_max_concurrent,
             ),
             send_capacity=self.capacity("whatsapp", interactive=True),
             publisher=self.publisher(),
@@ -237,7 +258,7 @@ class Root:
         return CallbackDeps(
             jobs=self.jobs(), callbacks=self.callback_store(), tenants=self.tenants(),
             sender=CallbackSender(
-                self.http(), timeout=t.providers.callbacks.timeout_seconds,
+                self.http(), timeout=t.providers["callbacks"].timeout_seconds,
                 allow_loopback=self.settings.allow_loopback_callbacks,
             ),
             capacity=self.capacity("callbacks", interactive=False),
@@ -278,7 +299,7 @@ class Root:
             exports=self.exports(), jobs=self.jobs(), items=self.items(),
             sheets=SheetsAPI(
                 endpoint=s.sheets_endpoint, service_account=s.sheets_service_account,
-                timeout=self.topology.providers.sheets.timeout_seconds,
+                timeout=self.topology.providers["sheets"].timeout_seconds,
             ),
             limiter=self.limiter("sheets"), settings=self.topology.exports,
         ))  # fmt: skip
@@ -288,8 +309,8 @@ class Root:
 
 
 # The topics whose messages the processor handles (besides their dead-letter topics).
-PROCESSOR_TOPICS = (WORK_ITEMS, WHATSAPP_EVENTS, BATCH_EVENTS, SWEEPS)
-DEAD_LETTERED = (WORK_ITEMS, WHATSAPP_EVENTS, BATCH_EVENTS)
+PROCESSOR_TOPICS = (WORK_ITEMS, WHATSAPP_EVENTS, BATCH_EVENTS, SWEEPS, JOB_POLLS)
+DEAD_LETTERED = (WORK_ITEMS, WHATSAPP_EVENTS, BATCH_EVENTS, JOB_POLLS)
 
 
 def processor_handlers(root: Root) -> dict[str, Handler]:
@@ -300,6 +321,10 @@ def processor_handlers(root: Root) -> dict[str, Handler]:
 
     def work_item(d: Delivery) -> Ack:
         return handle_work_item(work(), WorkItem.model_validate_json(d.message.data))
+
+    def job_poll(d: Delivery) -> Ack:
+        message = WorkItem.model_validate_json(d.message.data)
+        return handle_work_item(work(), message, poll=d.attempt or 0)
 
     def whatsapp_event(d: Delivery) -> Ack:
         return handle_event(whatsapp(), WhatsAppEventMessage.model_validate_json(d.message.data))
@@ -312,9 +337,10 @@ def processor_handlers(root: Root) -> dict[str, Handler]:
         Sweep.model_validate_json(d.message.data or b"{}")
         return sweep(sweeps(), now=now())
 
-    handlers: dict[str, Handler] = dict(
-        zip(PROCESSOR_TOPICS, (work_item, whatsapp_event, batch_event, sweep_tick), strict=True)
-    )
+    handlers: dict[str, Handler] = dict(zip(
+        PROCESSOR_TOPICS, (work_item, whatsapp_event, batch_event, sweep_tick, job_poll),
+        strict=True,
+    ))  # fmt: skip
     for source in DEAD_LETTERED:
         dead_letter = root.topology.topics[source].dead_letter
         if dead_letter:
@@ -397,7 +423,7 @@ def status_api() -> Router:
     root = Root(settings())
     batches = BatchDeps(
         jobs=root.jobs(), items=root.items(), publisher=root.publisher(),
-        requests_per_minute=root.topology.providers.ai.requests_per_minute,
+        requests_per_minute=root.topology.providers["ai"].requests_per_minute,
     )  # fmt: skip
     return routes.status(routes.StatusDeps(
         tenants=root.tenants(), batches=batches, health=root.health(), settings=root.settings,

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict
 WORK_ITEMS = "work-items"
 WHATSAPP_EVENTS = "whatsapp-events"
 BATCH_EVENTS = "batch-events"
+# Items waiting for a remote job: each message a poll of its running jobs, delivered again on its
+# subscription's backoff until they end (it carries a WorkItem).
+JOB_POLLS = "job-polls"
 
 
 class WorkItem(BaseModel):

@@ -52,5 +52,10 @@ class Defer(NotDone):
     again without counting as a failure."""
 
 
+class Waiting(NotDone):
+    """The item waits for a remote job it started: nothing failed and no attempt was spent. It
+    is looked at again, its job polled, after the job-polls subscription's backoff."""
+
+
 class Fail(NotDone):
     """An outside service refused for good: redelivery would get the same answer."""

@@ -7,6 +7,10 @@ first read, with the variable's name; elsewhere `required()` says which one is m
 The emulator hosts (PUBSUB_EMULATOR_HOST, FIRESTORE_EMULATOR_HOST) are read by Google's client
 libraries themselves: set them and the same code talks to the emulators.
 
+The settings of the providers a kind's steps call are declared in `topology.yaml` too (each
+provider's `endpoint`): they are read from the environment by the names declared there, so a
+provider added to the topology needs no change here.
+
 Which settings are secrets is declared once, in `topology.yaml` (`secrets`), which Terraform reads
 too: the settings object never shows their values (in its repr, nor in a validation error).
 """
@@ -18,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sluice.topology import REPO_TOPOLOGY, Topology, load_topology
@@ -66,13 +70,30 @@ class Settings(BaseSettings):
     # The function this process serves (Cloud Run sets K_SERVICE; so does the local cloud).
     function: str | None = Field(default=None, validation_alias="K_SERVICE")
 
+    # The providers' endpoint settings that are no field above, by name, from the environment.
+    _endpoints: dict[str, str] = PrivateAttr(default_factory=dict)
+
     @property
     def topology(self) -> Topology:
         return load_topology(self.topology_path)
 
+    def _known(self) -> set[str]:
+        """Every setting's name: the fields above and the providers' endpoint settings."""
+        endpoints = {n for p in self.topology.providers.values() if p.endpoint
+                     for n in (p.endpoint.url, p.endpoint.api_key) if n}  # fmt: skip
+        return set(type(self).model_fields) | endpoints
+
+    @model_validator(mode="after")
+    def _read_endpoints(self) -> Settings:
+        for name in self._known() - set(type(self).model_fields):
+            value = os.environ.get(env_name(name))
+            if value:
+                self._endpoints[name] = value
+        return self
+
     @model_validator(mode="after")
     def _secrets_are_settings(self) -> Settings:
-        unknown = sorted(set(self.topology.secrets) - set(type(self).model_fields))
+        unknown = sorted(set(self.topology.secrets) - self._known())
         if unknown:
             raise ValueError(f"topology secrets that are no setting: {', '.join(unknown)}")
         return self
@@ -80,7 +101,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _function_settings_are_settings(self) -> Settings:
         named = {n for f in self.topology.functions.values() for n in (*f.needs, *f.uses)}
-        unknown = sorted(named - set(type(self).model_fields))
+        unknown = sorted(named - self._known())
         if unknown:
             raise ValueError(f"topology needs or uses that are no setting: {', '.join(unknown)}")
         return self
@@ -102,7 +123,8 @@ class Settings(BaseSettings):
 
     def _value(self, name: str) -> str | None:
         """Setting `name` as text, or None when unset or empty."""
-        value = getattr(self, name)
+        fields = type(self).model_fields
+        value = getattr(self, name) if name in fields else self._endpoints.get(name)
         return None if value in (None, "") else str(value)
 
     def required(self, name: str) -> str:

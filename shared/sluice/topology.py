@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sluice.domain import pipelines, templates
 from sluice.domain.batches import ID_PATTERN
-from sluice.messages import BATCH_EVENTS, WHATSAPP_EVENTS, WORK_ITEMS
+from sluice.messages import BATCH_EVENTS, JOB_POLLS, WHATSAPP_EVENTS, WORK_ITEMS
 
 _HERE = Path(__file__).resolve()
 # In the repository the file is at its root; in a function's deployed archive (`make package`), it
@@ -96,6 +96,14 @@ class FirestoreTrigger(_Strict):
     document: str
 
 
+class Endpoint(_Strict):
+    """Where a kind's steps reach a provider: the settings that hold its base URL and its API
+    key (each a need of the processor; the key a secret)."""
+
+    url: str
+    api_key: str | None = None
+
+
 class Provider(_Strict):
     requests_per_minute: int = Field(ge=1)
     max_concurrent: int = Field(ge=1)
@@ -108,6 +116,8 @@ class Provider(_Strict):
     # other numbers; none: no cap. A share, so it keeps its meaning when max_concurrent changes.
     # One user's messages hold one at most: a conversation's events are delivered one at a time.
     number_max_share: float | None = Field(default=None, gt=0, lt=1)
+    # Set for a provider a kind's steps call (see Step).
+    endpoint: Endpoint | None = None
 
     @property
     def number_max_concurrent(self) -> int | None:
@@ -116,24 +126,10 @@ class Provider(_Strict):
         return max(1, math.floor(self.max_concurrent * self.number_max_share))
 
 
-ProviderName = Literal["ai", "whatsapp", "callbacks", "sheets"]
-
-
-class Providers(_Strict):
-    """The outside services Sluice calls, each under its limits. Named fields, not a map: a key
-    renamed or missing in topology.yaml fails when the topology loads, not at the first message
-    that needs it."""
-
-    ai: Provider  # the model the processor calls for every item and every WhatsApp reply
-    whatsapp: Provider  # the WhatsApp Cloud API's sends
-    callbacks: Provider  # the CRMs' completion callback endpoints
-    sheets: Provider  # the Google Sheets API's writes
-
-    def named(self) -> dict[ProviderName, Provider]:
-        return {name: getattr(self, name) for name in ("ai", "whatsapp", "callbacks", "sheets")}
-
-    def __getitem__(self, name: ProviderName) -> Provider:
-        return self.named()[name]
+# The providers Sluice's own adapters call (a reply's model, WhatsApp's sends, the CRMs'
+# callbacks, Sheets' writes): topology.yaml must declare each; a kind's steps may call any other.
+BUILT_IN_PROVIDERS = ("ai", "whatsapp", "callbacks", "sheets")
+ProviderName = str
 
 
 class Work(_Strict):
@@ -212,7 +208,8 @@ KindName = Annotated[str, Field(pattern=ID_PATTERN)]
 
 class StepMessage(_Strict):
     role: Literal["system", "user", "assistant"]
-    content: str  # a template (sluice.domain.templates)
+    # A template, or content parts whose strings are templates (sluice.domain.templates).
+    content: str | list[dict[str, Any]]
 
     @model_validator(mode="after")
     def _compiles(self) -> StepMessage:
@@ -222,21 +219,84 @@ class StepMessage(_Strict):
         return self
 
 
+class StepRequest(_Strict):
+    """A JSON request to a path of the provider's endpoint; each string in `body` a template."""
+
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    path: str = Field(pattern=r"^/[^\s]*$")
+    body: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _compiles(self) -> StepRequest:
+        wrong = templates.check(self.body)
+        if wrong:
+            raise ValueError(f"the request body's template does not compile: {wrong}")
+        return self
+
+
+class RemoteJob(_Strict):
+    """A job the provider runs itself: `start` creates it and answers its id (`id_field`), then
+    `status_path` (with `{id}`) is polled, no more often than every `poll_seconds`, until its
+    `status_field` is one of `succeeded` (the answer is the step's output) or `failed`. The
+    provider's max_concurrent counts jobs from their start to their final status, for at most
+    `timeout_seconds` each: past it the step fails."""
+
+    start: StepRequest
+    id_field: str = "id"
+    status_path: str = Field(pattern=r"^/[^\s]*\{id\}[^\s]*$")
+    status_field: str = "status"
+    succeeded: list[str] = Field(min_length=1)
+    failed: list[str] = Field(min_length=1)
+    poll_seconds: float = Field(ge=1, le=600)
+    timeout_seconds: float = Field(gt=0, le=86400)
+
+
 class Step(_Strict):
     """One call of a kind's work: to which provider, of which shape, sending what."""
 
-    # Issue 16 opens these to every provider declared and to `http` and remote-job calls.
-    provider: Literal["ai"]
-    call: Literal["chat"]
-    messages: list[StepMessage] = Field(min_length=1)
-    # The steps whose outputs this one needs (`steps.<name>` in its templates), declared before
-    # it; it starts once they have all succeeded.
+    # A key of `providers` with an endpoint.
+    provider: str
+    # `chat`: an OpenAI-compatible chat completion of `messages`; `http`: `request`, whose JSON
+    # answer is the output; `remote_job`: `job`, started then polled until final.
+    call: Literal["chat", "http", "remote_job"]
+    # The model asked for, for a chat step (default: the batch's params.model, then the
+    # deployment's ai_model).
+    model: str | None = None
+    messages: list[StepMessage] | None = None
+    request: StepRequest | None = None
+    job: RemoteJob | None = None
+    # False for a call that must not happen twice (a message sent): one whose outcome a crash
+    # left unknown fails its item, saying so, rather than being made again.
+    repeatable: bool = True
+    # The steps whose outputs this one needs (`steps.<name>` in its templates); it starts once
+    # they have all succeeded.
     after: list[str] = Field(default_factory=list)
 
-    def chat_template(self) -> templates.ChatTemplate:
-        return templates.ChatTemplate(
-            [templates.ChatMessage(m.role, m.content) for m in self.messages]
-        )
+    @model_validator(mode="after")
+    def _says_what_it_sends(self) -> Step:
+        given = {"chat": self.messages, "http": self.request, "remote_job": self.job}
+        field = {"chat": "messages", "http": "request", "remote_job": "job"}
+        if not given[self.call]:
+            raise ValueError(f"a step of `call: {self.call}` needs `{field[self.call]}`")
+        extra = [field[c] for c, v in given.items() if c != self.call and v is not None]
+        if extra:
+            raise ValueError(f"a step of `call: {self.call}` sends no {', '.join(extra)}")
+        return self
+
+    def planned(self, name: str) -> pipelines.PlannedStep:
+        template: templates.ChatTemplate | templates.RequestTemplate
+        if self.messages is not None:
+            template = templates.ChatTemplate(
+                [templates.ChatMessage(m.role, m.content) for m in self.messages]
+            )
+        else:
+            request = self.request or (self.job.start if self.job else None)
+            assert request is not None
+            template = templates.RequestTemplate(request.body)
+        return pipelines.PlannedStep(
+            name, tuple(self.after), template, provider=self.provider, call=self.call,
+            model=self.model, repeatable=self.repeatable, request=self.request, job=self.job,
+        )  # fmt: skip
 
 
 class Kind(_Strict):
@@ -249,11 +309,7 @@ class Kind(_Strict):
 
     def plan(self) -> pipelines.Plan:
         order = pipelines.in_order({name: step.after for name, step in self.steps.items()})
-        return pipelines.Plan(tuple(
-            pipelines.PlannedStep(name, tuple(self.steps[name].after),
-                                  self.steps[name].chat_template())
-            for name in order
-        ))  # fmt: skip
+        return pipelines.Plan(tuple(self.steps[name].planned(name) for name in order))
 
     def step_problems(self) -> list[str]:
         needs = {name: step.after for name, step in self.steps.items()}
@@ -277,7 +333,8 @@ class Topology(_Strict):
     subscriptions: dict[str, Subscription]
     firestore_triggers: dict[str, FirestoreTrigger]
     schedules: dict[str, Schedule] = Field(default_factory=dict)
-    providers: Providers
+    # Outside services and their limits, by name: the built-in ones and those kinds' steps call.
+    providers: dict[KindName, Provider]
     work: Work
     api: Api
     exports: Exports
@@ -318,7 +375,8 @@ class Topology(_Strict):
             fn = self.functions.get(trig.function)
             if fn is None or fn.trigger != "firestore":
                 problems.append(f"trigger {name}: {trig.function!r} is not a firestore function")
-        for name, provider in self.providers.named().items():
+        problems += self._provider_problems()
+        for name, provider in self.providers.items():
             cap = provider.tenant_max_concurrent
             if cap is not None and cap >= provider.max_concurrent:
                 problems.append(
@@ -328,7 +386,9 @@ class Topology(_Strict):
         for name, schedule in self.schedules.items():
             if schedule.topic not in self.topics:
                 problems.append(f"schedule {name}: unknown topic {schedule.topic!r}")
-        call = self.exports.capacity_wait_seconds + self.providers.sheets.timeout_seconds
+        if problems:
+            raise ValueError("; ".join(problems))
+        call = self.exports.capacity_wait_seconds + self.providers["sheets"].timeout_seconds
         if self.exports.lease_seconds <= call:
             problems.append(
                 "exports: lease_seconds must exceed capacity_wait_seconds plus the sheets "
@@ -358,6 +418,64 @@ class Topology(_Strict):
             raise ValueError("; ".join(problems))
         return self
 
+    def _provider_problems(self) -> list[str]:
+        """The built-in providers are declared; each step's provider is declared, with an endpoint
+        whose settings the processor needs (its key a secret); a provider of remote jobs takes
+        nothing else (its max_concurrent counts jobs), and its rate leaves room for the polls."""
+        problems = [f"providers: {name!r} must be declared (Sluice's own adapters call it)"
+                    for name in BUILT_IN_PROVIDERS if name not in self.providers]  # fmt: skip
+        processor = self.functions.get("batch-item-processor")
+        needs = set(processor.needs) if processor else set()
+        calls: dict[str, set[str]] = {}
+        polls: dict[str, float] = {}
+        for kind_name, kind in self.kinds.items():
+            for step_name, step in kind.steps.items():
+                where = f"kinds.{kind_name}.steps.{step_name}"
+                provider = self.providers.get(step.provider)
+                if provider is None or provider.endpoint is None:
+                    problems.append(f"{where}: provider {step.provider!r} is not declared with an "
+                                    "endpoint")  # fmt: skip
+                    continue
+                calls.setdefault(step.provider, set()).add(step.call)
+                if step.job is not None:
+                    polls[step.provider] = min(polls.get(step.provider, 600), step.job.poll_seconds)
+        for name, provider in self.providers.items():
+            if provider.endpoint is None:
+                continue
+            settings = [provider.endpoint.url, *filter(None, [provider.endpoint.api_key])]
+            problems += [f"providers.{name}.endpoint: {s!r} must be a need of the "
+                         "batch-item-processor" for s in settings if s not in needs]  # fmt: skip
+            key = provider.endpoint.api_key
+            if key is not None and key not in self.secrets:
+                problems.append(f"providers.{name}.endpoint: its api_key {key!r} must be a secret")
+            if "remote_job" in calls.get(name, set()) and calls[name] != {"remote_job"}:
+                problems.append(
+                    f"providers.{name}: runs remote jobs, so every step calling it must be one "
+                    "(its max_concurrent counts jobs)"
+                )
+            if name in polls and self.job_start_rate(name) < 1:
+                problems.append(
+                    f"providers.{name}.requests_per_minute ({provider.requests_per_minute}) must "
+                    f"exceed its polls, max_concurrent x 60 / the shortest poll_seconds "
+                    f"({provider.max_concurrent * 60 / polls[name]:g}), to leave room for starts"
+                )
+        return problems
+
+    def poll_seconds(self, provider: str) -> float | None:
+        """The shortest poll interval of the remote-job steps calling `provider`, if any."""
+        steps = [step for kind in self.kinds.values() for step in kind.steps.values()]
+        polls = [s.job.poll_seconds for s in steps if s.provider == provider and s.job]
+        return min(polls, default=None)
+
+    def job_start_rate(self, provider: str) -> int:
+        """The requests a minute a remote-job provider leaves for starting jobs: its rate less
+        what polling its running jobs takes at most (each polled every poll_seconds)."""
+        p = self.providers[provider]
+        poll = self.poll_seconds(provider)
+        if poll is None:
+            return p.requests_per_minute
+        return math.floor(p.requests_per_minute - p.max_concurrent * 60 / poll)
+
     def _setting_problems(self) -> list[str]:
         """Each secret is named once, and is a setting some function needs (or nothing would
         read the Secret Manager secret Terraform creates for it); what a function uses is
@@ -380,7 +498,7 @@ class Topology(_Strict):
         exports.complete_within_seconds: its event comes again within redelivery_seconds, takes
         its own lease over at once, and drains what is left in one write call (a wait for the
         quota, then the call), rows_per_call at a time."""
-        exports, sheets = self.exports, self.providers.sheets
+        exports, sheets = self.exports, self.providers["sheets"]
         after_death = {
             "exports.redelivery_seconds": exports.redelivery_seconds,
             "exports.capacity_wait_seconds": exports.capacity_wait_seconds,
@@ -400,7 +518,7 @@ class Topology(_Strict):
         delivery of what its subscription carries, and the stall time every work backoff."""
         problems = []
         work, providers = self.work, self.providers
-        timeout = {name: p.timeout_seconds for name, p in providers.named().items()}
+        timeout = {name: p.timeout_seconds for name, p in providers.items()}
         # After the claim: the AI call (a CRM item), or the AI call, the wait for WhatsApp
         # capacity and the send (a reply); then the outcome is recorded.
         after_claim = {
@@ -413,6 +531,16 @@ class Topology(_Strict):
                 + work.bookkeeping_seconds
             ),
         }  # fmt: skip
+        # A pipeline's step: its permit is taken after the claim (a wave's steps each wait for
+        # their own provider), then its call.
+        for kind_name, kind in self.kinds.items():
+            for step_name, step in kind.steps.items():
+                if step.provider in providers:
+                    after_claim[
+                        f"work.capacity_wait_seconds + providers.{step.provider}.timeout_seconds "
+                        f"+ work.bookkeeping_seconds (kinds.{kind_name}.steps.{step_name})"
+                    ] = (work.capacity_wait_seconds + providers[step.provider].timeout_seconds
+                         + work.bookkeeping_seconds)  # fmt: skip
         longest = max(after_claim, key=lambda k: after_claim[k])
         if work.lease_seconds <= after_claim[longest]:
             problems.append(
@@ -424,7 +552,7 @@ class Topology(_Strict):
         for name, sub in self.subscriptions.items():
             ack = sub.ack_deadline_seconds
             must = "exceed"
-            if sub.topic in (WORK_ITEMS, WHATSAPP_EVENTS):
+            if sub.topic in (WORK_ITEMS, WHATSAPP_EVENTS, JOB_POLLS):
                 # The wait for capacity before the claim, then at most the lease.
                 what = "work.capacity_wait_seconds + work.lease_seconds"
                 delivery = work.capacity_wait_seconds + work.lease_seconds

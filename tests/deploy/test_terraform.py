@@ -221,7 +221,8 @@ def test_a_setting_set_for_the_deployment_reaches_the_functions_that_use_it(topo
 
 def test_secrets_are_the_topologys_and_come_from_secret_manager(tf, topology):
     secrets = set(topology.secrets)
-    assert secrets and secrets <= set(Settings.model_fields)
+    keys = {p.endpoint.api_key for p in topology.providers.values() if p.endpoint}
+    assert secrets and secrets <= set(Settings.model_fields) | keys
     declared = tf.resources("google_secret_manager_secret", "setting")
     assert {k: v["secret_id"] for k, v in declared.items()} == {
         n: f"sluice-{n.replace('_', '-')}" for n in secrets
@@ -259,6 +260,24 @@ def test_a_secret_version_is_stored_only_for_a_value_given(topology):
     versions = Config(TERRAFORM, given).resources("google_secret_manager_secret_version", "setting")
     assert list(versions) == ["whatsapp_app_secret"]
     assert versions["whatsapp_app_secret"]["secret_data"] == "s3cret"
+
+
+def test_each_provider_a_kind_calls_is_reached_at_its_given_url_with_its_own_secret(tf, topology):
+    functions = tf.resources("google_cloudfunctions2_function", "function")
+    config = block(functions["batch-item-processor"], "service_config")
+    env = config["environment_variables"]
+    assert env["SLUICE_IMAGE_MODEL_URL"] == VARIABLES["provider_urls"]["image-model"]
+    assert env["SLUICE_VIDEO_VENDOR_URL"] == VARIABLES["provider_urls"]["video-vendor"]
+    mounted = {s["key"] for s in config["secret_environment_variables"]}
+    assert {"SLUICE_IMAGE_MODEL_API_KEY", "SLUICE_VIDEO_VENDOR_API_KEY"} <= mounted
+    assert "SLUICE_IMAGE_MODEL_API_KEY" not in env
+
+
+def test_a_provider_a_kind_calls_without_a_url_is_refused_before_anything_is_created():
+    given = {**VARIABLES, "provider_urls": {"image-model": "https://images.example"}}
+    with pytest.raises(HclError, match=r"var\.provider_urls: give the URL of every provider the "
+                       r"kinds call \(image-model, video-vendor\)"):  # fmt: skip
+        Config(TERRAFORM, given).resources("google_cloudfunctions2_function", "function")
 
 
 def test_a_secret_value_for_a_setting_that_is_no_secret_is_refused():
@@ -525,6 +544,13 @@ def test_every_optional_field_left_out_gets_the_typed_topologys_default(tmp_path
     for fn in raw["functions"].values():
         for optional in ("public", "publishes", "needs", "local_instances"):
             fn.pop(optional, None)
+    # The providers' keys are optional, their URLs not: the processor needs those.
+    urls = []
+    for provider in raw["providers"].values():
+        if "endpoint" in provider:
+            provider["endpoint"].pop("api_key")
+            urls.append(provider["endpoint"]["url"])
+    raw["functions"]["batch-item-processor"]["needs"] = urls
     for sub in raw["subscriptions"].values():
         sub.pop("ordering", None)
     for schedule in raw["schedules"].values():
@@ -533,7 +559,8 @@ def test_every_optional_field_left_out_gets_the_typed_topologys_default(tmp_path
     tf, topology = changed_copy(tmp_path, text=yaml.safe_dump(raw))
     for name, fn in tf.local("functions").items():
         spec = topology.functions[name]
-        assert (fn["public"], fn["publishes"], fn["needs"]) == (False, [], []) == (
+        needs = urls if name == "batch-item-processor" else []
+        assert (fn["public"], fn["publishes"], fn["needs"]) == (False, [], needs) == (
             spec.public, spec.publishes, spec.needs)  # fmt: skip
         assert (fn["min_instances"], fn["cpu"]) == (0, "1")
     for name, sub in tf.local("subscriptions").items():

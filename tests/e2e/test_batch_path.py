@@ -77,7 +77,12 @@ def test_a_killed_processor_loses_no_item(http, deploy, make_tenant):
     d = deploy(
         topology_overrides={
             "work": {"lease_seconds": 5, "capacity_wait_seconds": 1, "bookkeeping_seconds": 0.5},
-            "providers": {"ai": {"timeout_seconds": 2}, "whatsapp": {"timeout_seconds": 1}},
+            "providers": {
+                "ai": {"timeout_seconds": 2},
+                "whatsapp": {"timeout_seconds": 1},
+                "image-model": {"timeout_seconds": 2},
+                "video-vendor": {"timeout_seconds": 2},
+            },
             "subscriptions": {
                 "work-items-to-processor": {
                     "retry": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 3}

@@ -26,7 +26,8 @@ def listening(url: str) -> bool:
 
 
 def test_make_run_serves_the_demo_and_stops_everything_on_ctrl_c(tmp_path: Path):
-    env = {**os.environ, "SLUICE_DEMO_ITEMS": "20", "SLUICE_PROVIDER_LATENCY_MS": "5"}
+    env = {**os.environ, "SLUICE_DEMO_ITEMS": "20", "SLUICE_PROVIDER_LATENCY_MS": "5",
+           "SLUICE_DEMO_PHOTOS": "2", "SLUICE_VIDEO_JOB_SECONDS": "1"}  # fmt: skip
     for var in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST"):
         env.pop(var, None)
     proc = subprocess.Popen(
@@ -47,6 +48,8 @@ def test_make_run_serves_the_demo_and_stops_everything_on_ctrl_c(tmp_path: Path)
         text = "".join(output)
         assert "Ctrl-C stops everything" in text, text
         assert "20/20" in text and "completed" in text
+        # The staging pipeline ran too: two photos through the image model and a video job each.
+        assert "2/2  succeeded 2" in text, text
 
         local_json = tmp_path / ".sluice" / "local.json"
         assert stat.S_IMODE(local_json.stat().st_mode) == 0o600  # it holds the secrets
@@ -61,6 +64,8 @@ def test_make_run_serves_the_demo_and_stops_everything_on_ctrl_c(tmp_path: Path)
         assert r.status_code == 202
         assert r.json()["status_url"].startswith(status_api)
         assert httpx.get(info["servers"]["ai_provider"] + "/_sluice/stats").json()["requests"] >= 20
+        video = httpx.get(info["servers"]["provider:video-vendor"] + "/_sluice/stats").json()
+        assert video["tasks_created"] == 2
         # The printed WhatsApp curl works as printed: the signed sample gets its reply.
         curl = next(line for line in output if "X-Hub-Signature-256" in line)
         signature = curl.split("X-Hub-Signature-256: ")[1].split('"')[0]

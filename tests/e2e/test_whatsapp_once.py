@@ -18,7 +18,12 @@ pytestmark = pytest.mark.cloud
 # Short enough for a test to outwait, and consistent: the lease covers the model call, the wait
 # for sending capacity and the send; the ack deadline the whole delivery.
 QUICK = {
-    "providers": {"ai": {"timeout_seconds": 3}, "whatsapp": {"timeout_seconds": 8}},
+    "providers": {
+        "ai": {"timeout_seconds": 3},
+        "whatsapp": {"timeout_seconds": 8},
+        "image-model": {"timeout_seconds": 3},
+        "video-vendor": {"timeout_seconds": 3},
+    },
     "work": {"lease_seconds": 20, "capacity_wait_seconds": 2},
     "subscriptions": {"whatsapp-events-to-processor": {"ack_deadline_seconds": 30}},
 }

@@ -27,6 +27,9 @@ def function_client(
     # Nothing listens here: a test that reaches the provider fails loudly.
     monkeypatch.setenv("SLUICE_AI_PROVIDER_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("SLUICE_AI_PROVIDER_API_KEY", "sk-test")
+    for provider in ("IMAGE_MODEL", "VIDEO_VENDOR"):
+        monkeypatch.setenv(f"SLUICE_{provider}_URL", "http://127.0.0.1:9")
+        monkeypatch.setenv(f"SLUICE_{provider}_API_KEY", "sk-test")
     monkeypatch.setenv("SLUICE_WHATSAPP_GRAPH_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("SLUICE_WHATSAPP_APP_SECRET", APP_SECRET)
     monkeypatch.setenv("SLUICE_WHATSAPP_VERIFY_TOKEN", VERIFY_TOKEN)

@@ -84,7 +84,7 @@ def test_an_item_that_finds_no_capacity_is_acknowledged_and_published_again_with
     subscriber.create_subscription(name=tap, topic=topic)
     # Every AI slot held (by replies: bulk work leaves some to them), through a limiter built as
     # every processor instance builds it.
-    ai = topology.providers.ai
+    ai = topology.providers["ai"]
     holder = Limiter(db, "ai", ai, shards=topology.work.rate_shards, recovery_seconds=30)
     held = [holder.acquire(tenant=f"other-{n}", interactive=True, wait=5)
             for n in range(ai.max_concurrent)]  # fmt: skip

@@ -49,7 +49,12 @@ def processor(function_client, served, monkeypatch, tmp_path, db):
             "capacity_wait_seconds": 1,
             "bookkeeping_seconds": 1,
         },
-        "providers": {"ai": {"timeout_seconds": 1}, "whatsapp": {"timeout_seconds": 1}},
+        "providers": {
+            "ai": {"timeout_seconds": 1},
+            "whatsapp": {"timeout_seconds": 1},
+            "image-model": {"timeout_seconds": 1},
+            "video-vendor": {"timeout_seconds": 1},
+        },
     }
     topology = merge(yaml.safe_load(REPO_TOPOLOGY.read_text()), quick)  # fmt: skip
     (tmp_path / "topology.yaml").write_text(yaml.safe_dump(topology))

@@ -30,6 +30,8 @@ def deployment(tmp_path: Path, **kwargs: Any) -> Deployment:
     d = Deployment(cloud, "test-env", functions={"status-api": SimpleNamespace(url="http://s")},
                    **kwargs)  # type: ignore[arg-type]  # fmt: skip
     d.server_ports.update(provider=1001, graph=1002, sheets=1003)
+    d.server_ports.update({name: 1010 + n for n, name in enumerate(d.endpoint_providers)
+                           if name != "ai"})  # fmt: skip
     return d
 
 
@@ -55,9 +57,16 @@ def test_secrets_go_only_to_the_functions_that_need_them(tmp_path):
     assert env["webhook-ingest"]["SLUICE_WHATSAPP_APP_SECRET"] == d.whatsapp["app_secret"]
     assert env["batch-item-processor"]["SLUICE_AI_PROVIDER_API_KEY"] == d.ai_api_key
     assert env["batch-item-processor"]["SLUICE_AI_PROVIDER_URL"] == d.provider_url
+    # Each provider a kind's steps call: its URL and its own key, to the processor only.
+    assert env["batch-item-processor"]["SLUICE_VIDEO_VENDOR_URL"] == d.provider_server_url(
+        "video-vendor"
+    )
+    keys = {env_name(p.endpoint.api_key) for p in d.topology.providers.values()
+            if p.endpoint and p.endpoint.api_key}  # fmt: skip
+    assert len({env["batch-item-processor"][k] for k in keys}) == len(keys) >= 3
     for name in ("sheets-writer", "backfill", "status-api"):
-        assert not {"SLUICE_WHATSAPP_APP_SECRET", "SLUICE_AI_PROVIDER_API_KEY",
-                    "SLUICE_WHATSAPP_ACCESS_TOKEN"} & set(env[name]), name  # fmt: skip
+        assert not {"SLUICE_WHATSAPP_APP_SECRET", "SLUICE_WHATSAPP_ACCESS_TOKEN",
+                    *keys} & set(env[name]), name  # fmt: skip
 
 
 def test_a_need_taken_out_of_the_topology_is_not_given(tmp_path):
@@ -70,7 +79,9 @@ def test_every_setting_a_function_needs_has_a_local_value(tmp_path):
     values = deployment(tmp_path).settings()
     needed = {n for spec in load_topology().functions.values() for n in spec.needs}
     assert needed <= set(values)
-    assert set(values) <= set(Settings.model_fields)
+    endpoints = {n for p in load_topology().providers.values() if p.endpoint
+                 for n in (p.endpoint.url, p.endpoint.api_key) if n}  # fmt: skip
+    assert set(values) <= set(Settings.model_fields) | endpoints
 
 
 def test_a_function_process_inherits_no_setting_from_whoever_started_it(tmp_path, monkeypatch):

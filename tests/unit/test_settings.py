@@ -62,9 +62,25 @@ def test_outside_a_function_a_missing_value_is_named_when_it_is_used():
 
 
 def test_every_need_and_use_in_the_topology_is_a_setting():
-    fields = set(Settings.model_fields)
-    for name, function in load_topology().functions.items():
+    topology = load_topology()
+    endpoints = {n for p in topology.providers.values() if p.endpoint
+                 for n in (p.endpoint.url, p.endpoint.api_key) if n}  # fmt: skip
+    fields = set(Settings.model_fields) | endpoints
+    for name, function in topology.functions.items():
         assert set(function.needs) | set(function.uses) <= fields, name
+
+
+def test_a_provider_s_endpoint_settings_are_read_by_the_names_the_topology_gives_them(
+    monkeypatch,
+):
+    monkeypatch.setenv("SLUICE_VIDEO_VENDOR_URL", "https://api.vendor.example")
+    monkeypatch.setenv("SLUICE_VIDEO_VENDOR_API_KEY", "vendor-key")
+    settings = Settings()  # type: ignore[call-arg]
+    assert settings.required("video_vendor_url") == "https://api.vendor.example"
+    assert settings.required("video_vendor_api_key") == "vendor-key"
+    assert "vendor-key" not in repr(settings)
+    with pytest.raises(MissingSetting, match="SLUICE_IMAGE_MODEL_URL is not set"):
+        settings.required("image_model_url")
 
 
 def test_a_topology_use_that_is_no_setting_is_refused(monkeypatch, tmp_path):
@@ -100,7 +116,8 @@ def test_a_setting_the_topology_makes_secret_is_hidden_too(monkeypatch, tmp_path
 
 
 def test_a_topology_secret_that_is_no_setting_is_refused(monkeypatch, tmp_path):
-    raw = mutated({"secrets": ["not_a_setting"], "functions.backfill.needs": ["not_a_setting"]})
+    secrets = [*load_topology().secrets, "not_a_setting"]
+    raw = mutated({"secrets": secrets, "functions.backfill.needs": ["not_a_setting"]})
     topology = tmp_path / "topology.yaml"
     topology.write_text(raw)
     monkeypatch.setenv("SLUICE_TOPOLOGY", str(topology))

@@ -74,20 +74,27 @@ STEP = {"provider": "ai", "call": "chat", "messages": [{"role": "user", "content
         (
             "work.lease_seconds",
             60,
-            r"work.lease_seconds \(60\) must exceed the work after a claim, providers.ai."
-            r"timeout_seconds \+ work.capacity_wait_seconds \+ providers.whatsapp.timeout_seconds"
-            r" \+ work.bookkeeping_seconds \(60\)",
+            r"work.lease_seconds \(60\) must exceed the work after a claim, work.capacity_wait_"
+            r"seconds \+ providers.image-model.timeout_seconds \+ work.bookkeeping_seconds "
+            r"\(kinds.staging.steps.layout\) \(75\)",
         ),
         (
             "providers.whatsapp.timeout_seconds",
-            30,
-            r"work.lease_seconds \(70\) must exceed the work after a claim.* \(75\)",
+            40,
+            r"work.lease_seconds \(80\) must exceed the work after a claim, providers.ai."
+            r"timeout_seconds \+ work.capacity_wait_seconds \+ providers.whatsapp.timeout_seconds"
+            r" \+ work.bookkeeping_seconds \(85\)",
         ),
         (
             "subscriptions.work-items-to-processor.ack_deadline_seconds",
-            80,
-            r"subscriptions.work-items-to-processor.ack_deadline_seconds \(80\) must exceed the "
-            r"whole delivery, work.capacity_wait_seconds \+ work.lease_seconds \(80\)",
+            90,
+            r"subscriptions.work-items-to-processor.ack_deadline_seconds \(90\) must exceed the "
+            r"whole delivery, work.capacity_wait_seconds \+ work.lease_seconds \(90\)",
+        ),
+        (
+            "subscriptions.job-polls-to-processor.ack_deadline_seconds",
+            90,
+            r"subscriptions.job-polls-to-processor.ack_deadline_seconds \(90\) must exceed",
         ),
         (
             "subscriptions.whatsapp-events-to-processor.ack_deadline_seconds",
@@ -151,7 +158,25 @@ STEP = {"provider": "ai", "call": "chat", "messages": [{"role": "user", "content
             [{"role": "user", "content": "{{ input"}],
             "user message's template does not compile",
         ),
-        ("kinds.chat.steps.answer.provider", "sheets", "Input should be 'ai'"),
+        # A step calls a declared provider with an endpoint, and says what it sends.
+        ("kinds.chat.steps.answer.provider", "sheets", "provider 'sheets' is not declared with an"),
+        ("kinds.chat.steps.answer.provider", "nope", "provider 'nope' is not declared"),
+        ("kinds.chat.steps.answer.call", "http", "`call: http` needs `request`"),
+        ("kinds.staging.steps.video.job.status_path", "/v1/tasks", "should match pattern"),
+        # A provider's endpoint settings are the processor's needs, its key a secret.
+        ("providers.ai.endpoint.url", "ai_url", "'ai_url' must be a need of the batch-item-proc"),
+        (
+            "secrets",
+            ["whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token"],
+            "its api_key 'ai_provider_api_key' must be a secret",
+        ),
+        # A provider of remote jobs takes only those, and its polls leave room for starts.
+        ("kinds.staging.steps.layout.provider", "video-vendor", "every step calling it must be"),
+        (
+            "providers.video-vendor.requests_per_minute",
+            120,
+            r"requests_per_minute \(120\) must exceed its polls, .* \(120\)",
+        ),
         # A kind's steps need only steps of its own, in no cycle, and end in one step.
         ("kinds.chat.steps.second", STEP, r"must end in one step, .* not \['answer', 'second'\]"),
         ("kinds.chat.steps.answer.after", ["nope"], "comes after 'nope', which is not one of its"),

@@ -132,11 +132,14 @@ class Limiter:
     # -- permits ----------------------------------------------------------------------------------
 
     def acquire(
-        self, *, tenant: str, interactive: bool, wait: float, cap: int | None = None
-    ) -> Permit | None:
+        self, *, tenant: str, interactive: bool, wait: float, cap: int | None = None,
+        hold_seconds: float | None = None,
+    ) -> Permit | None:  # fmt: skip
         """A permit (a concurrency slot and a place in the rate window), waiting up to `wait`
         seconds. `tenant` holds at most `cap` permits at once (default: the provider's tenant
-        cap).
+        cap). The slot frees itself `hold_seconds` after it was taken if never released
+        (default: the call's timeout and a grace: its holder died); a remote job's is held from
+        its start to its final status, released by whichever delivery sees that.
 
         None when there was no capacity in that time: the caller defers its work, which is not a
         failure and costs the item no attempt.
@@ -184,7 +187,8 @@ class Limiter:
                     _shard(i, share, snaps[ref.path].to_dict())
                     for i, (ref, share) in enumerate(zip(self._shards, shares, strict=True))
                 ]
-                until = now + timedelta(seconds=provider.timeout_seconds + SLOT_GRACE_SECONDS)
+                hold = hold_seconds or provider.timeout_seconds + SLOT_GRACE_SECONDS
+                until = now + timedelta(seconds=hold)
                 decision = limits.decide_permit(
                     shards, now=now, token=token, until=until, tenant=tenant,
                     interactive=interactive, backlog={} if interactive else self.backlog(),

@@ -12,14 +12,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sluice.domain.templates import ChatTemplate
+from sluice.domain.templates import ChatTemplate, RequestTemplate
 
 
 @dataclass(frozen=True)
 class PlannedStep:
     name: str
     after: tuple[str, ...]
-    template: ChatTemplate
+    # A chat step's messages, or the body an http step sends or a remote job starts with.
+    template: ChatTemplate | RequestTemplate
+    provider: str = "ai"
+    call: str = "chat"  # chat | http | remote_job
+    model: str | None = None
+    repeatable: bool = True
+    # The topology's declaration of an http step's request or a remote job (sluice.topology's
+    # StepRequest and RemoteJob): its method, path, polling and final statuses.
+    request: Any = None
+    job: Any = None
 
 
 def in_order(needs: Mapping[str, Sequence[str]]) -> list[str]:

@@ -23,6 +23,7 @@ from sluice.handlers.processor import announce_completion
 from sluice.handlers.whatsapp import WhatsAppDeps, record_message
 from sluice.messages import (
     BATCH_EVENTS,
+    JOB_POLLS,
     WHATSAPP_EVENTS,
     WORK_ITEMS,
     BatchCompleted,
@@ -83,7 +84,7 @@ def _record_dead_letter(deps: DeadLetterDeps, source: str, message: PubSubMessag
     reason = reason_of(message, source)
     # Not the message itself: a WhatsApp event carries what a customer wrote.
     log.error("%s: message %s on %s", reason, message.message_id, source)
-    if source == WORK_ITEMS:
+    if source in (WORK_ITEMS, JOB_POLLS):
         work = WorkItem.model_validate_json(message.data)
         return fail_item(deps, work.job_id, work.item_id, reason, dispatch=work.dispatch)
     if source == WHATSAPP_EVENTS:

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.items_store import ItemStore
 from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.limiter import Limiter, Permit
 from sluice.adapters.outside import ProviderError
+from sluice.adapters.provider_api import ProviderAPI
 from sluice.adapters.publisher import Publisher
 from sluice.clock import now
 from sluice.domain.items import (
@@ -40,8 +42,8 @@ from sluice.domain.items import (
 from sluice.domain.pipelines import Plan, PlannedStep
 from sluice.domain.sheets import export_kind
 from sluice.domain.templates import TemplateRefused
-from sluice.messages import BATCH_EVENTS, BatchCompleted, WorkItem
-from sluice.outcomes import Ack, Defer, Redeliver
+from sluice.messages import BATCH_EVENTS, JOB_POLLS, BatchCompleted, WorkItem
+from sluice.outcomes import Ack, Defer, NotDone, Redeliver, Waiting
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +55,36 @@ class LeaseLost(Exception):
 class Progress:
     """How far earlier claims of an item got (`saved`), and `save` to record more under this
     claim: work with an effect that must not be repeated (sending a message) records it before
-    and after, and a takeover after a crash resumes from the record instead of repeating it."""
+    and after, and a takeover after a crash resumes from the record instead of repeating it.
+    Safe to share between the threads of a pipeline's wave: one write at a time, each
+    conditional on the one before."""
 
     def __init__(self, saved: dict[str, Any], save: Callable[[dict[str, Any]], bool]) -> None:
         self.saved = dict(saved)
         self._save = save
+        self._lock = threading.RLock()
 
     def save(self, **fields: Any) -> None:
         """Raises LeaseLost when the claim is not this worker's any more: stop, do nothing else."""
-        if not self._save(fields):
-            raise LeaseLost("another delivery took the item over")
-        self.saved.update(fields)
+        with self._lock:
+            if not self._save(fields):
+                raise LeaseLost("another delivery took the item over")
+            self.saved.update(fields)
+
+    def merge(self, **fields: dict[str, Any]) -> None:
+        """Save each field's entries into what it holds (a step's output into `steps`), in one
+        write; an entry of None is removed."""
+        with self._lock:
+            merged = {}
+            for name, entries in fields.items():
+                held = {**(self.saved.get(name) or {}), **entries}
+                merged[name] = {k: v for k, v in held.items() if v is not None}
+            self.save(**merged)
+
+    def of(self, name: str) -> dict[str, Any]:
+        """What field `name` holds (a copy), by entry."""
+        with self._lock:
+            return dict(self.saved.get(name) or {})
 
 
 # The work of one item: its input, its job (tenant, kind, params) and its progress in, its
@@ -155,7 +176,7 @@ def process_item(
             return Ack(item_id, decision.after.value, "lease expired too often", completed, job_id)
         assert isinstance(decision, Claimed)
         attempt = _Attempt(items, job_id, item_id, token, claimed.after)
-        decide, deferred = attempt.run(work, claimed.input, job, claimed.progress, rules, capacity)
+        decide, later = attempt.run(work, claimed.input, job, claimed.progress, rules, capacity)
     if decide is None:
         return Ack(item_id, "superseded", "another delivery took the item over")
     change = items.finish_item(job_id, item_id, token=token, decide=decide, seen=attempt.latest,
@@ -164,7 +185,7 @@ def process_item(
         return Ack(item_id, "superseded", "another delivery took the item over")
     if change.after is ItemState.QUEUED:
         reason = f"item {item_id}: {change.fields['error']}"
-        raise Defer(reason) if deferred else Redeliver(reason)
+        raise (later or Redeliver)(reason)
     # Only a commit that may have finished the job reads every counter shard to see.
     completed = jobs.complete_if_done(job_id) if change.may_finish_job else None
     return Ack(item_id, change.after.value, completed=completed, job=job_id)
@@ -200,96 +221,161 @@ class _Attempt:
     def run(
         self, work: Work, item_input: Any, job: dict[str, Any], progress: dict[str, Any],
         rules: ClaimRules, capacity: Capacity | None,
-    ) -> tuple[Callable[[ItemRecord], Transition] | None, bool]:  # fmt: skip
-        """The decision to record (None if the claim was lost) and whether the item waits for
-        capacity rather than failed."""
+    ) -> tuple[Callable[[ItemRecord], Transition] | None, type[NotDone] | None]:  # fmt: skip
+        """The decision to record (None if the claim was lost) and, when the item waits for
+        capacity or for a remote job rather than failed, which (Defer, Waiting)."""
         try:
             result = work(item_input, job, Progress(progress, self._save))
         except LeaseLost:
-            return None, False
+            return None, None
         except TemplateRefused as refused:
             # The kind's templates cannot make this item's request: no attempt would.
             return partial(
                 after_error, reason=str(refused), permanent=True,
                 max_attempts=rules.max_attempts, now=now(),
-            ), False  # fmt: skip
-        except Defer as deferred:
-            # A call of the work found no capacity (a WhatsApp send): it waits, losing nothing.
-            return partial(requeue_uncounted, reason=deferred.reason, now=now()), True
+            ), None  # fmt: skip
+        except (Defer, Waiting) as waits:
+            # A call of the work found no capacity (a WhatsApp send), or a remote job runs: it
+            # waits, losing nothing.
+            return partial(requeue_uncounted, reason=waits.reason, now=now()), type(waits)
         except ProviderError as error:
             if capacity is not None:
                 # Caught inside the permit, so the permit does not see it: tell its limiter.
                 error = capacity.limiter.learn(error)
             if error.rate_limited:
-                return partial(requeue_uncounted, reason=str(error), now=now()), True
+                return partial(requeue_uncounted, reason=str(error), now=now()), Defer
             return partial(
                 after_error, reason=str(error), permanent=error.permanent,
                 max_attempts=rules.max_attempts, now=now(),
-            ), False  # fmt: skip
-        return partial(succeed, result=result, now=now()), False
+            ), None  # fmt: skip
+        return partial(succeed, result=result, now=now()), None
 
 
 # -- CRM items -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class StepProvider:
+    """A provider a kind's steps call: its adapter, and the bulk share of its limits (for a
+    provider of remote jobs, of its running jobs: a slot from a job's start to its end)."""
+
+    api: ProviderAPI
+    capacity: Capacity
+
+
+@dataclass(frozen=True)
 class WorkItemDeps:
     claiming: Claiming
-    ai: AIProvider
     # Each kind's steps, their templates compiled once per process (topology.yaml's `kinds`).
     kinds: dict[str, Plan]
     default_kind: str
-    # Bulk work: behind interactive replies for the AI provider's capacity, shared by tenants.
-    capacity: Capacity
+    # By name, every provider a step calls.
+    providers: dict[str, StepProvider]
     publisher: Publisher
 
 
-def handle_work_item(deps: WorkItemDeps, work: WorkItem) -> Ack:
+def handle_work_item(deps: WorkItemDeps, work: WorkItem, *, poll: int | None = None) -> Ack:
     """A CRM item: the steps its kind declares. Raises Defer when it found no capacity, or
     ran one wave of a pipeline's steps and has more to run (the push entry point publishes the
-    same message again: neither counts as a delivery attempt)."""
+    same message again: neither counts as a delivery attempt).
+
+    An item waiting for a remote job is looked at again by a message on the job-polls topic:
+    `poll` is that message's delivery attempt (0 when not known). A work item that starts a job
+    publishes one and is done; a poll comes again on its subscription's backoff (Redeliver)
+    until the job ends, and is published afresh before Pub/Sub would count it as failing."""
     job = deps.claiming.jobs.job_meta(work.job_id)
     # A job of a kind not declared was submitted before kinds were (any name was taken then,
     # for today's one call, the default kind's), or its kind was removed since.
     plan = deps.kinds.get(str(job.get("kind"))) or deps.kinds[deps.default_kind]
-    if len(plan.steps) == 1:
-        # One call: its permit is taken before the claim, so waiting for capacity costs the
-        # item no write (process_item).
-        step = plan.steps[0]
-
-        def one_call(item_input: Any, job: dict[str, Any], _progress: Progress) -> dict[str, Any]:
-            params = job.get("params") or {}
-            return deps.ai.chat(step.template.render(item_input, params), params)
-
-        ack = process_item(
-            deps.claiming, one_call, work.job_id, work.item_id,
-            capacity=deps.capacity, dispatch=work.dispatch,
-        )  # fmt: skip
-    else:
-        ack = process_item(
-            deps.claiming, partial(run_wave, deps, plan), work.job_id, work.item_id,
-            dispatch=work.dispatch,
-        )  # fmt: skip
+    try:
+        if len(plan.steps) == 1 and plan.steps[0].call != "remote_job":
+            ack = _one_call(deps, plan.steps[0], work)
+        else:
+            ack = process_item(
+                deps.claiming, partial(run_wave, deps, plan), work.job_id, work.item_id,
+                dispatch=work.dispatch,
+            )  # fmt: skip
+    except Waiting as waiting:
+        if poll is None:
+            deps.publisher.publish(JOB_POLLS, [work.model_dump()])
+            return Ack(work.item_id, "waiting", waiting.reason)
+        if poll >= POLL_RESTART_AFTER:
+            raise Defer(waiting.reason) from None
+        raise Redeliver(waiting.reason) from None
     announce_completion(deps.publisher, ack)
     return ack
+
+
+# A poll message delivered this often is published afresh (Defer), well before the job-polls
+# subscription's max_delivery_attempts would dead-letter it: waiting is not failing.
+POLL_RESTART_AFTER = 50
+
+
+def _one_call(deps: WorkItemDeps, step: PlannedStep, work: WorkItem) -> Ack:
+    """One call: its permit is taken before the claim, so waiting for capacity costs the item
+    no write (process_item)."""
+    provider = deps.providers[step.provider]
+
+    def one_call(item_input: Any, job: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        return _call(provider.api, step, item_input, job, progress, {})
+
+    return process_item(
+        deps.claiming, one_call, work.job_id, work.item_id,
+        capacity=provider.capacity, dispatch=work.dispatch,
+    )  # fmt: skip
+
+
+def _call(
+    api: ProviderAPI, step: PlannedStep, item_input: Any, job: dict[str, Any],
+    progress: Progress, done: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """A chat or http step's call, once its permit is held; a step that must not be repeated
+    is recorded as started first, and fails its item if an earlier claim started it already."""
+    params = job.get("params") or {}
+    request = step.template.render(item_input, params, done)
+    if not step.repeatable:
+        started = progress.of("started")
+        if step.name in started:
+            raise ProviderError(
+                f"it was started at {started[step.name]} and its outcome was lost (a worker "
+                "died); it is not repeatable, so it is not made again", permanent=True,
+            )  # fmt: skip
+        progress.merge(started={step.name: now()})
+    try:
+        if step.call == "chat":
+            return api.chat(request, params, model=step.model)
+        return api.request(step.request.method, step.request.path, request)
+    except ProviderError as error:
+        if error.maybe_delivered and not step.repeatable:
+            # It may have happened: never made twice.
+            raise replace(error, permanent=True) from None
+        raise
 
 
 def run_wave(
     deps: WorkItemDeps, plan: Plan, item_input: Any, job: dict[str, Any], progress: Progress
 ) -> dict[str, Any]:
-    """The steps of `plan` that can run now, at the same time, each under a permit of its own;
-    each output recorded once its wave ends, whatever else failed in it. The item's result once
-    every step has succeeded; otherwise Defer, so that the next wave runs in a delivery of its
-    own (no delivery outlives its lease or its ack deadline, however long the pipeline)."""
-    params, tenant = job.get("params") or {}, str(job.get("tenant"))
-    done: dict[str, Any] = dict(progress.saved.get("steps") or {})
+    """The steps of `plan` that can run now, at the same time, each under its own provider's
+    permit; each output recorded as soon as it succeeds, whatever else fails. The item's result
+    once every step has succeeded; otherwise Defer, so that the next wave runs in a delivery of
+    its own (no delivery outlives its lease or its ack deadline, however long the pipeline), or
+    Waiting while a remote job runs."""
+    tenant = str(job.get("tenant"))
+    done = progress.of("steps")
     wave = plan.ready(done)
 
     def call(step: PlannedStep) -> dict[str, Any]:
+        provider = deps.providers[step.provider]
         try:
-            messages = step.template.render(item_input, params, done)
-            with deps.capacity.permit(tenant):
-                return deps.ai.chat(messages, params)
+            if step.call == "remote_job":
+                output = remote_job(provider, step, item_input, job, progress, done)
+                # Its job's record goes with its output, in one write.
+                progress.merge(steps={step.name: output}, jobs={step.name: None})
+            else:
+                with provider.capacity.permit(tenant):
+                    output = _call(provider.api, step, item_input, job, progress, done)
+                progress.merge(steps={step.name: output})
+            return output
         except ProviderError as error:
             # The item's error says which step failed, and why.
             raise replace(error, reason=f"step {step.name}: {error.reason}") from None
@@ -301,15 +387,14 @@ def run_wave(
     else:
         with ThreadPoolExecutor(len(wave)) as pool:
             outcomes = list(pool.map(partial(_outcome, call), wave))
-    succeeded = {name: out for name, out in outcomes if not isinstance(out, BaseException)}
-    if succeeded:
-        done.update(succeeded)
-        progress.save(steps=done)
+    done = progress.of("steps")
     errors = [out for _, out in outcomes if isinstance(out, BaseException)]
-    # A provider's refusal is the item's outcome; a wait for capacity only if nothing failed.
-    failed = [e for e in errors if not isinstance(e, Defer)]
+    # A provider's refusal is the item's outcome; a job still running before a wait for
+    # capacity, which the next look at the item tries again anyway.
+    failed = [e for e in errors if not isinstance(e, Defer | Waiting)]
+    waiting = [e for e in errors if isinstance(e, Waiting)]
     if errors:
-        raise (failed or errors)[0]
+        raise (failed or waiting or errors)[0]
     if plan.finished(done):
         return dict(done[plan.final])
     raise Defer(f"next steps: {', '.join(s.name for s in plan.ready(done))}")
@@ -321,8 +406,91 @@ def _outcome(
     """A step's output, or what it raised, so that one step's failure keeps the others'."""
     try:
         return step.name, call(step)
-    except (ProviderError, TemplateRefused, Defer) as error:  # run_wave raises it once saved
+    except (ProviderError, TemplateRefused, Defer, Waiting) as error:  # run_wave raises it
         return step.name, error
+
+
+def remote_job(
+    provider: StepProvider, step: PlannedStep, item_input: Any, job: dict[str, Any],
+    progress: Progress, done: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """Start the step's job at the provider under a slot of its running jobs, or poll the job
+    started already; its final answer once it succeeded. Raises Waiting while it runs, and
+    ProviderError when it failed (its slot freed: the next attempt starts a new one)."""
+    spec = step.job
+    limiter = provider.capacity.limiter
+    record = progress.of("jobs").get(step.name) or {}
+
+    def keep(value: dict[str, Any] | None) -> None:
+        progress.merge(jobs={step.name: value})
+
+    def free() -> None:
+        limiter.release(Permit(*record["slot"]))
+        keep(None)
+
+    if "task" not in record:
+        if record.get("starting") and not step.repeatable:
+            raise ProviderError(
+                f"its job was started at {record['starting']} and its id was lost (a worker "
+                "died); it is not repeatable, so it is not started again", permanent=True,
+            )  # fmt: skip
+        if "slot" not in record:
+            # A slot of the provider's running jobs, held until the job's final status (or,
+            # if nobody sees that, until its timeout).
+            permit = limiter.acquire(
+                tenant=str(job.get("tenant")), interactive=provider.capacity.interactive,
+                wait=provider.capacity.wait_seconds, hold_seconds=spec.timeout_seconds,
+            )  # fmt: skip
+            if permit is None:
+                raise Defer(f"no {limiter.name} job slot came free within "
+                            f"{provider.capacity.wait_seconds:g}s")  # fmt: skip
+            record = {"slot": [permit.shard, permit.token]}
+        body = step.template.render(item_input, job.get("params") or {}, done)
+        record = {**record, "starting": now()}
+        keep(record)
+        try:
+            answer = provider.api.request(spec.start.method, spec.start.path, body)
+        except ProviderError as error:
+            error = limiter.learn(error)
+            if not error.maybe_delivered:
+                free()  # it never started: its slot is free again
+            raise
+        task = answer.get(spec.id_field)
+        if not isinstance(task, str | int) or isinstance(task, bool) or str(task) == "":
+            free()
+            raise ProviderError(f"its start answered no {spec.id_field!r}", permanent=False)
+        at = now()
+        record = {**record, "task": str(task), "started_at": at,
+                  "poll_at": at + timedelta(seconds=spec.poll_seconds)}  # fmt: skip
+        keep(record)
+        raise Waiting(f"step {step.name}: job {task} started")
+    task, at = record["task"], now()
+    if at < record["poll_at"]:
+        raise Waiting(f"step {step.name}: job {task} running, next poll at {record['poll_at']}")
+    if at > record["started_at"] + timedelta(seconds=spec.timeout_seconds):
+        free()
+        raise ProviderError(f"job {task} did not end within {spec.timeout_seconds:g}s",
+                            permanent=True)  # fmt: skip
+    try:
+        status = provider.api.poll(spec.status_path.replace("{id}", task))
+    except ProviderError as error:
+        if error.permanent:  # the provider does not know the job (404): it will not end
+            free()
+            raise
+        # A poll that found the provider busy or down says nothing of the job: poll later.
+        keep({**record, "poll_at": at + timedelta(seconds=spec.poll_seconds)})
+        raise Waiting(f"step {step.name}: job {task} not polled ({error.reason})") from None
+    state = str(status.get(spec.status_field))
+    if state in spec.succeeded:
+        limiter.release(Permit(*record["slot"]))
+        return status  # saved by the caller with the job's record removed, in one write
+    if state in spec.failed:
+        free()
+        why = status.get("failure") or status.get("error") or ""
+        raise ProviderError(f"job {task} ended {state}" + (f": {why}" if why else ""),
+                            permanent=False)  # fmt: skip
+    keep({**record, "poll_at": at + timedelta(seconds=spec.poll_seconds)})
+    raise Waiting(f"step {step.name}: job {task} {state.lower()}")
 
 
 def announce_completion(publisher: Publisher, ack: Ack) -> None:

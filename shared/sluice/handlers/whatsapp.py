@@ -10,10 +10,10 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sluice.adapters.ai_provider import AIProvider
 from sluice.adapters.conversations_store import ConversationStore, message_key
 from sluice.adapters.intake_store import IntakeStore
 from sluice.adapters.outside import ProviderError
+from sluice.adapters.provider_api import ProviderAPI
 from sluice.adapters.publisher import Publisher
 from sluice.adapters.tenants_store import TenantStore
 from sluice.adapters.whatsapp_api import WhatsAppAPI
@@ -44,7 +44,7 @@ class WhatsAppDeps:
     intake: IntakeStore
     tenants: TenantStore
     conversations: ConversationStore
-    ai: AIProvider
+    ai: ProviderAPI
     whatsapp: WhatsAppAPI
     ai_capacity: Capacity
     send_capacity: Capacity
