@@ -43,14 +43,21 @@ def whatsapp(request: flask.Request) -> flask.Response:
         return problem_response(from_refusal(refusal))
     for event in events:
         if event.kind == "message":
-            answer = root().ai().complete(message_text(event.body))["content"]
+            answer = root().ai().chat(one_call(message_text(event.body)))["content"]
             root().whatsapp_api().send_text(event.phone_number_id, event.body["from"], answer)
     return flask.Response("ok", 200)
 
 
+def one_call(item_input: object) -> list[dict[str, object]]:
+    """What the default kind's one call sends for an item (the inline design's only work)."""
+    topology = root().settings.topology
+    return topology.kinds[topology.default_kind].plan().steps[0].template.render(item_input, {})
+
+
 def batch(request: flask.Request) -> flask.Response:
     submitted = BatchIn.model_validate(read_json(request.get_data()))
-    at_once = root().settings.topology.providers.ai.max_concurrent
+    at_once = root().settings.topology.providers["ai"].max_concurrent
     with ThreadPoolExecutor(at_once) as pool:
-        results = list(pool.map(lambda item: root().ai().complete(item.input), submitted.items))
+        results = list(pool.map(lambda item: root().ai().chat(one_call(item.input)),
+                                submitted.items))  # fmt: skip
     return flask.jsonify({"state": "completed", "total": len(results)})

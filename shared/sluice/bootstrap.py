@@ -70,7 +70,7 @@ from sluice.messages import (
 from sluice.outcomes import Ack
 from sluice.push import Delivery, Handler, PushEndpoint
 from sluice.settings import Settings, settings_topology_path
-from sluice.topology import ProviderName, Topology, load_topology
+from sluice.topology import WHATSAPP_KIND, ProviderName, Topology, load_topology
 
 T = TypeVar("T")
 
@@ -220,11 +220,12 @@ class Root:
         return Claiming(jobs=self.jobs(), items=self.items(), rules=self.rules())
 
     def work_items(self) -> WorkItemDeps:
-        called = {step.provider for kind in self.topology.kinds.values()
-                  for step in kind.steps.values()}  # fmt: skip
+        t = self.topology
+        kinds = {name: t.kinds[name] for name in t.batch_kinds}
+        called = {step.provider for kind in kinds.values() for step in kind.steps.values()}
         return WorkItemDeps(
             claiming=self.claiming(),
-            kinds={name: kind.plan() for name, kind in self.topology.kinds.items()},
+            kinds={name: kind.plan() for name, kind in kinds.items()},
             default_kind=self.topology.default_kind,
             # Bulk work: behind interactive replies for each provider's capacity, shared fairly
             # by tenants.
@@ -235,20 +236,21 @@ class Root:
         )  # fmt: skip
 
     def whatsapp(self) -> WhatsAppDeps:
+        called = {step.provider for step in self.topology.kinds[WHATSAPP_KIND].steps.values()}
         return self._one("whatsapp", lambda: WhatsAppDeps(
             claiming=self.claiming(), intake=self.intake(), tenants=self.tenants(),
             conversations=ConversationStore(
                 self.db(), keep=timedelta(days=self.topology.retention.whatsapp_message_days)
             ),
-            ai=self.ai(),
+            reply=self.topology.kinds[WHATSAPP_KIND].plan(),
+            providers={name: self.provider_api(name) for name in called if name != "whatsapp"},
             whatsapp=self.whatsapp_api(),
-            # Replies are interactive: they go ahead of bulk work for the AI provider's
-            # capacity. Counted per business number: one number's flood leaves slots to others.
-            ai_capacity=replace(
-                self.capacity("ai", interactive=True),
-                holder_cap=self.topology.providers["ai"].number_max_concurrent,
-            ),
-            send_capacity=self.capacity("whatsapp", interactive=True),
+            # Replies are interactive: they go ahead of bulk work for each provider's capacity.
+            # Counted per business number: one number's flood leaves slots to others.
+            capacities={name: replace(
+                self.capacity(name, interactive=True),
+                holder_cap=self.topology.providers[name].number_max_concurrent,
+            ) for name in called},
             publisher=self.publisher(),
         ))  # fmt: skip
 

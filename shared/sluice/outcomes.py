@@ -52,6 +52,11 @@ class Defer(NotDone):
     again without counting as a failure."""
 
 
+class NextWave(Defer):
+    """A pipeline's wave of steps ended with more to run: the item's message goes again at once
+    (its next delivery runs the next wave); no attempt was spent."""
+
+
 class Waiting(NotDone):
     """The item waits for a remote job it started: nothing failed and no attempt was spent. It
     is looked at again, its job polled, after the job-polls subscription's backoff."""

@@ -81,7 +81,7 @@ def create_batch(deps: IngestDeps, request: flask.Request) -> flask.Response:
     key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
     batch = parse_batch(
         read_json(body),
-        kinds=list(settings.topology.kinds),
+        kinds=settings.topology.batch_kinds,
         default_kind=settings.topology.default_kind,
         max_batch_items=api.max_batch_items,
         max_item_input_bytes=api.max_item_input_bytes,

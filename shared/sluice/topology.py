@@ -126,6 +126,9 @@ class Provider(_Strict):
         return max(1, math.floor(self.max_concurrent * self.number_max_share))
 
 
+# The kind of every WhatsApp message's work (its day's job's kind): its last step replies.
+WHATSAPP_KIND = "whatsapp"
+
 # The providers Sluice's own adapters call (a reply's model, WhatsApp's sends, the CRMs'
 # callbacks, Sheets' writes): topology.yaml must declare each; a kind's steps may call any other.
 BUILT_IN_PROVIDERS = ("ai", "whatsapp", "callbacks", "sheets")
@@ -257,14 +260,17 @@ class Step(_Strict):
     # A key of `providers` with an endpoint.
     provider: str
     # `chat`: an OpenAI-compatible chat completion of `messages`; `http`: `request`, whose JSON
-    # answer is the output; `remote_job`: `job`, started then polled until final.
-    call: Literal["chat", "http", "remote_job"]
+    # answer is the output; `remote_job`: `job`, started then polled until final;
+    # `whatsapp_reply`: `text` sent back to the WhatsApp user whose message the item is (the
+    # whatsapp kind's last step, on the whatsapp provider, never repeated).
+    call: Literal["chat", "http", "remote_job", "whatsapp_reply"]
     # The model asked for, for a chat step (default: the batch's params.model, then the
     # deployment's ai_model).
     model: str | None = None
     messages: list[StepMessage] | None = None
     request: StepRequest | None = None
     job: RemoteJob | None = None
+    text: str | None = None
     # False for a call that must not happen twice (a message sent): one whose outcome a crash
     # left unknown fails its item, saying so, rather than being made again.
     repeatable: bool = True
@@ -274,13 +280,21 @@ class Step(_Strict):
 
     @model_validator(mode="after")
     def _says_what_it_sends(self) -> Step:
-        given = {"chat": self.messages, "http": self.request, "remote_job": self.job}
-        field = {"chat": "messages", "http": "request", "remote_job": "job"}
+        given = {"chat": self.messages, "http": self.request, "remote_job": self.job,
+                 "whatsapp_reply": self.text}  # fmt: skip
+        field = {"chat": "messages", "http": "request", "remote_job": "job",
+                 "whatsapp_reply": "text"}  # fmt: skip
         if not given[self.call]:
             raise ValueError(f"a step of `call: {self.call}` needs `{field[self.call]}`")
         extra = [field[c] for c, v in given.items() if c != self.call and v is not None]
         if extra:
             raise ValueError(f"a step of `call: {self.call}` sends no {', '.join(extra)}")
+        if self.call == "whatsapp_reply" and (self.provider != "whatsapp" or self.repeatable):
+            raise ValueError("a whatsapp_reply step calls provider whatsapp, and is not "
+                             "repeatable (a message sent twice is two messages)")  # fmt: skip
+        wrong = templates.check(self.text) if self.text is not None else None
+        if wrong:
+            raise ValueError(f"the text's template does not compile: {wrong}")
         return self
 
     def planned(self, name: str) -> pipelines.PlannedStep:
@@ -289,6 +303,8 @@ class Step(_Strict):
             template = templates.ChatTemplate(
                 [templates.ChatMessage(m.role, m.content) for m in self.messages]
             )
+        elif self.text is not None:
+            template = templates.RequestTemplate(self.text)
         else:
             request = self.request or (self.job.start if self.job else None)
             assert request is not None
@@ -376,6 +392,7 @@ class Topology(_Strict):
             if fn is None or fn.trigger != "firestore":
                 problems.append(f"trigger {name}: {trig.function!r} is not a firestore function")
         problems += self._provider_problems()
+        problems += self._whatsapp_kind_problems()
         for name, provider in self.providers.items():
             cap = provider.tenant_max_concurrent
             if cap is not None and cap >= provider.max_concurrent:
@@ -432,6 +449,11 @@ class Topology(_Strict):
             for step_name, step in kind.steps.items():
                 where = f"kinds.{kind_name}.steps.{step_name}"
                 provider = self.providers.get(step.provider)
+                if step.call == "whatsapp_reply":
+                    if kind_name != WHATSAPP_KIND:
+                        problems.append(f"{where}: only the {WHATSAPP_KIND} kind replies on "
+                                        "WhatsApp")  # fmt: skip
+                    continue
                 if provider is None or provider.endpoint is None:
                     problems.append(f"{where}: provider {step.provider!r} is not declared with an "
                                     "endpoint")  # fmt: skip
@@ -460,6 +482,25 @@ class Topology(_Strict):
                     f"({provider.max_concurrent * 60 / polls[name]:g}), to leave room for starts"
                 )
         return problems
+
+    def _whatsapp_kind_problems(self) -> list[str]:
+        """Every WhatsApp message's reply is the whatsapp kind's work, ending in its send."""
+        kind = self.kinds.get(WHATSAPP_KIND)
+        if kind is None:
+            return [f"kinds: {WHATSAPP_KIND!r} must be declared (every WhatsApp message's reply)"]
+        if kind.default:
+            return [f"kinds.{WHATSAPP_KIND}: it is WhatsApp's, so not the batches' default"]
+        if kind.step_problems():
+            return []  # said already
+        final = kind.plan().final
+        if kind.steps[final].call != "whatsapp_reply":
+            return [f"kinds.{WHATSAPP_KIND}: its last step ({final}) must be a whatsapp_reply"]
+        return []
+
+    @property
+    def batch_kinds(self) -> list[str]:
+        """The kinds a batch may name: all but WhatsApp's."""
+        return [name for name in self.kinds if name != WHATSAPP_KIND]
 
     def poll_seconds(self, provider: str) -> float | None:
         """The shortest poll interval of the remote-job steps calling `provider`, if any."""
@@ -521,18 +562,10 @@ class Topology(_Strict):
         timeout = {name: p.timeout_seconds for name, p in providers.items()}
         # After the claim: the AI call (a CRM item), or the AI call, the wait for WhatsApp
         # capacity and the send (a reply); then the outcome is recorded.
-        after_claim = {
-            "providers.ai.timeout_seconds + work.bookkeeping_seconds": (
-                timeout.get("ai", 0) + work.bookkeeping_seconds
-            ),
-            "providers.ai.timeout_seconds + work.capacity_wait_seconds + "
-            "providers.whatsapp.timeout_seconds + work.bookkeeping_seconds": (
-                timeout.get("ai", 0) + work.capacity_wait_seconds + timeout.get("whatsapp", 0)
-                + work.bookkeeping_seconds
-            ),
-        }  # fmt: skip
-        # A pipeline's step: its permit is taken after the claim (a wave's steps each wait for
-        # their own provider), then its call.
+        # After the claim, a step of a kind's work (a WhatsApp reply's too): the wait for its
+        # provider's permit (a pipeline's steps take theirs after the claim), its call, then
+        # its record. One delivery runs one wave of steps, at the same time.
+        after_claim: dict[str, float] = {}
         for kind_name, kind in self.kinds.items():
             for step_name, step in kind.steps.items():
                 if step.provider in providers:
@@ -541,8 +574,8 @@ class Topology(_Strict):
                         f"+ work.bookkeeping_seconds (kinds.{kind_name}.steps.{step_name})"
                     ] = (work.capacity_wait_seconds + providers[step.provider].timeout_seconds
                          + work.bookkeeping_seconds)  # fmt: skip
-        longest = max(after_claim, key=lambda k: after_claim[k])
-        if work.lease_seconds <= after_claim[longest]:
+        longest = max(after_claim, key=lambda k: after_claim[k], default="")
+        if longest and work.lease_seconds <= after_claim[longest]:
             problems.append(
                 f"work.lease_seconds ({work.lease_seconds}) must exceed the work after a claim, "
                 f"{longest} ({after_claim[longest]:g}), or another delivery takes the item over "

@@ -82,13 +82,16 @@ def test_a_missing_or_wrong_key_is_a_401(http, deployment, ingest, db, make_tena
 
 def test_a_kind_not_declared_is_a_400_listing_the_kinds(http, deployment, ingest, db, make_tenant):
     key = make_tenant().api_key
-    r = http.post(ingest, json={**GOOD, "kind": "ocr"}, headers=bearer(key))
-    assert r.status_code == 400
-    [error] = r.json()["errors"]
-    declared = ", ".join(deployment.topology.kinds)
-    assert error["field"] == "kind" and error["message"].endswith(
-        f"unknown kind 'ocr': the kinds declared are {declared}"
-    )
+    # WhatsApp's kind is declared, but it is no batch's: a batch naming it is refused too.
+    declared = ", ".join(k for k in deployment.topology.kinds if k != "whatsapp")
+    assert declared == "chat, staging"
+    for kind in ("ocr", "whatsapp"):
+        r = http.post(ingest, json={**GOOD, "kind": kind}, headers=bearer(key))
+        assert r.status_code == 400
+        [error] = r.json()["errors"]
+        assert error["field"] == "kind" and error["message"].endswith(
+            f"unknown kind {kind!r}: the kinds declared are {declared}"
+        )
     nothing_changed(db, http, deployment)
 
 

@@ -162,6 +162,33 @@ def test_the_same_delivery_three_times_sends_exactly_one_reply(http, deployment,
     assert reply["body"]["context"] == {"message_id": message["id"]}
 
 
+def test_a_reply_is_the_whatsapp_kind_s_pipeline_intent_and_draft_at_once_then_compose_and_send(
+    http, deployment, phone
+):
+    question = f"Can I return shoes? {uuid.uuid4().hex[:6]}"
+    provider = deployment.provider_url
+    http.post(provider + "/_sluice/config", json={"latency_ms": 300})
+    try:
+        body, headers = signed(delivery(change(phone, messages=[text_message("1555", question)])),
+                               deployment.whatsapp["app_secret"])  # fmt: skip
+        assert http.post(webhook(deployment), content=body, headers=headers).status_code == 200
+        [reply] = wait_for(lambda: replies(http, deployment, phone), what="the reply")
+    finally:
+        http.post(provider + "/_sluice/config", json={"latency_ms": 0})
+    calls = http.get(provider + "/_sluice/requests", params={"limit": 1000}).json()
+    ok = [c for c in calls if question in c["content"] and c["status"] == 200]
+    [intent] = [c for c in ok if c["content"] == f"What does the customer want? {question}"]
+    # The draft and the compose both send the customer's words as the user's: compose is later.
+    draft, compose = sorted((c for c in ok if c["content"] == question), key=lambda c: c["at"])
+    assert len(ok) == 3  # one call per model step
+    # Intent and draft ran at the same time; the answer was composed once both had ended.
+    assert intent["at"] < draft["ended"] and draft["at"] < intent["ended"]
+    assert compose["at"] >= max(intent["ended"], draft["ended"])
+    # What was sent is the composed answer (the local model echoes the question), after it.
+    assert reply["body"]["text"]["body"] == f"echo: {question}"
+    assert reply["at"] >= compose["ended"]
+
+
 def test_a_reaction_a_status_and_our_own_message_get_no_reply(http, deployment, phone, db):
     reaction = {**text_message("16315551181", ""), "type": "reaction",
                 "reaction": {"message_id": "wamid.x", "emoji": "👍"}}  # fmt: skip

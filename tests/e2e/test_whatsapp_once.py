@@ -9,7 +9,7 @@ import pytest
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from sluice.adapters.tenants_store import TenantStore
-from sluice.domain.replies import SENT_IN_DOUBT
+from sluice.handlers.processor import IN_DOUBT
 from testkit.client import bearer, wait_for, webhook
 from testkit.whatsapp_payloads import change, delivery, signed, text_message
 
@@ -54,7 +54,7 @@ def test_a_processor_killed_after_the_graph_api_accepted_the_reply_never_sends_i
     failed = db.collection_group("items").where(filter=FieldFilter("state", "==", "failed"))
     (item,) = wait_for(lambda: [s.to_dict() for s in failed.stream()], timeout=120,
                        what="the item failed")  # fmt: skip
-    assert item["error"] == SENT_IN_DOUBT
+    assert item["error"] == f"step send: {IN_DOUBT}"
     assert item["input"]["message_id"] == message["id"]
     sent = http.get(graph).json()
     assert len(sent) == 1 and sent[0]["to"] == "16315551181"

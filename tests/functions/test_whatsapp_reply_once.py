@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 from google.api_core.exceptions import ServiceUnavailable
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.cloud.firestore_v1.base_query import FieldFilter
 from werkzeug.serving import make_server
 
@@ -86,6 +87,12 @@ def test_recording_the_sent_reply_failing_once_never_sends_it_twice(
         return record_outbound(self, *args, **kwargs)
 
     monkeypatch.setattr(ConversationStore, "record_outbound", fails_once)
+    publisher = pubsub_v1.PublisherClient()
+    publisher.create_topic(name=publisher.topic_path(project, "whatsapp-events"))
+    # The reply's steps, a wave a delivery: intent and draft, then compose (each brings the
+    # message back for the next), then the send.
+    assert deliver(processor, project, event) == 200
+    assert deliver(processor, project, event) == 200
     # Sent, then the bookkeeping failed: not acknowledged, so Pub/Sub delivers it again.
     assert deliver(processor, project, event) == 500
     sent = http.get(served["graph"] + "/_sluice/messages").json()
@@ -97,7 +104,7 @@ def test_recording_the_sent_reply_failing_once_never_sends_it_twice(
     (item,) = [snap.to_dict() for snap in items.stream()]
     assert item["result"]["reply_message_id"] == sent[0]["id"]
     assert http.get(served["graph"] + "/_sluice/messages").json() == sent  # nothing more sent
-    # The model was not paid twice either: the composed reply was kept.
-    assert http.get(served["provider"] + "/_sluice/stats").json()["requests"] == 1
+    # The model was not paid twice either: each step's output was kept (intent, draft, compose).
+    assert http.get(served["provider"] + "/_sluice/stats").json()["requests"] == 3
     outbound = ConversationStore(db).message_ref(PHONE, "16315551181", sent[0]["id"]).get()
     assert outbound.get("in_reply_to") == message["id"]

@@ -80,10 +80,10 @@ STEP = {"provider": "ai", "call": "chat", "messages": [{"role": "user", "content
         ),
         (
             "providers.whatsapp.timeout_seconds",
-            40,
-            r"work.lease_seconds \(80\) must exceed the work after a claim, providers.ai."
-            r"timeout_seconds \+ work.capacity_wait_seconds \+ providers.whatsapp.timeout_seconds"
-            r" \+ work.bookkeeping_seconds \(85\)",
+            70,
+            r"work.lease_seconds \(80\) must exceed the work after a claim, work.capacity_wait_"
+            r"seconds \+ providers.whatsapp.timeout_seconds \+ work.bookkeeping_seconds "
+            r"\(kinds.whatsapp.steps.send\) \(85\)",
         ),
         (
             "subscriptions.work-items-to-processor.ack_deadline_seconds",
@@ -177,6 +177,18 @@ STEP = {"provider": "ai", "call": "chat", "messages": [{"role": "user", "content
             120,
             r"requests_per_minute \(120\) must exceed its polls, .* \(120\)",
         ),
+        # Every WhatsApp message's reply is the whatsapp kind's, ending in its send, never twice.
+        ("kinds.whatsapp.steps.send.repeatable", True, "is not repeatable"),
+        ("kinds.whatsapp.steps.send.provider", "ai", "calls provider whatsapp"),
+        ("kinds.whatsapp.steps.compose.after", [], r"must end in one step"),
+        ("kinds.whatsapp.default", True, "exactly one must be the default"),
+        ("kinds.whatsapp.steps", {"only": STEP}, r"its last step \(only\) must be a whatsapp_rep"),
+        (
+            "kinds.chat.steps.answer",
+            {"provider": "whatsapp", "call": "whatsapp_reply", "repeatable": False, "text": "hi"},
+            "only the whatsapp kind replies on WhatsApp",
+        ),
+        ("kinds.whatsapp.steps.send.text", "{{ steps.compose", "text's template does not compile"),
         # A kind's steps need only steps of its own, in no cycle, and end in one step.
         ("kinds.chat.steps.second", STEP, r"must end in one step, .* not \['answer', 'second'\]"),
         ("kinds.chat.steps.answer.after", ["nope"], "comes after 'nope', which is not one of its"),

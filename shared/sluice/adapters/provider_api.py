@@ -17,7 +17,6 @@ import httpx
 
 from sluice.adapters.deadlines import within
 from sluice.adapters.outside import ProviderError, retry_after_seconds, transport_error
-from sluice.domain.templates import as_text
 
 
 class ProviderAPI:
@@ -30,10 +29,6 @@ class ProviderAPI:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._model = model
         self._timeout = timeout
-
-    def complete(self, item_input: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """`item_input` as the user's message, `params.instructions` as the system's."""
-        return self.chat(messages_for(item_input, params or {}), params)
 
     def chat(
         self, messages: list[dict[str, Any]], params: dict[str, Any] | None = None,
@@ -72,13 +67,6 @@ class ProviderAPI:
             raise ProviderError(f"provider answered {response.status_code} without a JSON object",
                                 permanent=False)  # fmt: skip
         return answer
-
-
-def messages_for(item_input: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = [{"role": "user", "content": as_text(item_input)}]
-    if isinstance(params.get("instructions"), str):
-        messages.insert(0, {"role": "system", "content": params["instructions"]})
-    return messages
 
 
 def result_of(payload: dict[str, Any]) -> dict[str, Any]:

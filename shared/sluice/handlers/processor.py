@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -43,7 +43,7 @@ from sluice.domain.pipelines import Plan, PlannedStep
 from sluice.domain.sheets import export_kind
 from sluice.domain.templates import TemplateRefused
 from sluice.messages import BATCH_EVENTS, JOB_POLLS, BatchCompleted, WorkItem
-from sluice.outcomes import Ack, Defer, NotDone, Redeliver, Waiting
+from sluice.outcomes import Ack, Defer, NextWave, NotDone, Redeliver, Waiting
 
 log = logging.getLogger(__name__)
 
@@ -256,11 +256,14 @@ class _Attempt:
 
 @dataclass(frozen=True)
 class StepProvider:
-    """A provider a kind's steps call: its adapter, and the bulk share of its limits (for a
-    provider of remote jobs, of its running jobs: a slot from a job's start to its end)."""
+    """A provider a kind's steps call: its adapter, and the share of its limits the work takes
+    (bulk or interactive; for a provider of remote jobs, of its running jobs: a slot from a
+    job's start to its end). WhatsApp's sends have no endpoint: `reply` sends a text back to
+    the user whose message the item is, and answers the step's output."""
 
-    api: ProviderAPI
+    api: ProviderAPI | None
     capacity: Capacity
+    reply: Callable[[str], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -292,8 +295,8 @@ def handle_work_item(deps: WorkItemDeps, work: WorkItem, *, poll: int | None = N
             ack = _one_call(deps, plan.steps[0], work)
         else:
             ack = process_item(
-                deps.claiming, partial(run_wave, deps, plan), work.job_id, work.item_id,
-                dispatch=work.dispatch,
+                deps.claiming, partial(run_wave, deps.providers, plan), work.job_id,
+                work.item_id, dispatch=work.dispatch,
             )  # fmt: skip
     except Waiting as waiting:
         if poll is None:
@@ -317,7 +320,7 @@ def _one_call(deps: WorkItemDeps, step: PlannedStep, work: WorkItem) -> Ack:
     provider = deps.providers[step.provider]
 
     def one_call(item_input: Any, job: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        return _call(provider.api, step, item_input, job, progress, {})
+        return _call(provider, step, item_input, job, progress, {})
 
     return process_item(
         deps.claiming, one_call, work.job_id, work.item_id,
@@ -326,46 +329,59 @@ def _one_call(deps: WorkItemDeps, step: PlannedStep, work: WorkItem) -> Ack:
 
 
 def _call(
-    api: ProviderAPI, step: PlannedStep, item_input: Any, job: dict[str, Any],
+    provider: StepProvider, step: PlannedStep, item_input: Any, job: dict[str, Any],
     progress: Progress, done: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
-    """A chat or http step's call, once its permit is held; a step that must not be repeated
-    is recorded as started first, and fails its item if an earlier claim started it already."""
+    """A chat, http or WhatsApp reply step's call, once its permit is held; a step that must not
+    be repeated is recorded as started first, and fails its item if an earlier claim started it
+    already."""
     params = job.get("params") or {}
     request = step.template.render(item_input, params, done)
     if not step.repeatable:
-        started = progress.of("started")
-        if step.name in started:
-            raise ProviderError(
-                f"it was started at {started[step.name]} and its outcome was lost (a worker "
-                "died); it is not repeatable, so it is not made again", permanent=True,
-            )  # fmt: skip
+        if step.name in progress.of("started"):
+            # An earlier claim started it and died before recording how it went.
+            raise ProviderError(IN_DOUBT, permanent=True)
         progress.merge(started={step.name: now()})
     try:
+        if step.call == "whatsapp_reply":
+            assert provider.reply is not None, "a whatsapp_reply step outside a WhatsApp message"
+            return provider.reply(str(request))
+        assert provider.api is not None
         if step.call == "chat":
-            return api.chat(request, params, model=step.model)
-        return api.request(step.request.method, step.request.path, request)
+            return provider.api.chat(request, params, model=step.model)
+        return provider.api.request(step.request.method, step.request.path, request)
     except ProviderError as error:
         if error.maybe_delivered and not step.repeatable:
-            # It may have happened: never made twice.
-            raise replace(error, permanent=True) from None
+            # No answer came back: it may have happened, and is never made twice.
+            raise ProviderError(f"{IN_DOUBT} ({error.reason})", permanent=True) from None
         raise
 
 
+# A step that must not be repeated, found started by a claim that was lost or with no answer.
+IN_DOUBT = (
+    "it may have been made already (the worker was lost, or no answer came back while making "
+    "it); it is not repeatable, so it was not made again: retry-failed makes it again"
+)
+
+
 def run_wave(
-    deps: WorkItemDeps, plan: Plan, item_input: Any, job: dict[str, Any], progress: Progress
+    providers: Mapping[str, StepProvider],
+    plan: Plan,
+    item_input: Any,
+    job: dict[str, Any],
+    progress: Progress,
 ) -> dict[str, Any]:
     """The steps of `plan` that can run now, at the same time, each under its own provider's
     permit; each output recorded as soon as it succeeds, whatever else fails. The item's result
     once every step has succeeded; otherwise Defer, so that the next wave runs in a delivery of
     its own (no delivery outlives its lease or its ack deadline, however long the pipeline), or
-    Waiting while a remote job runs."""
+    Waiting while a remote job runs. NextWave (a Defer) when a wave ended with more to run."""
     tenant = str(job.get("tenant"))
     done = progress.of("steps")
     wave = plan.ready(done)
 
     def call(step: PlannedStep) -> dict[str, Any]:
-        provider = deps.providers[step.provider]
+        provider = providers[step.provider]
         try:
             if step.call == "remote_job":
                 output = remote_job(provider, step, item_input, job, progress, done)
@@ -373,7 +389,7 @@ def run_wave(
                 progress.merge(steps={step.name: output}, jobs={step.name: None})
             else:
                 with provider.capacity.permit(tenant):
-                    output = _call(provider.api, step, item_input, job, progress, done)
+                    output = _call(provider, step, item_input, job, progress, done)
                 progress.merge(steps={step.name: output})
             return output
         except ProviderError as error:
@@ -382,7 +398,10 @@ def run_wave(
         except TemplateRefused as refused:
             raise TemplateRefused(f"step {step.name}: {refused}") from None
 
-    if len(wave) == 1:
+    if not wave:
+        # Every step succeeded already: a delivery after the last one's record.
+        outcomes = []
+    elif len(wave) == 1:
         outcomes = [_outcome(call, wave[0])]  # no thread for a wave of one
     else:
         with ThreadPoolExecutor(len(wave)) as pool:
@@ -397,7 +416,7 @@ def run_wave(
         raise (failed or waiting or errors)[0]
     if plan.finished(done):
         return dict(done[plan.final])
-    raise Defer(f"next steps: {', '.join(s.name for s in plan.ready(done))}")
+    raise NextWave(f"next steps: {', '.join(s.name for s in plan.ready(done))}")
 
 
 def _outcome(
@@ -430,10 +449,8 @@ def remote_job(
 
     if "task" not in record:
         if record.get("starting") and not step.repeatable:
-            raise ProviderError(
-                f"its job was started at {record['starting']} and its id was lost (a worker "
-                "died); it is not repeatable, so it is not started again", permanent=True,
-            )  # fmt: skip
+            # Started by a claim that died before recording the job's id.
+            raise ProviderError(IN_DOUBT, permanent=True)
         if "slot" not in record:
             # A slot of the provider's running jobs, held until the job's final status (or,
             # if nobody sees that, until its timeout).
@@ -448,6 +465,7 @@ def remote_job(
         body = step.template.render(item_input, job.get("params") or {}, done)
         record = {**record, "starting": now()}
         keep(record)
+        assert provider.api is not None
         try:
             answer = provider.api.request(spec.start.method, spec.start.path, body)
         except ProviderError as error:
@@ -471,6 +489,7 @@ def remote_job(
         free()
         raise ProviderError(f"job {task} did not end within {spec.timeout_seconds:g}s",
                             permanent=True)  # fmt: skip
+    assert provider.api is not None
     try:
         status = provider.api.poll(spec.status_path.replace("{id}", task))
     except ProviderError as error:

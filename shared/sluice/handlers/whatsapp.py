@@ -1,7 +1,9 @@
-"""WhatsApp events, one at a time: a user's message gets one AI reply; a status moves forward.
+"""WhatsApp events, one at a time: a user's message gets one reply; a status moves forward.
 
 A message becomes an item of its phone number's job for the day, keyed by its message id, so a
-delivery Meta repeats (for up to 7 days) finds the item already there, and already finished.
+delivery Meta repeats (for up to 7 days) finds the item already there, and already finished. Its
+reply is the work of the `whatsapp` kind (topology.yaml): its steps, a wave per delivery, each
+step's output recorded as it succeeds, the last one the send, which is never made twice.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from typing import Any
 
 from sluice.adapters.conversations_store import ConversationStore, message_key
 from sluice.adapters.intake_store import IntakeStore
-from sluice.adapters.outside import ProviderError
 from sluice.adapters.provider_api import ProviderAPI
 from sluice.adapters.publisher import Publisher
 from sluice.adapters.tenants_store import TenantStore
@@ -21,7 +22,7 @@ from sluice.clock import now
 from sluice.domain.conversations import Ref, Turn
 from sluice.domain.items import FINISHED, ItemState
 from sluice.domain.jobs import new_job
-from sluice.domain.replies import SENT_IN_DOUBT, Composed, InDoubt, Sending, Sent, reply_progress
+from sluice.domain.pipelines import Plan
 from sluice.domain.whatsapp import (
     daily_job_id,
     inbound_input,
@@ -29,13 +30,19 @@ from sluice.domain.whatsapp import (
     message_time,
     should_reply,
 )
-from sluice.handlers.processor import Capacity, Claiming, Progress, process_item
+from sluice.handlers.processor import (
+    Capacity,
+    Claiming,
+    Progress,
+    StepProvider,
+    process_item,
+    run_wave,
+)
 from sluice.messages import WHATSAPP_EVENTS, WhatsAppEventMessage
-from sluice.outcomes import Ack, Defer
+from sluice.outcomes import Ack, Defer, NextWave
+from sluice.topology import WHATSAPP_KIND
 
 log = logging.getLogger(__name__)
-
-REPLY_INSTRUCTIONS = "You answer customers on WhatsApp. Reply briefly and helpfully."
 
 
 @dataclass(frozen=True)
@@ -44,10 +51,12 @@ class WhatsAppDeps:
     intake: IntakeStore
     tenants: TenantStore
     conversations: ConversationStore
-    ai: ProviderAPI
+    # The whatsapp kind's steps, and the providers they call: each (a model's, WhatsApp's
+    # sends) with its interactive share, counted per business number (`holder`).
+    reply: Plan
+    providers: dict[str, ProviderAPI]
     whatsapp: WhatsAppAPI
-    ai_capacity: Capacity
-    send_capacity: Capacity
+    capacities: dict[str, Capacity]
     publisher: Publisher
 
 
@@ -73,29 +82,30 @@ def handle_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> Ack:
     phone_id = event.phone_number_id
 
     def reply(item: dict[str, Any], job: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        params = job.get("params") or {}
         if not should_reply(item["message"], event.display_phone_number):
             return {"reply": None, "note": f"no reply to a {item['type']} message"}
-        send = reply_progress(progress.saved.get("reply"))
-        if isinstance(send, Sent):
-            # An earlier claim sent it and was lost before finishing the item: finish it now.
-            wamid, answer = send.message_id, send.text
-        elif isinstance(send, InDoubt):
-            raise ProviderError(SENT_IN_DOUBT, permanent=True)
-        else:
-            if isinstance(send, Composed):
-                answer = send.text  # composed by an earlier claim: the model is not paid twice
-            else:
-                answer = deps.ai.complete(item["text"], params)["content"] or ""
-                progress.save(reply=Composed(answer).doc())
-            wamid = send_once(deps, progress, phone_id, item["from"], answer, item["message_id"])
+        to, reply_to = item["from"], item["message_id"]
+
+        def send(text: str) -> dict[str, Any]:
+            wamid = deps.whatsapp.send_text(phone_id, to, text, reply_to=reply_to)
+            return {"reply": text, "reply_message_id": wamid}
+
+        providers = {
+            name: StepProvider(
+                deps.providers.get(name), replace(capacity, holder=phone_id),
+                reply=send if name == "whatsapp" else None,
+            )
+            for name, capacity in deps.capacities.items()
+        }  # fmt: skip
+        # A wave a delivery: NextWave brings the message back at once for the next one.
+        result = run_wave(providers, deps.reply, item, job, progress)
+        # Recorded when the item finishes (the send's output is recorded already): a delivery
+        # that failed here finishes it next time, without sending again.
         deps.conversations.record_outbound(
-            phone_id,
-            item["from"],
-            wamid,
-            {"type": "text", "text": answer, "in_reply_to": item["message_id"], "sent_at": now()},
-        )
-        return {"reply": answer, "reply_message_id": wamid}
+            phone_id, to, result["reply_message_id"],
+            {"type": "text", "text": result["reply"], "in_reply_to": reply_to, "sent_at": now()},
+        )  # fmt: skip
+        return result
 
     # Its turn in the conversation first (see sluice.domain.conversations): an earlier message
     # waiting for capacity is answered first.
@@ -111,11 +121,16 @@ def handle_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> Ack:
         turn = deps.conversations.take_turn(phone_id, user, me)
         if turn is not Turn.GO:
             return Ack(item_id, "waiting", "an earlier message of its conversation waits")
-    # A message that gets no reply needs no capacity: it never waits, and is never parked.
-    replies = should_reply(event.body, event.display_phone_number)
-    capacity = replace(deps.ai_capacity, holder=phone_id) if replies else None
+    # Each step of the reply takes its own permit: a message that gets no reply needs none, and
+    # never waits.
     try:
-        ack = process_item(deps.claiming, reply, job_id, item_id, capacity=capacity)
+        ack = process_item(deps.claiming, reply, job_id, item_id)
+    except NextWave as more:
+        # It keeps its turn (a later message of its conversation waits behind it), and its
+        # event comes again at once for the next wave.
+        deps.conversations.park(phone_id, user, me, at=now())
+        bring(deps, phone_id, me)
+        return Ack(item_id, "running", more.reason)
     except Defer as deferred:
         # Acknowledged, not refused: a refusal would count toward dead-lettering it. It waits
         # at the head of its conversation for the sweeper to bring it back.
@@ -156,8 +171,8 @@ def record_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> tuple[str
     received = now()
     job_id = daily_job_id(tenant[0], phone_id, message_time(message, received))
     day = new_job(
-        tenant=tenant[0], kind="whatsapp", params={"instructions": REPLY_INSTRUCTIONS}, total=0,
-        at=received, phone_number_id=phone_id,
+        tenant=tenant[0], kind=WHATSAPP_KIND, params={}, total=0, at=received,
+        phone_number_id=phone_id,
     )  # fmt: skip
     deps.intake.ensure_job(job_id, day)
     item_input = inbound_input(message, event.contact)
@@ -170,22 +185,3 @@ def record_message(deps: WhatsAppDeps, event: WhatsAppEventMessage) -> tuple[str
         {"type": item_input["type"], "text": item_input["text"], "received_at": received},
     )
     return job_id, item_id
-
-
-def send_once(
-    deps: WhatsAppDeps, progress: Progress, phone_id: str, to: str, text: str, reply_to: str
-) -> str:
-    """Send under the WhatsApp Cloud API's limits, recorded before and after: a send left in
-    doubt (the worker died, or no answer came) is never repeated. No capacity in time is a rate
-    limit: nothing was sent, and the composed reply waits for the next delivery (Defer)."""
-    with deps.send_capacity.permit(phone_id):
-        progress.save(reply=Sending(text).doc())
-        try:
-            wamid = deps.whatsapp.send_text(phone_id, to, text, reply_to=reply_to)
-        except ProviderError as error:
-            if error.maybe_delivered:
-                raise ProviderError(f"{SENT_IN_DOUBT} ({error})", permanent=True) from None
-            progress.save(reply=Composed(text).doc())  # refused: not sent, may be sent again
-            raise
-        progress.save(reply=Sent(text, wamid).doc())
-        return wamid
