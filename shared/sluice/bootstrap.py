@@ -140,7 +140,12 @@ class Root:
         return self._one("jobs", lambda: JobStore(self.paths(), cache_bytes=cache))
 
     def items(self) -> ItemStore:
-        return self._one("items", lambda: ItemStore(self.paths()))
+        return self._one("items", lambda: ItemStore(self.paths(), steps_of=self.counted_steps))
+
+    def counted_steps(self, job_id: str) -> tuple[str, ...]:
+        """The steps of a job's kind counted one by one: a pipeline's (see ItemStore)."""
+        kind = self.topology.kinds.get(str(self.jobs().job_meta(job_id).get("kind")))
+        return tuple(kind.steps) if kind is not None and len(kind.steps) > 1 else ()
 
     def intake(self) -> IntakeStore:
         return self._one("intake", lambda: IntakeStore(self.paths()))
@@ -425,7 +430,11 @@ def status_api() -> Router:
     root = Root(settings())
     batches = BatchDeps(
         jobs=root.jobs(), items=root.items(), publisher=root.publisher(),
-        requests_per_minute=root.topology.providers["ai"].requests_per_minute,
+        kinds={name: {step.name: step.provider for step in kind.plan().steps}
+               for name, kind in root.topology.kinds.items()},
+        default_kind=root.topology.default_kind,
+        requests_per_minute={name: root.topology.job_start_rate(name)
+                             for name in root.topology.providers},
     )  # fmt: skip
     return routes.status(routes.StatusDeps(
         tenants=root.tenants(), batches=batches, health=root.health(), settings=root.settings,

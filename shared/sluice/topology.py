@@ -207,6 +207,8 @@ class Retention(_Strict):
 
 # What a batch's `kind` may be (sluice.domain.batches' names: letters, digits, `.`, `_`, `-`).
 KindName = Annotated[str, Field(pattern=ID_PATTERN)]
+# A step's name: what its templates read it as (`steps.<name>`) and its counts' field.
+StepName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 
 
 class StepMessage(_Strict):
@@ -321,7 +323,7 @@ class Kind(_Strict):
     description: str = Field(min_length=1)
     # The kind of a batch that names none; exactly one kind is.
     default: bool = False
-    steps: dict[KindName, Step] = Field(min_length=1)
+    steps: dict[StepName, Step] = Field(min_length=1)
 
     def plan(self) -> pipelines.Plan:
         order = pipelines.in_order({name: step.after for name, step in self.steps.items()})

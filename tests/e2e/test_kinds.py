@@ -69,7 +69,7 @@ def test_a_pipeline_runs_its_steps_in_order_and_never_repeats_one_that_succeeded
 ):
     reply = reply_kind()
     # A third of the calls fail (500) and are tried again; attempts enough that none runs out.
-    provider = ["--failure-rate", "0.3", "--seed", "7", "--latency-ms", "200"]
+    provider = ["--failure-rate", "0.3", "--seed", "7", "--latency-ms", "400"]
     d = deploy(topology_overrides={"kinds": {"reply": reply}, "work": {"max_attempts": 30}},
                provider_args=provider)  # fmt: skip
     key = make_tenant().api_key
@@ -111,8 +111,19 @@ def test_retry_failed_resumes_a_pipeline_at_its_failed_step(http, deploy, make_t
     # Each failed item says which step failed and why, and shows the steps that succeeded.
     for item in items_of(http, accepted["status_url"], key):
         assert item["error"].startswith("step compose: provider answered 400")
-        assert set(item["steps"]) == {"intent", "draft"}
-        assert item["steps"]["intent"]["content"] == f"echo: intent of {item['input']}"
+        assert item["failed_step"] == "compose"
+        steps = item["steps"]
+        assert {name: step["state"] for name, step in steps.items()} == {
+            "intent": "succeeded", "draft": "succeeded", "compose": "failed"
+        }  # fmt: skip
+        assert steps["intent"]["output"]["content"] == f"echo: intent of {item['input']}"
+        assert steps["compose"]["attempts"] == 1 and steps["compose"]["output"] is None, steps
+        assert steps["intent"]["started_at"] <= steps["intent"]["finished_at"]
+    # The status counts the items at each step: two steps succeeded, the third failed for all.
+    status = http.get(accepted["status_url"], headers=bearer(key)).json()
+    assert {name: (c["succeeded"], c["failed"]) for name, c in status["steps"].items()} == {
+        "intent": (5, 0), "draft": (5, 0), "compose": (0, 5)
+    }  # fmt: skip
 
     # The provider takes the compose step again; retry-failed runs that step alone.
     http.post(d.provider_url + "/_sluice/config", json={"permanent_failure_marker": None})

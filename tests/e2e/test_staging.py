@@ -41,10 +41,25 @@ def test_the_staging_pipeline_runs_each_photo_through_every_step_under_each_prov
                       inputs=photos(6))  # fmt: skip
     polls = wait_done(http, accepted["status_url"], key, timeout=180)
     assert polls[-1]["counts"]["succeeded"] == 6, polls[-1]
+    # Progress per step, at every poll: each item counted once at each step, what succeeded at
+    # a step staying succeeded; at the end, every step succeeded for every photo.
+    names = ["layout", "stage", "verify", "video"]
+    for poll in polls:
+        assert list(poll["steps"]) == names
+        for counted in poll["steps"].values():
+            assert sum(counted.values()) == 6 and min(counted.values()) >= 0, poll["steps"]
+    for name in names:
+        done = [poll["steps"][name]["succeeded"] for poll in polls]
+        assert done == sorted(done) and done[-1] == 6
+    # The video jobs were seen running at the vendor, never more than its two at once.
+    assert 0 < max(poll["steps"]["video"]["running"] for poll in polls) <= 2
+    # An ETA while the batch was open.
+    assert any(p["estimated_completion_at"] for p in polls if p["state"] == "open")
 
     image_model = d.provider_server_url("image-model")
     items = {item["input"]["room"]: item for item in items_of(http, accepted["status_url"], key)}
-    staged = {i: items[f"room {i}"]["steps"]["stage"]["data"][0]["url"] for i in range(6)}
+    staged = {i: items[f"room {i}"]["steps"]["stage"]["output"]["data"][0]["url"]
+              for i in range(6)}  # fmt: skip
     calls = http.get(image_model + "/_sluice/requests", params={"limit": 1000}).json()
     ok = [c["content"] for c in calls if c["status"] == 200]
     # Three successful calls per photo on the image model, one of each step.
@@ -69,8 +84,10 @@ def test_the_staging_pipeline_runs_each_photo_through_every_step_under_each_prov
 
     for item in items.values():
         steps = item["steps"]
-        assert set(steps) == {"layout", "stage", "verify", "video"}
-        staged = steps["stage"]["data"][0]["url"]
+        assert {name: step["state"] for name, step in steps.items()} == dict.fromkeys(
+            ("layout", "stage", "verify", "video"), "succeeded"
+        )
+        staged = steps["stage"]["output"]["data"][0]["url"]
         assert staged.startswith(image_model + "/images/")
         # The result is the video job's final answer, with its output.
         assert item["result"]["status"] == "SUCCEEDED"
@@ -130,7 +147,10 @@ def test_a_job_past_its_timeout_fails_its_item_and_frees_its_slot_for_the_next(
     for item in items_of(http, accepted["status_url"], key):
         assert item["error"].startswith("step video: job ")
         assert item["error"].endswith("did not end within 2s")
-        assert set(item["steps"]) == {"layout", "stage", "verify"}
+        assert item["failed_step"] == "video"
+        assert [step["state"] for step in item["steps"].values()] == [
+            "succeeded", "succeeded", "succeeded", "failed"
+        ]  # fmt: skip
     # The second job started once the first one's slot was let go, not after 60 s.
     video = http.get(d.provider_server_url("video-vendor") + "/_sluice/stats").json()
     assert video["tasks_created"] == 2

@@ -81,8 +81,13 @@ class Recorded(Transition):
 
 
 class ItemStore:
-    def __init__(self, paths: JobPaths) -> None:
+    def __init__(
+        self, paths: JobPaths, *, steps_of: Callable[[str], Sequence[str]] = lambda job: ()
+    ) -> None:
+        """`steps_of(job_id)`: the steps of the job's kind counted per step (a pipeline's; none
+        for a kind of one step, whose item counts say it all)."""
         self._paths = paths
+        self._steps_of = steps_of
         self._exported: OrderedDict[str, None] = OrderedDict()
 
     def _knows_export(self, job_id: str) -> bool:
@@ -292,8 +297,16 @@ class ItemStore:
         """The item's write, then its count's in its shard (the commit's first two write
         results, in that order). Returns the counts moved."""
         writer.update(self._paths.item_ref(job_id, item_id), change.fields, option=option)
-        moves = counters.delta(change.before, change.after)
+        moves = self._moves(job_id, change, doc)
         self._paths.count(writer, job_id, moves, shard=self._paths.shard_of(_index(doc)))
+        return moves
+
+    def _moves(self, job_id: str, change: Transition, doc: dict[str, Any]) -> dict[str, int]:
+        """The counts a change of the item as read (`doc`) moves: its state's and its steps'."""
+        moves = counters.delta(change.before, change.after)
+        steps = self._steps_of(job_id)
+        if steps:
+            moves |= counters.step_moves(steps, doc, {**doc, **change.fields})
         return moves
 
     def transition_items(
@@ -325,9 +338,7 @@ class ItemStore:
                     if snap.exists and change is not None:
                         tx.update(snap.reference, change.fields)
                         shard = self._paths.shard_of(_index(doc))
-                        moves.setdefault(shard, Counter()).update(
-                            counters.delta(change.before, change.after)
-                        )
+                        moves.setdefault(shard, Counter()).update(self._moves(job_id, change, doc))
                         done.append(snap.id)
                 for shard, moved in moves.items():
                     self._paths.count(tx, job_id, dict(moved), shard=shard)

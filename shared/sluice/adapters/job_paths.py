@@ -70,4 +70,12 @@ class JobPaths:
         the items' states."""
         if moves:
             ref = self.shard_refs(job_id)[shard]
-            writer.set(ref, {k: firestore.Increment(v) for k, v in moves.items()}, merge=True)
+            # A step's count is `steps.<step>.<state>`: nested, so that merging keeps the rest.
+            fields: dict[str, Any] = {}
+            for path, n in moves.items():
+                *parents, leaf = path.split(".")
+                node = fields
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = firestore.Increment(n)
+            writer.set(ref, fields, merge=True)

@@ -21,6 +21,8 @@ class ProviderError(Exception):
     # The request went out and no answer came back (a read timed out, the connection dropped):
     # the service may have acted on it. A call that must not be repeated blindly stops here.
     maybe_delivered: bool = False
+    # The step of its kind whose call this was, when it is a pipeline's.
+    step: str | None = None
 
     def __str__(self) -> str:
         return self.reason

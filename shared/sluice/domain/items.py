@@ -140,8 +140,9 @@ def succeed(item: ItemRecord, *, result: dict[str, Any], now: datetime) -> Trans
     return _finish(item, ItemState.SUCCEEDED, now=now, result=result, error=None)
 
 
-def fail(item: ItemRecord, reason: str, *, now: datetime) -> Transition:
-    return _finish(item, ItemState.FAILED, now=now, error=reason)
+def fail(item: ItemRecord, reason: str, *, now: datetime, step: str | None = None) -> Transition:
+    """`step`: the step of its kind the item failed at, when it is known."""
+    return _finish(item, ItemState.FAILED, now=now, error=reason, failed_step=step)
 
 
 def release_for_retry(item: ItemRecord, reason: str, *, now: datetime) -> Transition:
@@ -159,13 +160,15 @@ def requeue_uncounted(item: ItemRecord, *, reason: str, now: datetime) -> Transi
 
 
 def after_error(
-    item: ItemRecord, *, reason: str, permanent: bool, max_attempts: int, now: datetime
-) -> Transition:
-    """A provider error: fail now if it cannot get better or attempts are spent, else requeue."""
+    item: ItemRecord, *, reason: str, permanent: bool, max_attempts: int, now: datetime,
+    step: str | None = None,
+) -> Transition:  # fmt: skip
+    """A provider error (at `step` of its kind, if known): fail now if it cannot get better or
+    attempts are spent, else requeue."""
     if permanent:
-        return fail(item, reason, now=now)
+        return fail(item, reason, now=now, step=step)
     if item.attempts >= max_attempts:
-        return fail(item, f"{reason} (after {item.attempts} attempts)", now=now)
+        return fail(item, f"{reason} (after {item.attempts} attempts)", now=now, step=step)
     return release_for_retry(item, reason, now=now)
 
 
@@ -180,7 +183,8 @@ def retry(item: ItemRecord, *, now: datetime) -> Transition | None:
     # so a pipeline resumes at its failed step and pays for no step twice.
     progress = {"steps": item.steps} if item.steps else None
     fields = {"state": ItemState.QUEUED.value, "attempts": 0, "lease": None, "progress": progress,
-              "finished_at": None, "updated_at": now, "dispatch": dispatch_at(now)}  # fmt: skip
+              "finished_at": None, "failed_step": None, "updated_at": now,
+              "dispatch": dispatch_at(now)}  # fmt: skip
     return Transition(item.state, ItemState.QUEUED, fields)
 
 

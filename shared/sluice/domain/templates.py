@@ -29,7 +29,12 @@ from jinja2.sandbox import SandboxedEnvironment
 
 class TemplateRefused(ValueError):
     """A template that cannot be rendered for this item (it reached for something the sandbox
-    forbids, or failed on the item's values): the item fails, with this as its reason."""
+    forbids, or failed on the item's values): the item fails, with this as its reason. `step`:
+    the step of its kind whose template it is, once known."""
+
+    def __init__(self, reason: str, step: str | None = None) -> None:
+        super().__init__(reason)
+        self.step = step
 
 
 def as_text(value: Any) -> str:

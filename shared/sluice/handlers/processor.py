@@ -232,7 +232,7 @@ class _Attempt:
             # The kind's templates cannot make this item's request: no attempt would.
             return partial(
                 after_error, reason=str(refused), permanent=True,
-                max_attempts=rules.max_attempts, now=now(),
+                max_attempts=rules.max_attempts, now=now(), step=refused.step,
             ), None  # fmt: skip
         except (Defer, Waiting) as waits:
             # A call of the work found no capacity (a WhatsApp send), or a remote job runs: it
@@ -246,7 +246,7 @@ class _Attempt:
                 return partial(requeue_uncounted, reason=str(error), now=now()), Defer
             return partial(
                 after_error, reason=str(error), permanent=error.permanent,
-                max_attempts=rules.max_attempts, now=now(),
+                max_attempts=rules.max_attempts, now=now(), step=error.step,
             ), None  # fmt: skip
         return partial(succeed, result=result, now=now()), None
 
@@ -386,17 +386,23 @@ def run_wave(
             if step.call == "remote_job":
                 output = remote_job(provider, step, item_input, job, progress, done)
                 # Its job's record goes with its output, in one write.
-                progress.merge(steps={step.name: output}, jobs={step.name: None})
+                progress.merge(steps={step.name: output}, jobs={step.name: None},
+                               runs={step.name: ended(progress, step.name)})  # fmt: skip
             else:
                 with provider.capacity.permit(tenant):
+                    progress.merge(runs={step.name: started(progress, step.name)})
                     output = _call(provider, step, item_input, job, progress, done)
-                progress.merge(steps={step.name: output})
+                progress.merge(steps={step.name: output},
+                               runs={step.name: ended(progress, step.name)})  # fmt: skip
             return output
         except ProviderError as error:
+            if running(progress, step.name):
+                progress.merge(runs={step.name: ended(progress, step.name, error.reason)})
             # The item's error says which step failed, and why.
-            raise replace(error, reason=f"step {step.name}: {error.reason}") from None
+            reason = f"step {step.name}: {error.reason}"
+            raise replace(error, reason=reason, step=step.name) from None
         except TemplateRefused as refused:
-            raise TemplateRefused(f"step {step.name}: {refused}") from None
+            raise TemplateRefused(f"step {step.name}: {refused}", step.name) from None
 
     if not wave:
         # Every step succeeded already: a delivery after the last one's record.
@@ -417,6 +423,24 @@ def run_wave(
     if plan.finished(done):
         return dict(done[plan.final])
     raise NextWave(f"next steps: {', '.join(s.name for s in plan.ready(done))}")
+
+
+def started(progress: Progress, step: str) -> dict[str, Any]:
+    """A step's run record as its call starts: one more attempt at it (a wait for capacity is
+    none), started now. The items listing shows it; the counts per step read it (running)."""
+    run = progress.of("runs").get(step) or {}
+    attempts = int(run.get("attempts", 0)) + 1
+    return {"attempts": attempts, "started_at": now(), "finished_at": None, "error": None}
+
+
+def ended(progress: Progress, step: str, error: str | None = None) -> dict[str, Any]:
+    """A step's run record as its call ends, with its error if it failed."""
+    return {**(progress.of("runs").get(step) or {}), "finished_at": now(), "error": error}
+
+
+def running(progress: Progress, step: str) -> bool:
+    run = progress.of("runs").get(step) or {}
+    return bool(run.get("started_at")) and not run.get("finished_at")
 
 
 def _outcome(
@@ -464,7 +488,7 @@ def remote_job(
             record = {"slot": [permit.shard, permit.token]}
         body = step.template.render(item_input, job.get("params") or {}, done)
         record = {**record, "starting": now()}
-        keep(record)
+        progress.merge(jobs={step.name: record}, runs={step.name: started(progress, step.name)})
         assert provider.api is not None
         try:
             answer = provider.api.request(spec.start.method, spec.start.path, body)

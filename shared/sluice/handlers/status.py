@@ -11,7 +11,7 @@ from sluice.adapters.jobs_store import JobStore
 from sluice.adapters.publisher import Publisher
 from sluice.clock import now
 from sluice.domain import items, jobs
-from sluice.domain.counters import estimate_completion
+from sluice.domain.counters import calls_left, estimate_completion, step_state
 from sluice.domain.items import ItemState
 from sluice.domain.jobs import JobState
 from sluice.domain.paging import decode_token, encode_token
@@ -26,8 +26,13 @@ class BatchDeps:
     jobs: JobStore
     items: ItemStore
     publisher: Publisher
-    # The AI provider's declared rate: what a batch's remaining items are estimated at.
-    requests_per_minute: int
+    # Each kind's steps, in order, with the provider each calls; the kind of a job whose kind
+    # is not declared (sluice.topology.Kind).
+    kinds: dict[str, dict[str, str]]
+    default_kind: str
+    # Each provider's declared rate (for a provider of remote jobs, what its polls leave for
+    # starts): what a batch's remaining calls are estimated at.
+    requests_per_minute: dict[str, int]
 
 
 def batch_status(deps: BatchDeps, tenant: Tenant, job_id: str) -> dict[str, Any]:
@@ -36,11 +41,14 @@ def batch_status(deps: BatchDeps, tenant: Tenant, job_id: str) -> dict[str, Any]
         raise not_found(f"batch {job_id}")
     job, counts = found
     own_job(job, tenant, job_id)
+    providers = deps.kinds.get(str(job.get("kind"))) or deps.kinds[deps.default_kind]
+    steps = counts.of_steps(list(providers))
     eta = None
     if jobs.state_of(job) is JobState.OPEN and job.get("created_at") is not None:
+        # At the pace so far, but no sooner than the bottleneck provider allows.
         eta = estimate_completion(
             counts, started_at=job["created_at"], now=now(),
-            requests_per_minute=deps.requests_per_minute,
+            calls=calls_left(steps, providers), requests_per_minute=deps.requests_per_minute,
         )  # fmt: skip
     return {
         "batch_id": job_id,
@@ -50,6 +58,9 @@ def batch_status(deps: BatchDeps, tenant: Tenant, job_id: str) -> dict[str, Any]
         "counts": counts.by_state,
         "finished": counts.finished,
         "progress": counts.progress,
+        # For each step of its kind: its items queued, running, succeeded, failed and skipped
+        # (finished without it: cancelled, or failed at another step).
+        "steps": steps,
         "created_at": job.get("created_at"),
         "updated_at": job.get("updated_at"),
         "completed_at": job.get("completed_at"),
@@ -78,18 +89,21 @@ def batch_items(
     page_size: int,
     page_token: str | None,
 ) -> dict[str, Any]:
-    own_job(deps.jobs.get_job(job_id), tenant, job_id)
+    job = own_job(deps.jobs.get_job(job_id), tenant, job_id)
+    steps = list(deps.kinds.get(str(job.get("kind"))) or deps.kinds[deps.default_kind])
     rows = deps.items.list_items(
         job_id, state=state, limit=page_size + 1, after=decode_token(page_token)
     )
     page, more = rows[:page_size], len(rows) > page_size
     return {
-        "items": [item_view(item_id, doc) for item_id, doc in page],
+        "items": [item_view(item_id, doc, steps) for item_id, doc in page],
         "next_page_token": encode_token(page[-1][0]) if more and page else None,
     }
 
 
-def item_view(item_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+def item_view(item_id: str, doc: dict[str, Any], steps: list[str]) -> dict[str, Any]:
+    """An item as the listing shows it: its result is its kind's last step's output; a failed
+    one names the step it failed at; `steps` says how each step of its kind went."""
     return {
         "id": item_id,
         "state": doc.get("state"),
@@ -97,9 +111,31 @@ def item_view(item_id: str, doc: dict[str, Any]) -> dict[str, Any]:
         "input": doc.get("input"),
         "result": doc.get("result"),
         "error": doc.get("error"),
+        "failed_step": doc.get("failed_step"),
         "finished_at": doc.get("finished_at"),
-        # A pipeline's steps that have succeeded, with their outputs (its kind's steps).
-        "steps": (doc.get("progress") or {}).get("steps") or {},
+        "steps": {name: step_view(doc, name, single=len(steps) == 1) for name in steps},
+    }
+
+
+def step_view(doc: dict[str, Any], step: str, *, single: bool) -> dict[str, Any]:
+    """One step of an item: its state (queued, running, succeeded, failed, skipped), output,
+    error, attempts and times. A kind's only step is the item itself."""
+    if single:
+        state = doc.get("state")
+        return {"state": "skipped" if state == "cancelled" else state,
+                "output": doc.get("result"), "error": doc.get("error"),
+                "attempts": doc.get("attempts", 0), "started_at": None,
+                "finished_at": doc.get("finished_at")}  # fmt: skip
+    progress = doc.get("progress") or {}
+    run = (progress.get("runs") or {}).get(step) or {}
+    state = step_state(doc, step) or "queued"
+    return {
+        "state": state,
+        "output": (progress.get("steps") or {}).get(step),
+        "error": doc.get("error") if state == "failed" else run.get("error"),
+        "attempts": run.get("attempts", 0),
+        "started_at": run.get("started_at"),
+        "finished_at": run.get("finished_at"),
     }
 
 
