@@ -7,6 +7,8 @@ Each part deploys what it measures into its own project on one pair of emulators
   concurrent 10 MiB submissions (bench/memory.py);
 - batch-item-processor: a 1,000-item batch's makespan against its bound for three provider
   profiles, and the overhead per item with an instant provider (bench/makespan.py);
+- the shipped pipelines: a 1,000-photo staging batch against its bottleneck provider's bound,
+  and a WhatsApp reply's latency with its three model calls (bench/pipelines.py);
 - the Sheets export: write calls per 1,000 rows and configure latency (bench/sheets.py);
 - status-api: latency and documents read by job size (bench/status.py);
 - each function's cold start (bench/cold_start.py).
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import cold_start, cost, ingest, makespan, memory, sheets, status
+from bench import cold_start, cost, ingest, makespan, memory, pipelines, sheets, status
 from localcloud.cloud import LocalCloud
 
 RESULTS = Path(__file__).parent / "results"
@@ -35,6 +37,7 @@ PARTS: dict[str, tuple[Callable[[LocalCloud], Any], Callable[[Any], list[str]]]]
     "ingest": (ingest.run, ingest.markdown),
     "memory": (memory.run, memory.markdown),
     "makespan": (makespan.run, makespan.markdown),
+    "pipelines": (pipelines.run, pipelines.markdown),
     "cost": (cost.run, cost.markdown),
     "sheets_export": (sheets.run, sheets.markdown),
     "status": (status.run, status.markdown),
