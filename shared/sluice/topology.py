@@ -445,6 +445,7 @@ class Topology(_Strict):
                     for name in BUILT_IN_PROVIDERS if name not in self.providers]  # fmt: skip
         processor = self.functions.get("batch-item-processor")
         needs = set(processor.needs) if processor else set()
+        publishes = set(processor.publishes) if processor else set()
         calls: dict[str, set[str]] = {}
         polls: dict[str, float] = {}
         for kind_name, kind in self.kinds.items():
@@ -476,6 +477,11 @@ class Topology(_Strict):
                 problems.append(
                     f"providers.{name}: runs remote jobs, so every step calling it must be one "
                     "(its max_concurrent counts jobs)"
+                )
+            if name in polls and JOB_POLLS not in publishes:
+                problems.append(
+                    f"functions.batch-item-processor.publishes: {JOB_POLLS!r} is needed, or no "
+                    f"item waiting for {name}'s jobs is polled"
                 )
             if name in polls and self.job_start_rate(name) < 1:
                 problems.append(

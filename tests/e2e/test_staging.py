@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from testkit.client import items_of, submit, wait_done
+from testkit.client import items_of, logs_of, submit, wait_done
 
 pytestmark = pytest.mark.cloud
 
@@ -81,6 +81,9 @@ def test_the_staging_pipeline_runs_each_photo_through_every_step_under_each_prov
     assert video["rate_limited"] == 0
     assert video["min_poll_interval_s"] is None or video["min_poll_interval_s"] >= 0.95
     assert http.get(image_model + "/_sluice/stats").json()["rate_limited"] == 0
+    # Each job was polled through the job-polls topic, and no delivery failed on the way.
+    assert video["polls"] >= 6
+    assert "Exception on" not in logs_of(d, "batch-item-processor")
 
     for item in items.values():
         steps = item["steps"]
