@@ -478,13 +478,15 @@ def remote_job(
         if "slot" not in record:
             # A slot of the provider's running jobs, held until the job's final status (or,
             # if nobody sees that, until its timeout).
+            # A slot frees only when a poll sees its job end, and polls need the instances a
+            # waiting delivery holds: waiting longer than a poll period only delays them.
+            wait = min(provider.capacity.wait_seconds, spec.poll_seconds)
             permit = limiter.acquire(
                 tenant=str(job.get("tenant")), interactive=provider.capacity.interactive,
-                wait=provider.capacity.wait_seconds, hold_seconds=spec.timeout_seconds,
+                wait=wait, hold_seconds=spec.timeout_seconds,
             )  # fmt: skip
             if permit is None:
-                raise Defer(f"no {limiter.name} job slot came free within "
-                            f"{provider.capacity.wait_seconds:g}s")  # fmt: skip
+                raise Defer(f"no {limiter.name} job slot came free within {wait:g}s")
             record = {"slot": [permit.shard, permit.token]}
         body = step.template.render(item_input, job.get("params") or {}, done)
         record = {**record, "starting": now()}
