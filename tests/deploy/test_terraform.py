@@ -551,6 +551,8 @@ def test_every_optional_field_left_out_gets_the_typed_topologys_default(tmp_path
             provider["endpoint"].pop("api_key")
             urls.append(provider["endpoint"]["url"])
     raw["functions"]["batch-item-processor"]["needs"] = urls
+    # And a remote job's polls must be published.
+    raw["functions"]["batch-item-processor"]["publishes"] = ["job-polls"]
     for sub in raw["subscriptions"].values():
         sub.pop("ordering", None)
     for schedule in raw["schedules"].values():
@@ -559,8 +561,9 @@ def test_every_optional_field_left_out_gets_the_typed_topologys_default(tmp_path
     tf, topology = changed_copy(tmp_path, text=yaml.safe_dump(raw))
     for name, fn in tf.local("functions").items():
         spec = topology.functions[name]
-        needs = urls if name == "batch-item-processor" else []
-        assert (fn["public"], fn["publishes"], fn["needs"]) == (False, [], needs) == (
+        processor = name == "batch-item-processor"
+        needs, publishes = (urls, ["job-polls"]) if processor else ([], [])
+        assert (fn["public"], fn["publishes"], fn["needs"]) == (False, publishes, needs) == (
             spec.public, spec.publishes, spec.needs)  # fmt: skip
         assert (fn["min_instances"], fn["cpu"]) == (0, "1")
     for name, sub in tf.local("subscriptions").items():
