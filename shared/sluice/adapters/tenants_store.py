@@ -146,4 +146,7 @@ class TenantStore:
                 transaction.set(owner_ref, {"tenant": tid, "since": now()})
             return ", ".join(sorted(others)) or None
 
-        return assign(self._db.transaction())
+        # Operators adding the same number at once contend for its owner record; on a busy
+        # Firestore a contended lock times out (Aborted), and is worth more tries than the
+        # client's five.
+        return assign(self._db.transaction(max_attempts=20))
