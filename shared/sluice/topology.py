@@ -211,6 +211,14 @@ KindName = Annotated[str, Field(pattern=ID_PATTERN)]
 StepName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 
 
+def compiles(template: Any, whose: str) -> None:
+    """Raise, naming `whose` template it is, if a template (or a JSON value of them) does not
+    compile: a syntax error stops the topology loading, not the first item."""
+    wrong = templates.check(template)
+    if wrong:
+        raise ValueError(f"{whose} template does not compile: {wrong}")
+
+
 class StepMessage(_Strict):
     role: Literal["system", "user", "assistant"]
     # A template, or content parts whose strings are templates (sluice.domain.templates).
@@ -218,9 +226,7 @@ class StepMessage(_Strict):
 
     @model_validator(mode="after")
     def _compiles(self) -> StepMessage:
-        wrong = templates.check(self.content)
-        if wrong:
-            raise ValueError(f"the {self.role} message's template does not compile: {wrong}")
+        compiles(self.content, f"the {self.role} message's")
         return self
 
 
@@ -233,9 +239,7 @@ class StepRequest(_Strict):
 
     @model_validator(mode="after")
     def _compiles(self) -> StepRequest:
-        wrong = templates.check(self.body)
-        if wrong:
-            raise ValueError(f"the request body's template does not compile: {wrong}")
+        compiles(self.body, "the request body's")
         return self
 
 
@@ -294,9 +298,8 @@ class Step(_Strict):
         if self.call == "whatsapp_reply" and (self.provider != "whatsapp" or self.repeatable):
             raise ValueError("a whatsapp_reply step calls provider whatsapp, and is not "
                              "repeatable (a message sent twice is two messages)")  # fmt: skip
-        wrong = templates.check(self.text) if self.text is not None else None
-        if wrong:
-            raise ValueError(f"the text's template does not compile: {wrong}")
+        if self.text is not None:
+            compiles(self.text, "the text's")
         return self
 
     def planned(self, name: str) -> pipelines.PlannedStep:

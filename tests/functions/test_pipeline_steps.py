@@ -55,11 +55,27 @@ def deliver(client, project: str, topic: str = "work-items", attempt: int | None
     return client.post(f"/projects/{project}/topics/{topic}", json=body).status_code
 
 
+def running_job() -> dict:
+    """A video job's record as its start left it: running, its next poll ten minutes away."""
+    now = datetime.now(UTC)
+    return {"slot": [0, "t0"], "task": "task-1", "starting": now, "started_at": now,
+            "poll_at": now + timedelta(minutes=10)}  # fmt: skip
+
+
 def died_holding(progress: dict) -> dict:
     """An item whose worker died mid-work: running, its lease run out, what it recorded kept."""
     past = datetime.now(UTC) - timedelta(minutes=5)
     return {"state": "running", "attempts": 1, "lease": {"token": "dead", "until": past},
             "progress": progress}  # fmt: skip
+
+
+def failed_once_delivered(function_client, project: str, store: Stores) -> dict:
+    """The item after one delivery of its work item, which failed it (acknowledged)."""
+    client = function_client("batch-item-processor")
+    assert deliver(client, project) == 200
+    item = store.paths.item_ref("job1", "item1").get().to_dict()
+    assert item["state"] == "failed"
+    return item
 
 
 def test_a_step_that_must_not_be_repeated_and_was_left_in_doubt_fails_its_item_saying_so(
@@ -69,10 +85,7 @@ def test_a_step_that_must_not_be_repeated_and_was_left_in_doubt_fails_its_item_s
     store = seeded(db, "send-once", died_holding({
         "steps": {"compose": {"content": "hi"}}, "started": {"send": started},
     }))  # fmt: skip
-    client = function_client("batch-item-processor")
-    assert deliver(client, project) == 200
-    item = store.paths.item_ref("job1", "item1").get().to_dict()
-    assert item["state"] == "failed"
+    item = failed_once_delivered(function_client, project, store)
     assert item["error"] == f"step send: {IN_DOUBT}"
     # The step that succeeded stays recorded.
     assert item["progress"]["steps"] == {"compose": {"content": "hi"}}
@@ -89,19 +102,14 @@ def test_a_remote_job_whose_id_a_crash_lost_is_started_again_only_if_repeatable(
     store = seeded(db, "staging", died_holding({
         "steps": done, "jobs": {"video": {"slot": [0, "t0"], "starting": datetime.now(UTC)}},
     }))  # fmt: skip
-    client = function_client("batch-item-processor")
-    assert deliver(client, project) == 200
-    item = store.paths.item_ref("job1", "item1").get().to_dict()
-    assert item["state"] == "failed"
+    item = failed_once_delivered(function_client, project, store)
     assert item["error"] == f"step video: {IN_DOUBT}"
 
 
 def test_a_job_polled_before_its_time_waits_without_a_call_or_an_attempt(
     function_client, project, db
 ):
-    now = datetime.now(UTC)
-    record = {"slot": [0, "t0"], "task": "task-1", "starting": now, "started_at": now,
-              "poll_at": now + timedelta(minutes=10)}  # fmt: skip
+    record = running_job()
     store = seeded(db, "staging", {"attempts": 2, "progress": {
         "steps": {"layout": {}, "stage": {}, "verify": {}}, "jobs": {"video": record},
     }})  # fmt: skip
@@ -117,9 +125,7 @@ def test_a_job_polled_before_its_time_waits_without_a_call_or_an_attempt(
 def test_a_poll_delivered_often_is_published_afresh_before_pub_sub_would_dead_letter_it(
     function_client, project, db
 ):
-    now = datetime.now(UTC)
-    record = {"slot": [0, "t0"], "task": "task-1", "starting": now, "started_at": now,
-              "poll_at": now + timedelta(minutes=10)}  # fmt: skip
+    record = running_job()
     seeded(db, "staging", {"progress": {"steps": {"layout": {}, "stage": {}, "verify": {}},
                                         "jobs": {"video": record}}})  # fmt: skip
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
